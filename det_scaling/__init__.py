@@ -1,0 +1,24 @@
+"""det-scaling: scale detectron2 training across GPU counts without hand-editing configs.
+
+Importing the package applies the documented detectron2 compatibility layer
+(:mod:`det_scaling.compat`) and nothing else.
+"""
+
+from det_scaling import compat
+
+compat.apply()
+
+from det_scaling.config import add_scaling_config, get_cfg, load_cfg  # noqa: E402
+from det_scaling.scaling import Change, ScalingPlan, plan_scaling, scale_cfg  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Change",
+    "ScalingPlan",
+    "add_scaling_config",
+    "get_cfg",
+    "load_cfg",
+    "plan_scaling",
+    "scale_cfg",
+]

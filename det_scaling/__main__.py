@@ -1,0 +1,5 @@
+import sys
+
+from det_scaling.cli import main
+
+sys.exit(main())

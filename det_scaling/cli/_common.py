@@ -1,0 +1,68 @@
+"""Arguments shared by the commands: a config file, KEY VALUE overrides, GPU counts."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+
+# detectron2 config keys are upper-case dotted paths (SOLVER.BASE_LR, MODEL.RPN.NMS_THRESH).
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates ``KEY VALUE`` config overrides from the other arguments, wherever they stand, so
+    ``plan CFG --num-gpus 1 2 SOLVER.BASE_LR 0.01`` and ``plan CFG SOLVER.BASE_LR 0.01
+    --num-gpus 1 2`` mean the same. Returns (other arguments, overrides)."""
+    rest: list[str] = []
+    overrides: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if _CONFIG_KEY.match(token):
+            value = next(tokens, None)
+            if value is None:
+                raise ValueError(f"config override {token} has no value")
+            overrides += [token, value]
+        else:
+            rest.append(token)
+    return rest, overrides
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="detectron2 YAML config (_BASE_ allowed)")
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """Documents the overrides in ``--help``; :func:`split_overrides` fills ``args.opts``."""
+    parser.add_argument(
+        "opts",
+        metavar="KEY VALUE",
+        nargs="*",
+        help="config overrides, anywhere on the line (e.g. SOLVER.BASE_LR 0.01)",
+    )
+
+
+def add_num_gpus_argument(parser: argparse.ArgumentParser, *, multiple: bool) -> None:
+    if multiple:
+        parser.add_argument(
+            "--num-gpus",
+            type=_positive_int,
+            nargs="+",
+            default=[1, 2, 4, 8],
+            metavar="N",
+            help="GPU counts to scale to (default: 1 2 4 8)",
+        )
+    else:
+        parser.add_argument(
+            "--num-gpus", type=_positive_int, default=None, metavar="N", help="GPUs to scale to"
+        )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

@@ -1,0 +1,198 @@
+"""The detectron2 compatibility layer: the only side effect of ``import det_scaling``.
+
+detectron2 v0.6 (the version the registry's ``pb1-detectron2`` re-upload carries, installed by
+``tools/install_detectron2.py`` as pure Python) predates numpy 2, Pillow 10 and CPU-only installs.
+:func:`apply` makes it importable and usable with today's packages. Each fix checks whether it is
+needed and does nothing otherwise, so a source build of upstream main (which fixed these) is left
+as it is. :func:`applied_fixes` says which ones ran.
+
+========================  ===================================================================
+fix                       what it does, and when
+========================  ===================================================================
+``pil_linear``            Pillow 10 removed ``Image.LINEAR``; v0.6 uses it as a default argument
+                          in ``detectron2/data/transforms/transform.py`` at import time. Adds
+                          ``PIL.Image.LINEAR = PIL.Image.BILINEAR`` (the same filter) when absent.
+``placeholder_c_ops``     v0.6 imports ``detectron2._C`` at module level in ``layers`` and
+                          ``evaluation`` although Faster R-CNN never calls it. When no compiled
+                          ``_C`` exists, registers a placeholder module whose functions raise
+                          :class:`MissingCompiledOpsError` (rotated boxes, deformable conv, the
+                          fast COCO evaluator) and whose version probes report "not compiled".
+``numpy_removed_aliases`` numpy 1.24 removed ``np.int``, ``np.float``, ``np.str``, ``np.object``;
+                          v0.6 uses them in the VOC loader, the class histogram printed when a
+                          training loader is built, masks and visualizers. Gives only those
+                          modules (when their source uses an alias numpy lacks) a view of numpy
+                          with the aliases; numpy itself is not changed.
+========================  ===================================================================
+
+Handled elsewhere rather than patched: ``pkg_resources`` (used by ``detectron2.model_zoo``) by
+requiring ``setuptools<81``; the CUDA-only ``detectron2.engine.launch`` and ``create_ddp_model``
+by :mod:`det_scaling.launch` and the trainer, which support the gloo backend on CPU.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.util
+import re
+import sys
+import types
+from collections.abc import Iterable
+
+import numpy
+
+__all__ = ["MissingCompiledOpsError", "applied_fixes", "apply"]
+
+# Aliases numpy removed in 1.24 (``np.bool`` came back in 2.0 as ``np.bool_``).
+_NUMPY_REMOVED_ALIASES = {
+    "int": builtins.int,
+    "float": builtins.float,
+    "str": builtins.str,
+    "object": builtins.object,
+    "bool": builtins.bool,
+}
+# detectron2 v0.6 modules that use one of the aliases.
+_MODULES_USING_NUMPY_ALIASES = (
+    "detectron2.data.build",
+    "detectron2.data.datasets.pascal_voc",
+    "detectron2.structures.masks",
+    "detectron2.evaluation.pascal_voc_evaluation",
+    "detectron2.evaluation.sem_seg_evaluation",
+    "detectron2.utils.visualizer",
+    "detectron2.utils.video_visualizer",
+)
+
+_applied: list[str] = []
+
+
+class MissingCompiledOpsError(RuntimeError):
+    """A detectron2 operator that needs the compiled ``detectron2._C`` extension was called."""
+
+
+class _PlaceholderCOps(types.ModuleType):
+    """Stands in for ``detectron2._C`` when detectron2 was installed without its C++ ops."""
+
+    def get_compiler_version(self) -> str:
+        return "not compiled (pure-Python detectron2, see det_scaling.compat)"
+
+    def get_cuda_version(self) -> str:
+        return "not compiled"
+
+    def has_cuda(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise MissingCompiledOpsError(
+            f"detectron2._C.{name} is not available: this detectron2 was installed without its "
+            "compiled C++/CUDA ops, which rotated boxes, deformable convolution and the fast COCO "
+            "evaluator need (Faster R-CNN does not). Install a source build: "
+            "python tools/install_detectron2.py --force --source /path/to/detectron2"
+        )
+
+
+class _NumpyWithRemovedAliases(types.ModuleType):
+    """numpy, plus the scalar aliases numpy removed; handed to old modules as their ``np``."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy", numpy.__doc__)
+
+    def __getattr__(self, name: str):
+        if name in _NUMPY_REMOVED_ALIASES and not _numpy_has(name):
+            return _NUMPY_REMOVED_ALIASES[name]
+        return getattr(numpy, name)
+
+    def __dir__(self) -> Iterable[str]:
+        return sorted(set(dir(numpy)) | set(_NUMPY_REMOVED_ALIASES))
+
+
+def _numpy_has(name: str) -> bool:
+    try:
+        getattr(numpy, name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _pil_linear_needed(image_module: types.ModuleType) -> bool:
+    return not hasattr(image_module, "LINEAR")
+
+
+def _fix_pil_linear() -> bool:
+    from PIL import Image
+
+    if not _pil_linear_needed(Image):
+        return False
+    Image.LINEAR = Image.BILINEAR
+    return True
+
+
+def _compiled_ops_missing() -> bool:
+    if "detectron2._C" in sys.modules:
+        return False
+    try:
+        return importlib.util.find_spec("detectron2._C") is None
+    except ModuleNotFoundError:  # detectron2 itself is missing
+        return False
+
+
+def _fix_placeholder_c_ops() -> bool:
+    if not _compiled_ops_missing():
+        return False
+    import detectron2
+
+    placeholder = _PlaceholderCOps("detectron2._C", _PlaceholderCOps.__doc__)
+    sys.modules["detectron2._C"] = placeholder
+    detectron2._C = placeholder
+    return True
+
+
+def _uses_missing_numpy_alias(source: str) -> bool:
+    used = set(re.findall(r"\bnp\.(int|float|str|object|bool)\b", source))
+    return any(not _numpy_has(alias) for alias in used)
+
+
+def _fix_numpy_removed_aliases() -> bool:
+    patched = False
+    for name in _MODULES_USING_NUMPY_ALIASES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        with open(spec.origin, encoding="utf-8") as f:
+            if not _uses_missing_numpy_alias(f.read()):
+                continue
+        module = importlib.import_module(name)
+        if getattr(module, "np", None) is numpy:
+            module.np = _NumpyWithRemovedAliases()
+            patched = True
+    return patched
+
+
+_FIXES = (
+    ("pil_linear", _fix_pil_linear),
+    ("placeholder_c_ops", _fix_placeholder_c_ops),
+    ("numpy_removed_aliases", _fix_numpy_removed_aliases),
+)
+
+
+def apply() -> list[str]:
+    """Applies every fix that this environment needs (once); returns the names of those applied.
+
+    Raises ImportError with install instructions when detectron2 is not installed.
+    """
+    if importlib.util.find_spec("detectron2") is None:
+        raise ImportError(
+            "det_scaling needs detectron2, which is not installed in this environment. Run "
+            "`make setup`, or `python tools/install_detectron2.py` inside your environment "
+            "(it keeps an existing build, takes --source PATH, or installs detectron2 v0.6)."
+        )
+    for name, fix in _FIXES:
+        if name not in _applied and fix():
+            _applied.append(name)
+    return applied_fixes()
+
+
+def applied_fixes() -> list[str]:
+    """Names of the fixes :func:`apply` has applied in this process."""
+    return list(_applied)

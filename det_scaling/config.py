@@ -1,0 +1,107 @@
+"""The toolkit's config keys, added to detectron2's CfgNode in one place.
+
+Every key det_scaling reads is added by :func:`add_scaling_config`, with its default and meaning
+documented beside it. detectron2's own keys keep their meaning; in particular the reference setup
+a config is written for is detectron2's ``SOLVER.REFERENCE_WORLD_SIZE`` together with
+``SOLVER.IMS_PER_BATCH``: 0 means "written for the GPUs you use", and nothing is rescaled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from detectron2.config import CfgNode
+from detectron2.config import get_cfg as _detectron2_get_cfg
+
+__all__ = ["add_scaling_config", "get_cfg", "load_cfg"]
+
+
+def add_scaling_config(cfg: CfgNode) -> None:
+    """Adds det_scaling's keys, with their defaults, to ``cfg`` (in place, like detectron2's
+    ``add_*_config`` helpers). Calling it twice is harmless."""
+    if "SCALING" in cfg:
+        return
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+
+    # ---- scaling: how a config written for REFERENCE_WORLD_SIZE GPUs moves to another count ----
+    cfg.SCALING = CfgNode()
+    # How BASE_LR and BASE_LR_END follow the total batch: "linear" (Goyal et al. 2017; what
+    # detectron2's auto_scale_workers does), "sqrt" (Krizhevsky 2014; for adaptive optimizers),
+    # or "none" (LR kept). The schedule (MAX_ITER, STEPS, warmup, periods) always keeps the number
+    # of images seen, whatever the rule.
+    cfg.SCALING.RULE = "linear"
+    # With fewer GPUs than the reference: keep the reference total batch (and so its LR and
+    # schedule) by accumulating gradients over REFERENCE_WORLD_SIZE / num_gpus micro-batches.
+    cfg.SCALING.KEEP_REFERENCE_BATCH = False
+    # Micro-batches whose gradients are summed into one optimizer step. SOLVER.IMS_PER_BATCH is the
+    # total per optimizer step, so each GPU loads IMS_PER_BATCH / (world size * this) images a
+    # micro-batch. scale_cfg sets it when KEEP_REFERENCE_BATCH applies.
+    cfg.SCALING.GRAD_ACCUM_STEPS = 1
+    # Images in one epoch of the training set, for epoch figures in plans and plots and for
+    # configs written in epochs. 0: unknown (trainers fill it in from the registered data set).
+    cfg.SCALING.DATASET_SIZE = 0
+
+    # ---- solver: optimizers and schedules, chosen by name from the registries ----
+    # The LR that cosine and poly decay towards. Upstream detectron2 added this key after v0.6;
+    # it is added here, with upstream's default, when the installed detectron2 lacks it.
+    if "BASE_LR_END" not in cfg.SOLVER:
+        cfg.SOLVER.BASE_LR_END = 0.0
+    # OPTIMIZER_REGISTRY name: "SGD" (detectron2's), "LARS", "LARC" (LARS with apex's clipping),
+    # "AdamW".
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.LARS = CfgNode()
+    # Trust coefficient (eta in the LARS paper, which uses 0.001; apex LARC's default is 0.02).
+    cfg.SOLVER.LARS.TRUST_COEFFICIENT = 0.02
+    cfg.SOLVER.LARS.EPS = 1e-8
+    # Biases and normalization parameters keep trust 1 and get no weight decay, as in the
+    # large-batch literature.
+    cfg.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM = True
+    cfg.SOLVER.ADAMW = CfgNode()
+    cfg.SOLVER.ADAMW.BETAS = (0.9, 0.999)
+    cfg.SOLVER.ADAMW.EPS = 1e-8
+    # Schedules are functions of training progress (iteration / MAX_ITER), so their shape does not
+    # change when scale_cfg changes MAX_ITER. SOLVER.WARMUP_METHOD also accepts "exponential".
+    # WarmupPolyLR: BASE_LR_END + (BASE_LR - BASE_LR_END) * (1 - progress) ** POWER.
+    cfg.SOLVER.POLY_LR_POWER = 2.0
+    # WarmupExponentialLR: the LR factor reached at MAX_ITER: BASE_LR * DECAY ** progress.
+    cfg.SOLVER.EXPONENTIAL_LR_DECAY = 0.01
+    # WarmupInverseTimeLR: BASE_LR / (1 + K * progress); K = 9 ends at a tenth of BASE_LR.
+    cfg.SOLVER.INVERSE_TIME_LR_K = 9.0
+    # Reduce the LR when a validation metric stops improving (SOLVER.PLATEAU.ENABLED), applied on
+    # top of the scheduler's value after warmup; evaluated each time TEST.EVAL_PERIOD runs.
+    cfg.SOLVER.PLATEAU = CfgNode()
+    cfg.SOLVER.PLATEAU.ENABLED = False
+    cfg.SOLVER.PLATEAU.METRIC = "bbox/AP50"
+    cfg.SOLVER.PLATEAU.MODE = "max"  # "max" or "min"
+    cfg.SOLVER.PLATEAU.FACTOR = 0.1
+    cfg.SOLVER.PLATEAU.PATIENCE = 2  # evaluations without improvement before a reduction
+    cfg.SOLVER.PLATEAU.COOLDOWN = 0  # evaluations to wait after a reduction
+    cfg.SOLVER.PLATEAU.THRESHOLD = 1e-4
+    cfg.SOLVER.PLATEAU.THRESHOLD_MODE = "rel"  # "rel" or "abs"
+    cfg.SOLVER.PLATEAU.MIN_LR = 0.0
+
+    if was_frozen:
+        cfg.freeze()
+
+
+def get_cfg() -> CfgNode:
+    """detectron2's default config with det_scaling's keys added."""
+    cfg = _detectron2_get_cfg()
+    add_scaling_config(cfg)
+    return cfg
+
+
+def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> CfgNode:
+    """Default config, merged with ``config_file`` (``_BASE_`` inheritance as in detectron2) and
+    then with ``KEY VALUE`` ``overrides`` as detectron2's tools take them."""
+    cfg = get_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if overrides:
+        if len(overrides) % 2:
+            raise ValueError(
+                f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}"
+            )
+        cfg.merge_from_list(list(overrides))
+    return cfg

@@ -1,0 +1,295 @@
+"""Rescale a detectron2 config written for one GPU count to another, and say what changed.
+
+The reference setup is ``SOLVER.REFERENCE_WORLD_SIZE`` GPUs (R) at ``SOLVER.IMS_PER_BATCH`` images
+per optimizer step, accumulated over ``SCALING.GRAD_ACCUM_STEPS`` micro-batches (A). Each GPU's
+micro-batch, ``IMS_PER_BATCH / (R * A)``, is what fits in its memory, so it is kept. On N GPUs:
+
+* the total batch becomes ``per_gpu * N * A`` and the LR follows ``SCALING.RULE``;
+* or, with ``SCALING.KEEP_REFERENCE_BATCH``, the total batch and LR stay and each GPU accumulates
+  ``R * A / N`` micro-batches;
+* every iteration-valued key keeps the number of images seen (:mod:`det_scaling.progress`).
+
+With the linear rule the numbers are those of detectron2's ``auto_scale_workers``. The result is
+written for N GPUs (``REFERENCE_WORLD_SIZE = N``), so scaling it again to N, or handing it to
+``DefaultTrainer`` (which calls ``auto_scale_workers``), changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectron2.config import CfgNode
+
+from det_scaling.config import add_scaling_config
+from det_scaling.progress import rescale_iterations
+
+__all__ = ["SCALING_RULES", "Change", "ScalingPlan", "plan_scaling", "scale_cfg"]
+
+SCALING_RULES = {
+    "linear": lambda batch_ratio: batch_ratio,
+    "sqrt": math.sqrt,
+    "none": lambda batch_ratio: 1.0,
+}
+
+# Iteration-valued keys rescaled to keep the images seen, with what a zero value means for them.
+_PERIOD_KEYS = ("SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One config value that scaling changed."""
+
+    key: str
+    old: Any
+    new: Any
+    reason: str
+
+    def format(self) -> str:
+        return (
+            f"{self.key}: {_format_value(self.old)} -> {_format_value(self.new)}  ({self.reason})"
+        )
+
+
+@dataclass
+class ScalingPlan:
+    """The scaled config and the record of how it was made."""
+
+    cfg: CfgNode
+    num_gpus: int
+    reference_world_size: int
+    rule: str
+    batch_ratio: float  # new total batch / reference total batch
+    lr_factor: float
+    changes: list[Change] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def format(self) -> str:
+        """One line per change, then any notes."""
+        lines = [change.format() for change in self.changes]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-friendly record (saved beside a run's config)."""
+        return {
+            "num_gpus": self.num_gpus,
+            "reference_world_size": self.reference_world_size,
+            "rule": self.rule,
+            "batch_ratio": self.batch_ratio,
+            "lr_factor": self.lr_factor,
+            "changes": [
+                {"key": c.key, "old": _plain(c.old), "new": _plain(c.new), "reason": c.reason}
+                for c in self.changes
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def scale_cfg(
+    cfg: CfgNode,
+    num_gpus: int,
+    *,
+    rule: str | None = None,
+    keep_reference_batch: bool | None = None,
+) -> CfgNode:
+    """Returns a copy of ``cfg`` rescaled for ``num_gpus`` workers (the input is not changed).
+
+    ``rule`` and ``keep_reference_batch`` override ``SCALING.RULE`` and
+    ``SCALING.KEEP_REFERENCE_BATCH``. Raises ``ValueError`` naming the key when the config cannot
+    be scaled. :func:`plan_scaling` returns the same config with the record of every change.
+    """
+    return plan_scaling(cfg, num_gpus, rule=rule, keep_reference_batch=keep_reference_batch).cfg
+
+
+def plan_scaling(
+    cfg: CfgNode,
+    num_gpus: int,
+    *,
+    rule: str | None = None,
+    keep_reference_batch: bool | None = None,
+) -> ScalingPlan:
+    """Like :func:`scale_cfg`, returning a :class:`ScalingPlan` (scaled config + changes)."""
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
+        raise ValueError(f"num_gpus must be a positive integer, got {num_gpus!r}")
+    frozen = cfg.is_frozen()
+    out = cfg.clone()
+    out.defrost()
+    add_scaling_config(out)
+    rule = out.SCALING.RULE if rule is None else rule
+    if rule not in SCALING_RULES:
+        raise ValueError(
+            f"SCALING.RULE: unknown scaling rule {rule!r}; choose one of {sorted(SCALING_RULES)}"
+        )
+    if keep_reference_batch is None:
+        keep_reference_batch = bool(out.SCALING.KEEP_REFERENCE_BATCH)
+    out.SCALING.RULE = rule
+    out.SCALING.KEEP_REFERENCE_BATCH = keep_reference_batch
+    _check_inputs(out)
+
+    reference = out.SOLVER.REFERENCE_WORLD_SIZE
+    plan = ScalingPlan(out, num_gpus, reference, rule, batch_ratio=1.0, lr_factor=1.0)
+    if reference == 0:
+        plan.notes.append(
+            "SOLVER.REFERENCE_WORLD_SIZE is 0: the config is written for the GPUs it runs on; "
+            "nothing is rescaled"
+        )
+    elif reference == num_gpus:
+        plan.notes.append(f"the config is already written for {num_gpus} GPU(s)")
+    else:
+        _rescale(plan, keep_reference_batch)
+    if frozen:
+        out.freeze()
+    return plan
+
+
+def _check_inputs(cfg: CfgNode) -> None:
+    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    accumulation = cfg.SCALING.GRAD_ACCUM_STEPS
+    if reference < 0:
+        raise ValueError(f"SOLVER.REFERENCE_WORLD_SIZE must be >= 0, got {reference}")
+    if accumulation < 1:
+        raise ValueError(f"SCALING.GRAD_ACCUM_STEPS must be >= 1, got {accumulation}")
+    if cfg.SOLVER.IMS_PER_BATCH < 1:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH must be positive, got {cfg.SOLVER.IMS_PER_BATCH}")
+    if not cfg.SOLVER.BASE_LR > 0:
+        raise ValueError(f"SOLVER.BASE_LR must be positive, got {cfg.SOLVER.BASE_LR}")
+    if cfg.SOLVER.MAX_ITER < 1:
+        raise ValueError(f"SOLVER.MAX_ITER must be positive, got {cfg.SOLVER.MAX_ITER}")
+    if reference and cfg.SOLVER.IMS_PER_BATCH % (reference * accumulation):
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by "
+            f"SOLVER.REFERENCE_WORLD_SIZE ({reference}) x SCALING.GRAD_ACCUM_STEPS "
+            f"({accumulation}): each GPU's micro-batch must be a whole number of images"
+        )
+
+
+def _rescale(plan: ScalingPlan, keep_reference_batch: bool) -> None:
+    cfg, num_gpus, reference = plan.cfg, plan.num_gpus, plan.reference_world_size
+    solver = cfg.SOLVER
+    old_batch = solver.IMS_PER_BATCH
+    accumulation = cfg.SCALING.GRAD_ACCUM_STEPS
+    per_gpu = old_batch // (reference * accumulation)
+    micro_batches = reference * accumulation  # per optimizer step, all GPUs together
+
+    def record(key: str, new: Any, reason: str) -> None:
+        node, name = _lookup(cfg, key)
+        old = node[name]
+        node[name] = new
+        if old != new:
+            plan.changes.append(Change(key, old, new, reason))
+
+    if keep_reference_batch:
+        if micro_batches % num_gpus:
+            raise ValueError(
+                f"SCALING.KEEP_REFERENCE_BATCH: the reference batch of {old_batch} images is "
+                f"{micro_batches} micro-batches of {per_gpu}, which do not divide evenly among "
+                f"{num_gpus} GPUs; use a GPU count that divides {micro_batches}, or set "
+                "SCALING.KEEP_REFERENCE_BATCH False to scale the batch and LR instead"
+            )
+        new_accumulation = micro_batches // num_gpus
+        record(
+            "SCALING.GRAD_ACCUM_STEPS",
+            new_accumulation,
+            f"KEEP_REFERENCE_BATCH: {num_gpus} GPU(s) x {new_accumulation} micro-batches x "
+            f"{per_gpu} images keep the reference batch of {old_batch}",
+        )
+        plan.notes.append(
+            f"total batch, LR and schedule kept as written for {reference} GPU(s), by gradient "
+            "accumulation"
+        )
+    else:
+        new_batch = per_gpu * num_gpus * accumulation
+        plan.batch_ratio = new_batch / old_batch
+        plan.lr_factor = SCALING_RULES[plan.rule](plan.batch_ratio)
+        record(
+            "SOLVER.IMS_PER_BATCH",
+            new_batch,
+            f"{per_gpu} images/GPU x {num_gpus} GPU(s)"
+            + (f" x {accumulation} accumulated" if accumulation > 1 else "")
+            + f" (reference: {reference} GPU(s))",
+        )
+        lr_reason = f"{plan.rule} rule: x{plan.lr_factor:.6g} for a {plan.batch_ratio:.6g}x batch"
+        record("SOLVER.BASE_LR", solver.BASE_LR * plan.lr_factor, lr_reason)
+        record("SOLVER.BASE_LR_END", solver.BASE_LR_END * plan.lr_factor, lr_reason)
+        _rescale_schedule(plan, record, old_batch, new_batch)
+    record(
+        "SOLVER.REFERENCE_WORLD_SIZE",
+        num_gpus,
+        f"now written for {num_gpus} GPU(s) (scaled from {reference})",
+    )
+
+
+def _rescale_schedule(plan: ScalingPlan, record, old_batch: int, new_batch: int) -> None:
+    """Rescales the iteration-valued keys to the same images seen, checking what rounding did."""
+    cfg = plan.cfg
+    solver = cfg.SOLVER
+
+    def rescale(value: int) -> int:
+        return rescale_iterations(value, old_batch, new_batch)
+
+    def why(value: int) -> str:
+        return f"same images seen: {value} steps x {old_batch} = {value * old_batch} images"
+
+    def fail(key: str, message: str) -> ValueError:
+        return ValueError(
+            f"{key}: {message} at {plan.num_gpus} GPU(s) (batch {new_batch}, from {old_batch}); "
+            f"lengthen the schedule or scale to fewer GPUs"
+        )
+
+    old_max_iter = solver.MAX_ITER
+    max_iter = rescale(old_max_iter)
+    if max_iter < 1:
+        raise fail("SOLVER.MAX_ITER", f"{old_max_iter} rounds to 0 iterations")
+    record("SOLVER.MAX_ITER", max_iter, why(old_max_iter))
+
+    old_steps = tuple(solver.STEPS)
+    steps = tuple(rescale(step) for step in old_steps)
+    for old, new in zip(old_steps, steps):
+        if old > 0 and new == 0:
+            raise fail("SOLVER.STEPS", f"step {old} rounds to 0")
+        if old < old_max_iter and new >= max_iter:
+            raise fail(
+                "SOLVER.STEPS", f"step {old} rounds to {new}, not before MAX_ITER {max_iter}"
+            )
+    for i in range(1, len(steps)):
+        if old_steps[i - 1] < old_steps[i] and steps[i - 1] >= steps[i]:
+            raise fail(
+                "SOLVER.STEPS",
+                f"steps {old_steps[i - 1]} and {old_steps[i]} collide (both round to {steps[i]})",
+            )
+    record("SOLVER.STEPS", steps, f"same images seen as {list(old_steps)} at {old_batch}/step")
+
+    record("SOLVER.WARMUP_ITERS", rescale(solver.WARMUP_ITERS), why(solver.WARMUP_ITERS))
+    for key in _PERIOD_KEYS:
+        node, name = _lookup(cfg, key)
+        old = node[name]
+        new = rescale(old)
+        if old > 0 and new == 0:
+            raise fail(key, f"period {old} rounds to 0")
+        record(key, new, why(old))
+
+
+def _lookup(cfg: CfgNode, dotted_key: str) -> tuple[CfgNode, str]:
+    *parents, name = dotted_key.split(".")
+    node = cfg
+    for parent in parents:
+        node = node[parent]
+    return node, name
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(_format_value(v) for v in value) + ")"
+    return str(value)
