@@ -31,4 +31,4 @@ def rescale_iterations(iterations: int, old_batch: int, new_batch: int) -> int:
     ``DefaultTrainer.auto_scale_workers`` computes exactly this float expression, so both give the
     same integers, ties included.
     """
-    return int(round(iterations / (new_batch / old_batch)))
+    return round(iterations / (new_batch / old_batch))

@@ -250,7 +250,7 @@ def _rescale_schedule(plan: ScalingPlan, record, old_batch: int, new_batch: int)
 
     old_steps = tuple(solver.STEPS)
     steps = tuple(rescale(step) for step in old_steps)
-    for old, new in zip(old_steps, steps):
+    for old, new in zip(old_steps, steps, strict=True):
         if old > 0 and new == 0:
             raise fail("SOLVER.STEPS", f"step {old} rounds to 0")
         if old < old_max_iter and new >= max_iter:
