@@ -37,6 +37,7 @@ import importlib.util
 import re
 import sys
 import types
+import warnings
 from collections.abc import Iterable
 
 import numpy
@@ -108,11 +109,9 @@ class _NumpyWithRemovedAliases(types.ModuleType):
 
 
 def _numpy_has(name: str) -> bool:
-    try:
-        getattr(numpy, name)
-    except AttributeError:
-        return False
-    return True
+    with warnings.catch_warnings():  # numpy 2 warns while refusing some removed names
+        warnings.simplefilter("ignore")
+        return hasattr(numpy, name)
 
 
 def _pil_linear_needed(image_module: types.ModuleType) -> bool:

@@ -8,7 +8,7 @@ the same way.
 
 from __future__ import annotations
 
-__all__ = ["epochs_seen", "images_seen", "rescale_iterations"]
+__all__ = ["epochs_seen", "images_seen", "iterations_for_images", "rescale_iterations"]
 
 
 def images_seen(iteration: int, ims_per_batch: int) -> int:
@@ -32,3 +32,12 @@ def rescale_iterations(iterations: int, old_batch: int, new_batch: int) -> int:
     same integers, ties included.
     """
     return round(iterations / (new_batch / old_batch))
+
+
+def iterations_for_images(images: int, ims_per_batch: int) -> int:
+    """The optimizer steps of ``ims_per_batch`` images that come nearest to ``images`` images
+    (ties to even, as :func:`rescale_iterations`): where a run resumed at another total batch
+    continues."""
+    if ims_per_batch <= 0:
+        raise ValueError(f"ims_per_batch must be positive, got {ims_per_batch}")
+    return round(images / ims_per_batch)

@@ -140,7 +140,7 @@ def plan_scaling(
             "nothing is rescaled"
         )
     elif reference == num_gpus:
-        plan.notes.append(f"the config is already written for {num_gpus} GPU(s)")
+        plan.notes.append(f"the config is already written for {_gpus(num_gpus)}")
     else:
         _rescale(plan, keep_reference_batch)
     if frozen:
@@ -196,11 +196,11 @@ def _rescale(plan: ScalingPlan, keep_reference_batch: bool) -> None:
         record(
             "SCALING.GRAD_ACCUM_STEPS",
             new_accumulation,
-            f"KEEP_REFERENCE_BATCH: {num_gpus} GPU(s) x {new_accumulation} micro-batches x "
+            f"KEEP_REFERENCE_BATCH: {_gpus(num_gpus)} x {new_accumulation} micro-batches x "
             f"{per_gpu} images keep the reference batch of {old_batch}",
         )
         plan.notes.append(
-            f"total batch, LR and schedule kept as written for {reference} GPU(s), by gradient "
+            f"total batch, LR and schedule kept as written for {_gpus(reference)}, by gradient "
             "accumulation"
         )
     else:
@@ -210,18 +210,18 @@ def _rescale(plan: ScalingPlan, keep_reference_batch: bool) -> None:
         record(
             "SOLVER.IMS_PER_BATCH",
             new_batch,
-            f"{per_gpu} images/GPU x {num_gpus} GPU(s)"
+            f"{per_gpu} images/GPU x {_gpus(num_gpus)}"
             + (f" x {accumulation} accumulated" if accumulation > 1 else "")
-            + f" (reference: {reference} GPU(s))",
+            + f"; reference {_gpus(reference)}",
         )
-        lr_reason = f"{plan.rule} rule: x{plan.lr_factor:.6g} for a {plan.batch_ratio:.6g}x batch"
+        lr_reason = f"{plan.rule} rule: batch x{plan.batch_ratio:.6g}, LR x{plan.lr_factor:.6g}"
         record("SOLVER.BASE_LR", solver.BASE_LR * plan.lr_factor, lr_reason)
         record("SOLVER.BASE_LR_END", solver.BASE_LR_END * plan.lr_factor, lr_reason)
         _rescale_schedule(plan, record, old_batch, new_batch)
     record(
         "SOLVER.REFERENCE_WORLD_SIZE",
         num_gpus,
-        f"now written for {num_gpus} GPU(s) (scaled from {reference})",
+        f"now written for {_gpus(num_gpus)}, scaled from {reference}",
     )
 
 
@@ -238,7 +238,7 @@ def _rescale_schedule(plan: ScalingPlan, record, old_batch: int, new_batch: int)
 
     def fail(key: str, message: str) -> ValueError:
         return ValueError(
-            f"{key}: {message} at {plan.num_gpus} GPU(s) (batch {new_batch}, from {old_batch}); "
+            f"{key}: {message} at {_gpus(plan.num_gpus)} (batch {new_batch}, from {old_batch}); "
             f"lengthen the schedule or scale to fewer GPUs"
         )
 
@@ -281,6 +281,10 @@ def _lookup(cfg: CfgNode, dotted_key: str) -> tuple[CfgNode, str]:
     for parent in parents:
         node = node[parent]
     return node, name
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU" if count == 1 else f"{count} GPUs"
 
 
 def _plain(value: Any) -> Any:

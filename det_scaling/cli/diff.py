@@ -40,8 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for line in diff_configs(args.config, args.config_b, args.opts, args.num_gpus):
-        print(line.format())
+    changes = diff_configs(args.config, args.config_b, args.opts, args.num_gpus)
+    for change in changes:
+        print(change.format())
+    if not changes:
+        print("no differences")
     return 0
 
 

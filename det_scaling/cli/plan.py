@@ -66,7 +66,8 @@ def format_plan_table(cfg: CfgNode, gpu_counts: list[int]) -> str:
         )
     reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
     header = (
-        f"reference: {reference} GPU(s), {cfg.SOLVER.IMS_PER_BATCH} images/step, "
+        f"reference: {reference} GPU{'s' if reference > 1 else ''}, "
+        f"{cfg.SOLVER.IMS_PER_BATCH} images/step, "
         f"BASE_LR {cfg.SOLVER.BASE_LR:.6g}; rule: {cfg.SCALING.RULE}"
         + ("; keep reference batch" if cfg.SCALING.KEEP_REFERENCE_BATCH else "")
         if reference

@@ -1,0 +1,18 @@
+"""Shared fixtures. det_scaling is imported first: it applies the detectron2 compatibility layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import det_scaling
+
+REPO = Path(__file__).resolve().parents[1]
+VOC07_CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_R_50_FPN.yaml"
+
+
+@pytest.fixture
+def voc07_cfg():
+    """The VOC07 Faster R-CNN config, written for 1 GPU x 2 images (the tutorial's reference)."""
+    return det_scaling.load_cfg(str(VOC07_CONFIG))

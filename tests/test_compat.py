@@ -1,0 +1,97 @@
+"""The detectron2 compatibility layer: each fix is applied only when needed, and works."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import types
+
+import numpy
+import pytest
+from PIL import Image
+
+from det_scaling import compat
+
+
+def test_pil_linear_fix_applies_only_when_pillow_lacks_it():
+    assert compat._pil_linear_needed(types.SimpleNamespace())
+    assert not compat._pil_linear_needed(types.SimpleNamespace(LINEAR=2))
+
+
+def test_extent_transform_default_interpolation_is_bilinear():
+    from detectron2.data.transforms import ExtentTransform
+
+    default = inspect.signature(ExtentTransform.__init__).parameters["interp"].default
+    assert default == Image.BILINEAR
+
+
+def test_numpy_alias_fix_applies_only_to_sources_using_a_missing_alias():
+    missing = [a for a in ("int", "float", "str", "object") if not compat._numpy_has(a)]
+    for alias in missing:
+        assert compat._uses_missing_numpy_alias(f"x = np.{alias}(3)")
+    assert not compat._uses_missing_numpy_alias("x = np.int64(3); y = np.float32")
+    assert not compat._uses_missing_numpy_alias("import numpy as np")
+
+
+def test_numpy_itself_is_not_changed():
+    import detectron2.data.build as build
+
+    assert ("int" in vars(numpy)) == compat._numpy_has("int")
+    if "numpy_removed_aliases" in compat.applied_fixes():
+        assert build.np is not numpy
+        assert build.np.int is int
+        assert build.np.zeros is numpy.zeros
+
+
+def test_class_histogram_printed_when_building_a_train_loader_works():
+    from detectron2.data.build import print_instances_class_histogram
+
+    dicts = [{"annotations": [{"category_id": 0}, {"category_id": 1}, {"category_id": 1}]}]
+    print_instances_class_histogram(dicts, ["cat", "dog"])
+
+
+def test_detectron2_layers_and_evaluation_import():
+    import detectron2.evaluation
+    import detectron2.layers
+    import detectron2.modeling  # noqa: F401
+
+
+def test_missing_compiled_op_raises_a_clear_error():
+    if "placeholder_c_ops" not in compat.applied_fixes():
+        pytest.skip("detectron2 here has its compiled ops")
+    import torch
+    from detectron2.layers.rotated_boxes import pairwise_iou_rotated
+
+    boxes = torch.zeros((1, 5))
+    with pytest.raises(compat.MissingCompiledOpsError, match="--source"):
+        pairwise_iou_rotated(boxes, boxes)
+
+
+def test_collect_env_reports_the_missing_ops_instead_of_crashing():
+    from detectron2.utils.collect_env import collect_env_info
+
+    info = collect_env_info()
+    if "placeholder_c_ops" in compat.applied_fixes():
+        assert "not compiled" in info
+
+
+def test_apply_is_idempotent():
+    before = compat.applied_fixes()
+    assert compat.apply() == before
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_import_prints_nothing():
+    result = _python("import det_scaling")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_detectron2_gives_install_instructions():
+    result = _python("import sys; sys.modules['detectron2'] = None; import det_scaling")
+    assert result.returncode != 0
+    assert "tools/install_detectron2.py" in result.stderr
