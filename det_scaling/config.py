@@ -41,6 +41,16 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # Images in one epoch of the training set, for epoch figures in plans and plots and for
     # configs written in epochs. 0: unknown (trainers fill it in from the registered data set).
     cfg.SCALING.DATASET_SIZE = 0
+    # A schedule written in epochs (as classification configs usually are). When EPOCHS.MAX > 0,
+    # SOLVER.MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD and TEST.EVAL_PERIOD are computed
+    # from these at the run's total batch (epochs x DATASET_SIZE / IMS_PER_BATCH, rounded), and the
+    # iteration values written in the config are ignored.
+    cfg.SCALING.EPOCHS = CfgNode()
+    cfg.SCALING.EPOCHS.MAX = 0.0  # 0: the schedule is written in iterations
+    cfg.SCALING.EPOCHS.STEPS = ()
+    cfg.SCALING.EPOCHS.WARMUP = 0.0
+    cfg.SCALING.EPOCHS.CHECKPOINT_PERIOD = 0.0  # 0: a checkpoint at the end only
+    cfg.SCALING.EPOCHS.EVAL_PERIOD = 0.0  # 0: no periodic evaluation
 
     # ---- solver: optimizers and schedules, chosen by name from the registries ----
     # The LR that cosine and poly decay towards. Upstream detectron2 added this key after v0.6;

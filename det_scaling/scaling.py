@@ -16,8 +16,9 @@ written for N GPUs (``REFERENCE_WORLD_SIZE = N``), so scaling it again to N, or 
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +35,9 @@ SCALING_RULES = {
     "none": lambda batch_ratio: 1.0,
 }
 
-# Iteration-valued keys rescaled to keep the images seen, with what a zero value means for them.
+# Iteration-valued keys: rescaled to keep the images seen, or computed from SCALING.EPOCHS.
 _PERIOD_KEYS = ("SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD")
+_SCHEDULE_KEYS = ("SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS", *_PERIOD_KEYS)
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,11 @@ def plan_scaling(
     elif reference == num_gpus:
         plan.notes.append(f"the config is already written for {_gpus(num_gpus)}")
     else:
-        _rescale(plan, keep_reference_batch)
+        _rescale_batch_and_lr(plan, keep_reference_batch)
+    if out.SCALING.EPOCHS.MAX > 0:
+        _schedule_from_epochs(plan)
+    elif out.SOLVER.IMS_PER_BATCH != cfg.SOLVER.IMS_PER_BATCH:
+        _rescale_schedule(plan, cfg.SOLVER.IMS_PER_BATCH)
     if frozen:
         out.freeze()
     return plan
@@ -169,20 +175,27 @@ def _check_inputs(cfg: CfgNode) -> None:
         )
 
 
-def _rescale(plan: ScalingPlan, keep_reference_batch: bool) -> None:
+def _recorder(plan: ScalingPlan) -> Callable[[str, Any, str], None]:
+    """Returns ``record(key, new, reason)``: sets a key of the plan's config, noting a change."""
+
+    def record(key: str, new: Any, reason: str) -> None:
+        node, name = _lookup(plan.cfg, key)
+        old = node[name]
+        node[name] = new
+        if old != new:
+            plan.changes.append(Change(key, old, new, reason))
+
+    return record
+
+
+def _rescale_batch_and_lr(plan: ScalingPlan, keep_reference_batch: bool) -> None:
     cfg, num_gpus, reference = plan.cfg, plan.num_gpus, plan.reference_world_size
+    record = _recorder(plan)
     solver = cfg.SOLVER
     old_batch = solver.IMS_PER_BATCH
     accumulation = cfg.SCALING.GRAD_ACCUM_STEPS
     per_gpu = old_batch // (reference * accumulation)
     micro_batches = reference * accumulation  # per optimizer step, all GPUs together
-
-    def record(key: str, new: Any, reason: str) -> None:
-        node, name = _lookup(cfg, key)
-        old = node[name]
-        node[name] = new
-        if old != new:
-            plan.changes.append(Change(key, old, new, reason))
 
     if keep_reference_batch:
         if micro_batches % num_gpus:
@@ -217,7 +230,6 @@ def _rescale(plan: ScalingPlan, keep_reference_batch: bool) -> None:
         lr_reason = f"{plan.rule} rule: batch x{plan.batch_ratio:.6g}, LR x{plan.lr_factor:.6g}"
         record("SOLVER.BASE_LR", solver.BASE_LR * plan.lr_factor, lr_reason)
         record("SOLVER.BASE_LR_END", solver.BASE_LR_END * plan.lr_factor, lr_reason)
-        _rescale_schedule(plan, record, old_batch, new_batch)
     record(
         "SOLVER.REFERENCE_WORLD_SIZE",
         num_gpus,
@@ -225,53 +237,94 @@ def _rescale(plan: ScalingPlan, keep_reference_batch: bool) -> None:
     )
 
 
-def _rescale_schedule(plan: ScalingPlan, record, old_batch: int, new_batch: int) -> None:
-    """Rescales the iteration-valued keys to the same images seen, checking what rounding did."""
+def _rescale_schedule(plan: ScalingPlan, old_batch: int) -> None:
+    """Rescales the iteration-valued keys written for ``old_batch`` to the same images seen."""
+    new_batch = plan.cfg.SOLVER.IMS_PER_BATCH
+    written = {key: _lookup_value(plan.cfg, key) for key in _SCHEDULE_KEYS}
+
+    def convert(iterations: int) -> int:
+        return rescale_iterations(iterations, old_batch, new_batch)
+
+    def why(iterations: int) -> str:
+        return (
+            f"same images seen: {iterations} steps x {old_batch} = {iterations * old_batch} images"
+        )
+
+    _set_schedule(plan, written, convert, why, f"at {old_batch} images/step")
+
+
+def _schedule_from_epochs(plan: ScalingPlan) -> None:
+    """Sets the iteration-valued keys from ``SCALING.EPOCHS`` at the config's total batch."""
     cfg = plan.cfg
-    solver = cfg.SOLVER
+    epochs = cfg.SCALING.EPOCHS
+    dataset_size = cfg.SCALING.DATASET_SIZE
+    batch = cfg.SOLVER.IMS_PER_BATCH
+    if dataset_size <= 0:
+        raise ValueError(
+            "SCALING.EPOCHS.MAX: a schedule written in epochs needs SCALING.DATASET_SIZE (images "
+            "per epoch); set it, or let the trainer fill it in from the registered data set"
+        )
+    written = {
+        "SOLVER.MAX_ITER": epochs.MAX,
+        "SOLVER.STEPS": tuple(epochs.STEPS),
+        "SOLVER.WARMUP_ITERS": epochs.WARMUP,
+        # A period of 0 epochs: checkpoint at the end only; evaluate at the end only.
+        "SOLVER.CHECKPOINT_PERIOD": epochs.CHECKPOINT_PERIOD or epochs.MAX,
+        "TEST.EVAL_PERIOD": epochs.EVAL_PERIOD,
+    }
 
-    def rescale(value: int) -> int:
-        return rescale_iterations(value, old_batch, new_batch)
+    def convert(epoch_count: float) -> int:
+        return round(epoch_count * dataset_size / batch)
 
-    def why(value: int) -> str:
-        return f"same images seen: {value} steps x {old_batch} = {value * old_batch} images"
+    def why(epoch_count: float) -> str:
+        return f"{epoch_count:g} epochs x {dataset_size} images / {batch} per step"
+
+    _set_schedule(plan, written, convert, why, "in SCALING.EPOCHS")
+
+
+def _set_schedule(
+    plan: ScalingPlan,
+    written: dict[str, Any],
+    convert: Callable[[Any], int],
+    why: Callable[[Any], str],
+    written_as: str,
+) -> None:
+    """Sets every schedule key to ``convert`` of its ``written`` value, refusing what rounding
+    breaks: a length, step or period that becomes 0, steps that collide or reach MAX_ITER."""
+    record = _recorder(plan)
+    batch = plan.cfg.SOLVER.IMS_PER_BATCH
 
     def fail(key: str, message: str) -> ValueError:
         return ValueError(
-            f"{key}: {message} at {_gpus(plan.num_gpus)} (batch {new_batch}, from {old_batch}); "
-            f"lengthen the schedule or scale to fewer GPUs"
+            f"{key}: {message} at {_gpus(plan.num_gpus)} ({batch} images/step; schedule written "
+            f"{written_as}); lengthen the schedule or use fewer GPUs"
         )
 
-    old_max_iter = solver.MAX_ITER
-    max_iter = rescale(old_max_iter)
+    written_max = written["SOLVER.MAX_ITER"]
+    max_iter = convert(written_max)
     if max_iter < 1:
-        raise fail("SOLVER.MAX_ITER", f"{old_max_iter} rounds to 0 iterations")
-    record("SOLVER.MAX_ITER", max_iter, why(old_max_iter))
+        raise fail("SOLVER.MAX_ITER", f"{written_max:g} rounds to 0 iterations")
+    record("SOLVER.MAX_ITER", max_iter, why(written_max))
 
-    old_steps = tuple(solver.STEPS)
-    steps = tuple(rescale(step) for step in old_steps)
-    for old, new in zip(old_steps, steps, strict=True):
+    written_steps = written["SOLVER.STEPS"]
+    steps = tuple(convert(step) for step in written_steps)
+    for old, new in zip(written_steps, steps, strict=True):
         if old > 0 and new == 0:
-            raise fail("SOLVER.STEPS", f"step {old} rounds to 0")
-        if old < old_max_iter and new >= max_iter:
+            raise fail("SOLVER.STEPS", f"step {old:g} rounds to 0")
+        if old < written_max and new >= max_iter:
             raise fail(
-                "SOLVER.STEPS", f"step {old} rounds to {new}, not before MAX_ITER {max_iter}"
+                "SOLVER.STEPS", f"step {old:g} rounds to {new}, not before MAX_ITER {max_iter}"
             )
-    for i in range(1, len(steps)):
-        if old_steps[i - 1] < old_steps[i] and steps[i - 1] >= steps[i]:
-            raise fail(
-                "SOLVER.STEPS",
-                f"steps {old_steps[i - 1]} and {old_steps[i]} collide (both round to {steps[i]})",
-            )
-    record("SOLVER.STEPS", steps, f"same images seen as {list(old_steps)} at {old_batch}/step")
+    for (old_a, old_b), new_b in zip(itertools.pairwise(written_steps), steps[1:], strict=True):
+        if old_a < old_b and convert(old_a) >= new_b:
+            raise fail("SOLVER.STEPS", f"steps {old_a:g} and {old_b:g} collide (both {new_b})")
+    record("SOLVER.STEPS", steps, f"same images seen as {list(written_steps)} {written_as}")
 
-    record("SOLVER.WARMUP_ITERS", rescale(solver.WARMUP_ITERS), why(solver.WARMUP_ITERS))
-    for key in _PERIOD_KEYS:
-        node, name = _lookup(cfg, key)
-        old = node[name]
-        new = rescale(old)
-        if old > 0 and new == 0:
-            raise fail(key, f"period {old} rounds to 0")
+    for key in ("SOLVER.WARMUP_ITERS", *_PERIOD_KEYS):
+        old = written[key]
+        new = convert(old)
+        if key in _PERIOD_KEYS and old > 0 and new == 0:
+            raise fail(key, f"period {old:g} rounds to 0")
         record(key, new, why(old))
 
 
@@ -281,6 +334,11 @@ def _lookup(cfg: CfgNode, dotted_key: str) -> tuple[CfgNode, str]:
     for parent in parents:
         node = node[parent]
     return node, name
+
+
+def _lookup_value(cfg: CfgNode, dotted_key: str) -> Any:
+    node, name = _lookup(cfg, dotted_key)
+    return node[name]
 
 
 def _gpus(count: int) -> str:

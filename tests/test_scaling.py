@@ -313,3 +313,54 @@ def test_plain_detectron2_config_gets_the_toolkit_keys():
     scaled = scale_cfg(cfg, 1)
     assert scaled.SCALING.RULE == "linear"
     assert scaled.SOLVER.IMS_PER_BATCH == 2
+
+
+def epoch_cfg(reference=8, batch=256, dataset_size=1_281_167):
+    """The Goyal et al. ImageNet schedule: 90 epochs, steps at 30/60/80, 5 warmup epochs."""
+    cfg = small_cfg(reference=reference, batch=batch, lr=0.1)
+    cfg.SCALING.DATASET_SIZE = dataset_size
+    cfg.SCALING.EPOCHS.MAX = 90.0
+    cfg.SCALING.EPOCHS.STEPS = (30.0, 60.0, 80.0)
+    cfg.SCALING.EPOCHS.WARMUP = 5.0
+    cfg.SCALING.EPOCHS.EVAL_PERIOD = 1.0
+    return cfg
+
+
+def test_epoch_schedule_becomes_iterations_at_the_reference_batch():
+    plan = plan_scaling(epoch_cfg(), 8)
+    solver = plan.cfg.SOLVER
+    assert solver.MAX_ITER == round(90 * 1_281_167 / 256)
+    assert solver.STEPS == tuple(round(e * 1_281_167 / 256) for e in (30, 60, 80))
+    assert solver.WARMUP_ITERS == round(5 * 1_281_167 / 256)
+    assert solver.CHECKPOINT_PERIOD == solver.MAX_ITER  # 0 epochs: at the end only
+    assert plan.cfg.TEST.EVAL_PERIOD == round(1_281_167 / 256)
+    reasons = {c.key: c.reason for c in plan.changes}
+    assert reasons["SOLVER.MAX_ITER"] == "90 epochs x 1281167 images / 256 per step"
+
+
+def test_epoch_schedule_is_computed_at_the_scaled_batch():
+    scaled = scale_cfg(epoch_cfg(), 32)  # batch 1024, LR 0.4: the seeds' recommended setup
+    assert scaled.SOLVER.IMS_PER_BATCH == 1024
+    assert scaled.SOLVER.BASE_LR == pytest.approx(0.4)
+    assert scaled.SOLVER.MAX_ITER == round(90 * 1_281_167 / 1024)
+    assert scale_cfg(scaled, 32).dump() == scaled.dump()
+
+
+def test_epoch_schedule_needs_the_dataset_size():
+    cfg = epoch_cfg(dataset_size=0)
+    with pytest.raises(ValueError, match=re.escape("needs SCALING.DATASET_SIZE")):
+        scale_cfg(cfg, 2)
+
+
+def test_epoch_schedule_applies_without_a_reference_too():
+    cfg = epoch_cfg(reference=0, batch=64, dataset_size=1000)
+    scaled = scale_cfg(cfg, 4)
+    assert scaled.SOLVER.IMS_PER_BATCH == 64
+    assert scaled.SOLVER.MAX_ITER == round(90 * 1000 / 64)
+
+
+def test_too_short_epoch_schedule_is_refused_naming_the_step():
+    cfg = epoch_cfg(batch=256, dataset_size=100)
+    cfg.SCALING.EPOCHS.STEPS = (30.0, 30.5)
+    with pytest.raises(ValueError, match=re.escape("SOLVER.STEPS: steps 30 and 30.5 collide")):
+        scale_cfg(cfg, 8)
