@@ -1,0 +1,132 @@
+"""Gradient accumulation: one optimizer step over several micro-batches.
+
+``SOLVER.IMS_PER_BATCH`` is the total batch of one optimizer step. With
+``SCALING.GRAD_ACCUM_STEPS = A`` on ``W`` processes, each process loads micro-batches of
+``IMS_PER_BATCH / (W * A)`` images and sums the gradients of ``A`` of them before stepping, so a
+1-GPU run keeps the total batch (and LR) of a config written for 8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import SimpleTrainer
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["AccumulatingTrainer", "micro_batch_cfg", "micro_batch_per_process"]
+
+
+def micro_batch_per_process(cfg: CfgNode, world_size: int) -> int:
+    """Images each process loads per micro-batch: ``IMS_PER_BATCH / (world_size *
+    GRAD_ACCUM_STEPS)``; raises ``ValueError`` naming the keys when that is not a whole number."""
+    batch, steps = cfg.SOLVER.IMS_PER_BATCH, cfg.SCALING.GRAD_ACCUM_STEPS
+    if steps < 1:
+        raise ValueError(f"SCALING.GRAD_ACCUM_STEPS must be >= 1, got {steps}")
+    if batch % (world_size * steps):
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH ({batch}) must be divisible by the world size ({world_size}) "
+            f"x SCALING.GRAD_ACCUM_STEPS ({steps}): each process loads a whole number of images "
+            "per micro-batch"
+        )
+    return batch // (world_size * steps)
+
+
+def micro_batch_cfg(cfg: CfgNode, world_size: int) -> CfgNode:
+    """A copy of ``cfg`` for building the training loader: its ``SOLVER.IMS_PER_BATCH`` is the
+    images of one micro-batch over all processes (``IMS_PER_BATCH / GRAD_ACCUM_STEPS``), so
+    loaders that follow detectron2's convention (``IMS_PER_BATCH / world size`` per process)
+    load micro-batches. ``cfg`` itself when there is no accumulation."""
+    per_process = micro_batch_per_process(cfg, world_size)
+    if cfg.SCALING.GRAD_ACCUM_STEPS == 1:
+        return cfg
+    out = cfg.clone()
+    out.defrost()
+    out.SOLVER.IMS_PER_BATCH = per_process * world_size
+    if cfg.is_frozen():
+        out.freeze()
+    return out
+
+
+class AccumulatingTrainer(SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` whose step sums the gradients of ``accumulation_steps``
+    micro-batches before one ``optimizer.step()``.
+
+    Each micro-batch's losses are divided by ``accumulation_steps``: detectron2's losses are means
+    over the micro-batch, DDP averages gradients over processes, so the gradient is the mean over
+    the whole ``IMS_PER_BATCH``, as one big batch would give. Under DDP all micro-batches but the
+    last run in ``no_sync()``: gradients are all-reduced once per step. The losses logged are the
+    means over the micro-batches. With a ``grad_scaler`` (AMP, CUDA only) the forward passes run
+    under autocast and the scaler steps the optimizer, as in detectron2's ``AMPTrainer``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data_loader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        accumulation_steps: int,
+        grad_scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+        super().__init__(model, data_loader, optimizer)
+        self.accumulation_steps = accumulation_steps
+        self.grad_scaler = grad_scaler
+
+    def run_step(self) -> None:
+        assert self.model.training, "[AccumulatingTrainer] model was changed to eval mode!"
+        if self.grad_scaler is not None:
+            assert torch.cuda.is_available(), "[AccumulatingTrainer] AMP needs CUDA"
+        self.optimizer.zero_grad()
+        data_time = 0.0
+        loss_sums: dict[str, torch.Tensor] = {}
+        for micro_batch in range(self.accumulation_steps):
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            last = micro_batch == self.accumulation_steps - 1
+            with self._sync_gradients(last):
+                with self._autocast():
+                    loss_dict = self.model(data)
+                    if isinstance(loss_dict, torch.Tensor):
+                        loss_dict = {"total_loss": loss_dict}
+                    losses = sum(loss_dict.values()) / self.accumulation_steps
+                if self.grad_scaler is not None:
+                    losses = self.grad_scaler.scale(losses)
+                losses.backward()
+            for name, value in loss_dict.items():
+                loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
+        self._write_metrics(
+            {name: total / self.accumulation_steps for name, total in loss_sums.items()},
+            data_time,
+        )
+        if self.grad_scaler is None:
+            self.optimizer.step()
+        else:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+
+    def _sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager:
+        if not sync and isinstance(self.model, DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.grad_scaler is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda")
+
+    def state_dict(self) -> dict:
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

@@ -1,0 +1,361 @@
+"""``ScalingTrainer``: detectron2's ``DefaultTrainer`` for configs that ``plan_scaling`` scaled.
+
+What it changes in ``DefaultTrainer``, and why:
+
+* ``__init__`` builds the DDP model itself (:func:`det_scaling.launch.create_ddp_model`): detectron2
+  passes ``device_ids``, which DDP rejects for CPU models, so gloo runs on the CPU work. It takes
+  the config as scaled and never calls ``auto_scale_workers`` (a config for another world size
+  is refused, see :func:`check_scaled`).
+* gradient accumulation (``SCALING.GRAD_ACCUM_STEPS``): the step trainer is
+  :class:`~det_scaling.engine.accumulation.AccumulatingTrainer` and the training loader is built
+  for micro-batches (:func:`~det_scaling.engine.accumulation.micro_batch_cfg`);
+* the optimizer and LR scheduler come from ``det_scaling.solver`` (its registries);
+* checkpoints also hold the optimizer state (v0.6's ``DefaultTrainer`` leaves it out; upstream
+  main saves it as here) and the :class:`~det_scaling.engine.resume.ScalingProgress` state, so
+  ``resume_or_load`` continues at the same images seen when the GPU count changed;
+* a non-finite loss raises ``FloatingPointError`` with scaling advice (:func:`nan_advice`);
+* ``train()`` ends with a summary (metrics, wall time, images/s, the scaled settings), logged and
+  written to ``OUTPUT_DIR/summary.json``.
+
+A task other than detection overrides ``build_model``, ``build_train_loader``,
+``build_test_loader`` and ``build_evaluator`` only; the loop, hooks, writers, checkpoints and
+scaling stay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import weakref
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
+from fvcore.nn.precise_bn import get_bn_modules
+
+from det_scaling import compat
+from det_scaling.config import add_scaling_config
+from det_scaling.engine.accumulation import (
+    AccumulatingTrainer,
+    micro_batch_cfg,
+    micro_batch_per_process,
+)
+from det_scaling.engine.resume import ScalingProgress, move_schedule
+from det_scaling.launch import create_ddp_model
+
+__all__ = ["ScalingTrainer", "check_scaled", "format_summary", "nan_advice"]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+# Iterations between two writes of metrics.json / tensorboard / the console line (detectron2's).
+WRITER_PERIOD = 20
+
+
+def check_scaled(cfg: CfgNode, world_size: int) -> None:
+    """Raises ``ValueError`` unless ``cfg`` is written for ``world_size`` processes
+    (``SOLVER.REFERENCE_WORLD_SIZE`` equal to it, or 0: "as written, whatever the count")."""
+    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if reference not in (0, world_size):
+        raise ValueError(
+            f"SOLVER.REFERENCE_WORLD_SIZE is {reference} but this run has {world_size} "
+            f"process(es): scale the config first with det_scaling.plan_scaling(cfg, "
+            f"{world_size}) (tools/train.py does), or set SOLVER.REFERENCE_WORLD_SIZE 0 to use "
+            "it as written"
+        )
+
+
+def nan_advice(cfg: CfgNode, world_size: int) -> str:
+    """What to tell a user whose losses became NaN or infinite with ``cfg`` on ``world_size``
+    processes: the scaled settings and the fixes."""
+    solver, scaling = cfg.SOLVER, cfg.SCALING
+    rule = scaling.RULE
+    advice = (
+        f"det_scaling: this run uses SOLVER.BASE_LR {solver.BASE_LR:g} on {world_size} "
+        f"process(es) with a total batch of {solver.IMS_PER_BATCH} (SOLVER.IMS_PER_BATCH, "
+        f"{scaling.GRAD_ACCUM_STEPS} micro-batch(es) per step), scaling rule {rule!r} "
+        "(SCALING.RULE). The config may be written for more GPUs: set "
+        "SOLVER.REFERENCE_WORLD_SIZE to the GPU count it was written for so det_scaling "
+        "rescales it, or lower SOLVER.BASE_LR"
+    )
+    if rule == "linear":
+        advice += "; for a large batch, SCALING.RULE sqrt or a longer SOLVER.WARMUP_ITERS"
+    return advice + "."
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few readable lines for the log."""
+    lines = [
+        f"world size {summary['world_size']}, total batch {summary['ims_per_batch']} "
+        f"({summary['grad_accum_steps']} micro-batch(es) of {summary['micro_batch_per_process']} "
+        f"image(s) per process), base LR {summary['base_lr']:g} ({summary['scaling_rule']} rule)",
+        f"iterations {summary['start_iter']} -> {summary['iterations_done']} of "
+        f"{summary['max_iter']}, images seen {summary['images_seen']}"
+        + (f" ({summary['epochs_seen']:.4g} epochs)" if summary["epochs_seen"] is not None else ""),
+        f"wall time {summary['wall_time_s']:.1f} s, training {summary['train_time_s']:.1f} s, "
+        f"{summary['images_per_s']:.2f} images/s",
+    ]
+    metrics = summary["metrics"]
+    if metrics:
+        shown = {k: v for k, v in metrics.items() if k.endswith(("AP", "AP50", "AP75"))} or metrics
+        lines.append(", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
+    return "\n".join(lines)
+
+
+class ScalingTrainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` for a config scaled by ``plan_scaling`` (see the module).
+
+    Use it as ``DefaultTrainer``::
+
+        trainer = ScalingTrainer(plan_scaling(cfg, comm.get_world_size()).cfg)
+        trainer.resume_or_load(resume=args.resume)
+        summary = trainer.train()
+
+    The config must be written for this world size (the caller scales it). It works on CUDA
+    (NCCL) and on the CPU (``MODEL.DEVICE cpu``, gloo processes).
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        # DefaultTrainer.__init__ is skipped on purpose: it calls auto_scale_workers and builds
+        # DDP with device_ids. The rest follows it, in its order.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        if "SCALING" not in cfg:
+            cfg = cfg.clone()
+            add_scaling_config(cfg)
+        self.world_size = comm.get_world_size()
+        check_scaled(cfg, self.world_size)
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(micro_batch_cfg(cfg, self.world_size))
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        # This run's base LR of each param group (the checkpoint of another GPU count carries
+        # its own, which resume must not bring back). torch schedulers keep it as initial_lr.
+        self._base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.progress = ScalingProgress(cfg, self.world_size)
+        self.summary: dict[str, Any] | None = None
+        self.register_hooks(self.build_hooks())
+
+    # ---- building blocks a task may override ----
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """``det_scaling.solver.build_optimizer(cfg, model)`` (the optimizer registry)."""
+        return _solver().build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
+        """``det_scaling.solver.build_lr_scheduler(cfg, optimizer)`` (the schedule registry)."""
+        return _solver().build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """detectron2's detection training loader. It is called with a config whose
+        ``SOLVER.IMS_PER_BATCH`` is one micro-batch over all processes (see
+        :func:`~det_scaling.engine.accumulation.micro_batch_cfg`), so an override keeps
+        detectron2's convention: ``IMS_PER_BATCH / world size`` images per process and batch."""
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> DatasetEvaluator:
+        """The evaluator for the data set's ``evaluator_type``: ``pascal_voc`` (VOC07 AP, AP50,
+        AP75) or ``coco``; ``NotImplementedError`` otherwise (``test`` then skips the set)."""
+        evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type == "coco":
+            return COCOEvaluator(
+                dataset_name,
+                output_dir=os.path.join(cfg.OUTPUT_DIR, "inference"),
+                # The fast evaluator is compiled C++; a pure-Python detectron2 lacks it.
+                use_fast_impl="placeholder_c_ops" not in compat.applied_fixes(),
+            )
+        raise NotImplementedError(
+            f"no evaluator for data set {dataset_name!r} (evaluator_type {evaluator_type!r}); "
+            "override ScalingTrainer.build_evaluator"
+        )
+
+    @classmethod
+    def build_step_trainer(
+        cls,
+        cfg: CfgNode,
+        model: torch.nn.Module,
+        data_loader,
+        optimizer: torch.optim.Optimizer,
+    ) -> SimpleTrainer:
+        """The object that runs one optimizer step: detectron2's ``SimpleTrainer`` (or
+        ``AMPTrainer`` with ``SOLVER.AMP.ENABLED``), or an ``AccumulatingTrainer`` when
+        ``SCALING.GRAD_ACCUM_STEPS`` > 1."""
+        steps = cfg.SCALING.GRAD_ACCUM_STEPS
+        amp = cfg.SOLVER.AMP.ENABLED
+        if steps == 1:
+            return (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
+        return AccumulatingTrainer(
+            model, data_loader, optimizer, steps, grad_scaler=_cuda_grad_scaler() if amp else None
+        )
+
+    def build_hooks(self) -> list[hooks.HookBase]:
+        """detectron2's default hooks (timer, LR schedule, PreciseBN, checkpoints, evaluation,
+        writers), with :class:`ScalingProgress` before the checkpointer, PreciseBN reading
+        micro-batches, and det_scaling.solver's plateau hook after the evaluation when
+        ``SOLVER.PLATEAU.ENABLED``."""
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's own loader: save memory and time
+        precise_bn = None
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            precise_bn = hooks.PreciseBN(
+                cfg.TEST.EVAL_PERIOD,
+                self.model,
+                self.build_train_loader(micro_batch_cfg(cfg, self.world_size)),
+                cfg.TEST.PRECISE_BN.NUM_ITER,
+            )
+
+        def test_and_save_results() -> dict:
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret: list[hooks.HookBase | None] = [
+            hooks.IterationTimer(),
+            self.progress,
+            hooks.LRScheduler(),
+            precise_bn,  # before the checkpointer: it changes the model that is saved
+        ]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            # Last, so that evaluation results of the step are written too.
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=WRITER_PERIOD))
+        # SOLVER.PLATEAU: the hook that feeds evaluation metrics to the scheduler.
+        return _solver().add_plateau_hook(self.cfg, [h for h in ret if h is not None])
+
+    # ---- checkpoints and resume ----
+    def state_dict(self) -> dict[str, Any]:
+        ret = TrainerBase.state_dict(self)
+        # The optimizer (and AMP scaler) state; v0.6's DefaultTrainer omits it.
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        TrainerBase.load_state_dict(self, state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """As ``DefaultTrainer.resume_or_load``; a checkpoint of another total batch (another GPU
+        count) continues at the same images seen, with this run's base LR at that point of this
+        run's schedule (see :mod:`det_scaling.engine.resume` for what is continuous)."""
+        super().resume_or_load(resume=resume)
+        if not (resume and self.checkpointer.has_checkpoint()):
+            return
+        done = self.progress.resume_from(self.start_iter)
+        if self.progress.resumed_from is not None:  # the total batch changed
+            move_schedule(self.scheduler, self.optimizer, self._base_lrs, done)
+        # detectron2's convention: iter is the last step done, training starts at the next.
+        self.iter = done - 1
+        self.start_iter = done
+
+    # ---- the loop ----
+    def run_step(self) -> None:
+        self._trainer.iter = self.iter
+        try:
+            self._trainer.run_step()
+        except FloatingPointError as error:
+            # detectron2 raises it (on the main process) when the logged losses are not finite.
+            raise FloatingPointError(f"{error}\n{nan_advice(self.cfg, self.world_size)}") from error
+
+    def train(self) -> dict[str, Any]:
+        """Trains from ``start_iter`` to ``SOLVER.MAX_ITER`` (evaluating as configured), then
+        logs the summary and writes it to ``OUTPUT_DIR/summary.json`` (main process); returns
+        it (see :meth:`build_summary`)."""
+        start = time.perf_counter()
+        super().train()
+        self.summary = self.build_summary(time.perf_counter() - start)
+        if comm.is_main_process():
+            logger.info("Training summary:\n%s", format_summary(self.summary))
+            PathManager.mkdirs(self.cfg.OUTPUT_DIR)
+            path = os.path.join(self.cfg.OUTPUT_DIR, SUMMARY_FILE)
+            with PathManager.open(path, "w") as f:
+                json.dump(self.summary, f, indent=2)
+            logger.info("Summary saved to %s", path)
+        return self.summary
+
+    def build_summary(self, wall_time: float) -> dict[str, Any]:
+        """The run in one dict: scaled settings, progress, wall time (the whole ``train()``),
+        training time and images/s (up to the last step), final LR and evaluation metrics
+        (flattened, e.g. ``bbox/AP50``; empty when nothing was evaluated)."""
+        cfg, progress = self.cfg, self.progress
+        images_this_run = progress.images_seen - progress.images_at_start
+        results = getattr(self, "_last_eval_results", None)
+        histories = self.storage.histories()
+        return {
+            "world_size": self.world_size,
+            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+            "grad_accum_steps": cfg.SCALING.GRAD_ACCUM_STEPS,
+            "micro_batch_per_process": micro_batch_per_process(cfg, self.world_size),
+            "base_lr": cfg.SOLVER.BASE_LR,
+            "scaling_rule": cfg.SCALING.RULE,
+            "max_iter": self.max_iter,
+            "start_iter": progress.start_iter,
+            "iterations_done": progress.iterations_done,
+            "images_seen": progress.images_seen,
+            "epochs_seen": progress.epochs_seen,
+            "wall_time_s": wall_time,
+            "train_time_s": progress.train_seconds,
+            "images_per_s": images_this_run / progress.train_seconds
+            if progress.train_seconds > 0
+            else 0.0,
+            "final_lr": histories["lr"].latest() if "lr" in histories else None,
+            "metrics": {k: float(v) for k, v in flatten_results_dict(results or {}).items()},
+            "resumed_from": progress.resumed_from,
+        }
+
+
+def _solver() -> Any:
+    """det_scaling.solver: ``build_optimizer``, ``build_lr_scheduler``, ``add_plateau_hook``."""
+    try:
+        from det_scaling import solver
+    except ModuleNotFoundError as error:
+        # ---- INTEGRATION FALLBACK: remove once det_scaling/solver/ is merged ----
+        # Until then, detectron2's builders (SGD; WarmupMultiStepLR / WarmupCosineLR), and no
+        # reduce-on-plateau.
+        if error.name != "det_scaling.solver":
+            raise
+        from detectron2 import solver as detectron2_solver
+
+        return SimpleNamespace(
+            build_optimizer=detectron2_solver.build_optimizer,
+            build_lr_scheduler=detectron2_solver.build_lr_scheduler,
+            add_plateau_hook=lambda cfg, hook_list: hook_list,
+        )
+        # ---- end of INTEGRATION FALLBACK ----
+    return solver
+
+
+def _cuda_grad_scaler():
+    # torch.amp.GradScaler("cuda") since torch 2.3; torch.cuda.amp.GradScaler before (deprecated).
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()

@@ -1,0 +1,245 @@
+"""Start the processes of a run: spawned on one or several machines, or under ``torchrun``.
+
+:func:`launch` has the signature and meaning of ``detectron2.engine.launch`` and adds what
+detectron2 v0.6 lacks (upstream main has some of it; see the notes on each function):
+
+* a CPU path: without enough GPUs the ``num_gpus_per_machine`` processes run on the CPU with the
+  gloo backend (v0.6 asserts CUDA; upstream main falls back to gloo too);
+* ``torchrun``: when its environment variables are set, the process group is initialised from
+  them and ``main_func`` runs in this process instead of spawning;
+* :func:`create_ddp_model`, which passes ``device_ids`` only for CUDA models (detectron2's, in
+  v0.6 and main, always passes them, which ``DistributedDataParallel`` rejects for CPU models).
+
+The launcher knows nothing of scaling: ``main_func`` reads the world size from
+``detectron2.utils.comm`` and scales its config itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "TORCHRUN_VARIABLES",
+    "create_ddp_model",
+    "default_device",
+    "launch",
+    "pick_backend",
+    "under_torchrun",
+]
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+# What torchrun (and torch.distributed.launch --use-env) sets in every worker's environment.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+logger = logging.getLogger(__name__)
+
+
+def launch(
+    main_func: Callable[..., Any],
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str | None = None,
+    args: Sequence[Any] = (),
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> None:
+    """Runs ``main_func(*args)`` in every process of a (possibly) distributed job.
+
+    As ``detectron2.engine.launch``: call it on every machine; it spawns ``num_gpus_per_machine``
+    processes here, whose global ranks are ``machine_rank * num_gpus_per_machine + local rank``,
+    connected through ``dist_url`` (``"auto"``: a free port on localhost, one machine only). A
+    world of one process runs ``main_func`` here without a process group. The backend is NCCL,
+    one GPU per process, when CUDA has ``num_gpus_per_machine`` GPUs, and otherwise gloo with the
+    processes on the CPU (see :func:`default_device`).
+
+    Under ``torchrun`` (all of :data:`TORCHRUN_VARIABLES` set), torchrun has already started one
+    process per worker: the process group is initialised from the environment and ``main_func``
+    runs here; the GPU, machine and URL arguments are then ignored in favour of torchrun's.
+    """
+    if under_torchrun():
+        _run_under_torchrun(main_func, args, timeout)
+        return
+
+    world_size = num_machines * num_gpus_per_machine
+    if world_size == 1:
+        main_func(*args)
+        return
+    if dist_url is None:
+        raise ValueError("dist_url is required for a multi-process launch (or pass 'auto')")
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("dist_url='auto' works on one machine only; pass tcp://HOST:PORT")
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    if num_machines > 1 and dist_url.startswith("file://"):
+        logger.warning("file:// is not a reliable init_method across machines; prefer tcp://")
+
+    backend = pick_backend(num_gpus_per_machine)
+    if backend == "gloo":
+        logger.info(
+            "Launching %d process(es) on the CPU with the gloo backend (%s)",
+            num_gpus_per_machine,
+            "no CUDA"
+            if not torch.cuda.is_available()
+            else f"only {torch.cuda.device_count()} GPU(s) for {num_gpus_per_machine} processes",
+        )
+    mp.spawn(
+        _distributed_worker,
+        nprocs=num_gpus_per_machine,
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            tuple(args),
+            timeout,
+            backend,
+        ),
+        daemon=False,
+    )
+
+
+def pick_backend(processes_per_machine: int) -> str:
+    """``"nccl"`` when CUDA has a GPU for each of ``processes_per_machine`` processes, else
+    ``"gloo"`` (the processes then run on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.device_count() >= processes_per_machine:
+        return "nccl"
+    return "gloo"
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` (its environment variables are set)."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def default_device() -> str:
+    """The device this process trains on: ``"cuda"`` when CUDA is available and the process group
+    (if any) is NCCL, else ``"cpu"``. Tools use it to move ``MODEL.DEVICE`` off CUDA when
+    :func:`launch` fell back to gloo."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() != "nccl":
+        return "cpu"
+    return "cuda"
+
+
+def create_ddp_model(
+    model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any
+) -> torch.nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` when there is more than one process, else
+    ``model`` itself; ``kwargs`` go to ``DistributedDataParallel``.
+
+    Like ``detectron2.engine.create_ddp_model``, except that ``device_ids`` defaults to this
+    process's local GPU only for a CUDA model: for a CPU model DDP requires ``device_ids=None``.
+    ``fp16_compression`` registers PyTorch's fp16 gradient compression hook, as detectron2's does.
+    """
+    if comm.get_world_size() == 1:
+        return model
+    on_cuda = any(p.device.type == "cuda" for p in model.parameters())
+    if "device_ids" not in kwargs:
+        kwargs["device_ids"] = [comm.get_local_rank()] if on_cuda else None
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+
+
+def _distributed_worker(
+    local_rank: int,
+    main_func: Callable[..., Any],
+    world_size: int,
+    num_gpus_per_machine: int,
+    machine_rank: int,
+    dist_url: str,
+    args: tuple[Any, ...],
+    timeout: timedelta,
+    backend: str,
+) -> None:
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    if backend == "nccl":
+        # Before init_process_group, so NCCL binds this process to its own GPU.
+        torch.cuda.set_device(local_rank)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # CPU processes share the cores; each taking all of them (torch's default) oversubscribes
+        # the machine. torchrun sets OMP_NUM_THREADS=1 for the same reason.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
+    try:
+        dist.init_process_group(
+            backend=backend,
+            init_method=dist_url,
+            world_size=world_size,
+            rank=global_rank,
+            timeout=timeout,
+        )
+    except Exception:
+        logger.error("Process group URL: %s", dist_url)
+        raise
+    _run_in_process_group(main_func, args, num_gpus_per_machine)
+
+
+def _run_under_torchrun(
+    main_func: Callable[..., Any], args: Sequence[Any], timeout: timedelta
+) -> None:
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    backend = pick_backend(local_world_size)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    _run_in_process_group(main_func, tuple(args), local_world_size)
+
+
+def _run_in_process_group(
+    main_func: Callable[..., Any], args: tuple[Any, ...], processes_per_machine: int
+) -> None:
+    _create_local_process_group(processes_per_machine)
+    # A barrier right after init: a rank that is slow to start otherwise times out in its first
+    # collective (maskrcnn-benchmark issue 172, which detectron2's launch cites).
+    comm.synchronize()
+    main_func(*args)
+    # Only after a clean return: after a failure the other ranks may be gone, and tearing down
+    # (NCCL) could wait for them; the process exits anyway.
+    dist.destroy_process_group()
+
+
+def _create_local_process_group(processes_per_machine: int) -> None:
+    """Sets detectron2's group of the processes on this machine (``comm.get_local_rank`` needs
+    it). Version-dependent: upstream main has ``comm.create_local_process_group``; v0.6's launch
+    builds the groups inline and stores this machine's in ``comm._LOCAL_PROCESS_GROUP``."""
+    if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
+        comm.create_local_process_group(processes_per_machine)
+        return
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    if world_size % processes_per_machine:
+        raise ValueError(
+            f"world size {world_size} is not a multiple of {processes_per_machine} processes "
+            "per machine"
+        )
+    machine_rank = rank // processes_per_machine
+    # Every process must create every group (new_group is collective), keeping only its own.
+    for machine in range(world_size // processes_per_machine):
+        first = machine * processes_per_machine
+        group = dist.new_group(list(range(first, first + processes_per_machine)))
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def _find_free_port() -> int:
+    # The OS picks a free port for port 0; another process may still take it before the job
+    # binds it, which is why multi-machine jobs pass an explicit URL.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,503 @@
+"""ScalingTrainer: the same training at any process count, gradient accumulation, resume at another
+GPU count, the NaN advice, the outputs.
+
+Everything runs for real on the CPU: detectron2's data loader reads small PNG files through its
+``DatasetMapper``, multi-process runs are gloo processes started by ``det_scaling.launch``, and
+checkpoints are written and read back. The model is a tiny box regressor (a convolution and a
+linear layer, no BatchNorm, whose loss is a mean over the batch), so runs take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.solver.lr_scheduler import LRMultiplier
+from detectron2.structures import BoxMode
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from fvcore.common.param_scheduler import LinearParamScheduler
+from PIL import Image
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import det_scaling
+from det_scaling import get_cfg, plan_scaling
+from det_scaling.engine import (
+    ScalingProgress,
+    ScalingTrainer,
+    micro_batch_cfg,
+    micro_batch_per_process,
+    move_schedule,
+)
+from det_scaling.launch import launch
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "det_scaling_test_tiny_boxes"
+NUM_IMAGES = 8
+IMAGE_SIZE = 16
+
+
+@META_ARCH_REGISTRY.register()
+class TinyBoxRegressor(nn.Module):
+    """Predicts the (normalised) box of each image; loss: mean squared error over the batch."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, kernel_size=3, padding=1)
+        self.head = nn.Linear(4, 4)
+        self.to(torch.device(cfg.MODEL.DEVICE))
+
+    def forward(self, batched_inputs):
+        images = torch.stack([x["image"] for x in batched_inputs]).float() / 255.0
+        boxes = self.head(F.relu(self.conv(images)).mean(dim=(2, 3)))
+        targets = torch.stack([x["instances"].gt_boxes.tensor[0] for x in batched_inputs])
+        return {"loss_box": F.mse_loss(boxes, targets / IMAGE_SIZE)}
+
+
+def _image(index: int) -> tuple[np.ndarray, list[float]]:
+    """Image ``index``: dark noise with one bright rectangle, and that rectangle (XYXY)."""
+    rng = np.random.default_rng(index)
+    x0, y0 = rng.integers(0, IMAGE_SIZE // 2, size=2)
+    width, height = rng.integers(3, IMAGE_SIZE // 2, size=2)
+    x1, y1 = x0 + width, y0 + height
+    pixels = rng.integers(0, 60, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    pixels[y0:y1, x0:x1] = 230
+    return pixels, [float(x0), float(y0), float(x1), float(y1)]
+
+
+def write_images(root: Path) -> None:
+    for index in range(NUM_IMAGES):
+        Image.fromarray(_image(index)[0]).save(root / f"{index}.png")
+
+
+def register_images(root: Path) -> None:
+    """Registers the images under ``root`` (called in every process, like any detectron2 set)."""
+    records = [
+        {
+            "file_name": str(root / f"{index}.png"),
+            "image_id": index,
+            "height": IMAGE_SIZE,
+            "width": IMAGE_SIZE,
+            "annotations": [
+                {"bbox": _image(index)[1], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
+            ],
+        }
+        for index in range(NUM_IMAGES)
+    ]
+    if DATASET in DatasetCatalog.list():
+        DatasetCatalog.remove(DATASET)
+        MetadataCatalog.remove(DATASET)
+    DatasetCatalog.register(DATASET, lambda: records)
+    MetadataCatalog.get(DATASET).set(thing_classes=["box"])
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    write_images(root)
+    return root
+
+
+def tiny_cfg(output_dir: Path, *, ims_per_batch: int, accum: int = 1, max_iter: int = 3):
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "TinyBoxRegressor"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.DATASETS.TRAIN = (DATASET,)
+    cfg.DATASETS.TEST = ()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TRAIN = (IMAGE_SIZE,)
+    cfg.INPUT.MAX_SIZE_TRAIN = IMAGE_SIZE
+    cfg.INPUT.RANDOM_FLIP = "none"
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
+    cfg.SOLVER.IMS_PER_BATCH = ims_per_batch
+    cfg.SOLVER.BASE_LR = 0.5
+    cfg.SOLVER.MAX_ITER = max_iter
+    cfg.SOLVER.STEPS = ()
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
+    cfg.SCALING.GRAD_ACCUM_STEPS = accum
+    cfg.SCALING.DATASET_SIZE = NUM_IMAGES
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.SEED = 7
+    return cfg
+
+
+def build_trainer(cfg, data_root: Path, resume: bool = False) -> ScalingTrainer:
+    """What a tool's main does in each process: data, seeds (as default_setup), the trainer."""
+    torch.set_num_threads(1)
+    register_images(data_root)
+    # default_setup's seeding: rank 0's seed decides the initial weights (DDP broadcasts them)
+    # and the data order (TrainingSampler's shared seed), so runs at any world size match.
+    seed_all_rng(cfg.SEED + comm.get_rank())
+    trainer = ScalingTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    return trainer
+
+
+def parameters(trainer: ScalingTrainer) -> dict[str, torch.Tensor]:
+    model = trainer.model
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def lr_history(trainer: ScalingTrainer) -> dict[int, float]:
+    return {iteration: lr for lr, iteration in trainer.storage.history("lr").values()}
+
+
+def assert_same_parameters(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ---- workers of the multi-process runs (top level: spawned processes import them) ----
+def _two_process_runs(data_root: str, out: str) -> None:
+    """Two runs of total batch 4 on 2 processes: 2 images each, and 2 x 1 accumulated."""
+    results = {}
+    for accum in (1, 2):
+        cfg = tiny_cfg(Path(out) / f"accum{accum}", ims_per_batch=4, accum=accum)
+        trainer = build_trainer(cfg, Path(data_root))
+        trainer.train()
+        results[accum] = parameters(trainer)
+    if comm.is_main_process():
+        torch.save(results, Path(out) / "parameters.pt")
+
+
+def _resume_worker(cfg, data_root: str, out: str) -> None:
+    trainer = build_trainer(cfg, Path(data_root), resume=True)
+    summary = trainer.train()
+    if comm.is_main_process():
+        torch.save({"lr": lr_history(trainer), "summary": summary}, Path(out) / "result.pt")
+
+
+# ---- tests ----
+def test_micro_batch_is_total_over_processes_and_accumulation(tmp_path):
+    cfg = tiny_cfg(tmp_path, ims_per_batch=16, accum=2)
+    assert micro_batch_per_process(cfg, 4) == 2
+    assert micro_batch_cfg(cfg, 4).SOLVER.IMS_PER_BATCH == 8  # 2 images x 4 processes
+    assert cfg.SOLVER.IMS_PER_BATCH == 16  # not changed in place
+    with pytest.raises(ValueError, match=r"SCALING\.GRAD_ACCUM_STEPS"):
+        micro_batch_per_process(cfg, 3)
+
+
+def test_trainer_refuses_config_written_for_another_world_size(tmp_path):
+    cfg = tiny_cfg(tmp_path, ims_per_batch=4)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 8
+    with pytest.raises(ValueError, match="plan_scaling"):
+        ScalingTrainer(cfg)
+
+
+def test_accumulating_two_micro_batches_equals_one_double_batch(tmp_path, data):
+    big_batch = build_trainer(tiny_cfg(tmp_path / "big", ims_per_batch=4), data)
+    big_batch.train()
+    accumulated = build_trainer(tiny_cfg(tmp_path / "acc", ims_per_batch=4, accum=2), data)
+    accumulated.train()
+    assert type(accumulated._trainer).__name__ == "AccumulatingTrainer"
+    assert_same_parameters(parameters(big_batch), parameters(accumulated))
+    # The logged loss is the mean over the micro-batches, as the big batch's.
+    assert accumulated.storage.history("total_loss").values()[0][0] == pytest.approx(
+        big_batch.storage.history("total_loss").values()[0][0], rel=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_the_same_total_batch(tmp_path, data):
+    one = build_trainer(tiny_cfg(tmp_path / "one", ims_per_batch=4), data)
+    one.train()
+    launch(_two_process_runs, 2, dist_url="auto", args=(str(data), str(tmp_path)))
+    two = torch.load(tmp_path / "parameters.pt")
+    initial = parameters(build_trainer(tiny_cfg(tmp_path / "init", ims_per_batch=4), data))
+    trained = parameters(one)
+    assert any(not torch.equal(initial[k], trained[k]) for k in trained)  # it did train
+    assert_same_parameters(trained, two[1])  # 2 processes x 2 images
+    assert_same_parameters(trained, two[2])  # 2 processes x 2 micro-batches of 1 (no_sync)
+
+
+def resume_cfg(output_dir: Path, world_size: int):
+    """A schedule written for 1 GPU x 2 images (12 steps = 3 epochs), scaled to ``world_size``."""
+    cfg = tiny_cfg(output_dir, ims_per_batch=2, max_iter=12)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 1
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.STEPS = (6, 10)
+    cfg.SOLVER.WARMUP_ITERS = 2
+    cfg.SOLVER.CHECKPOINT_PERIOD = 4
+    return plan_scaling(cfg, world_size).cfg
+
+
+def continue_from(checkpoint: Path, output_dir: Path) -> None:
+    """Puts ``checkpoint`` in ``output_dir`` as detectron2's last checkpoint (what --resume
+    loads)."""
+    output_dir.mkdir(parents=True)
+    shutil.copy(checkpoint, output_dir / checkpoint.name)
+    (output_dir / "last_checkpoint").write_text(checkpoint.name)
+
+
+@pytest.mark.slow
+def test_resume_one_then_two_then_one_process_matches_an_uninterrupted_run(tmp_path, data):
+    # Uninterrupted: 1 process, batch 2, 12 steps; it also leaves the checkpoint after 4 steps.
+    uninterrupted = build_trainer(resume_cfg(tmp_path / "one", 1), data)
+    reference = uninterrupted.train()
+    reference_lr = lr_history(uninterrupted)
+
+    # 2 processes (batch 4, LR x2, 6 steps) from the 1-process checkpoint after 4 steps = 8 images.
+    continue_from(tmp_path / "one" / "model_0000003.pth", tmp_path / "two")
+    cfg_two = resume_cfg(tmp_path / "two", 2)
+    launch(_resume_worker, 2, dist_url="auto", args=(cfg_two, str(data), str(tmp_path / "two")))
+    two = torch.load(tmp_path / "two" / "result.pt")
+    assert two["summary"]["start_iter"] == 2  # 8 images / 4 per step
+    assert two["summary"]["resumed_from"]["world_size"] == 1
+    # The same point of the schedule at the same images, on the new base LR (twice the old one):
+    # no step at the old LR, no restart of the warmup.
+    for iteration, lr in two["lr"].items():
+        assert lr == pytest.approx(2 * reference_lr[2 * iteration], rel=1e-9), iteration
+
+    saved = torch.load(tmp_path / "two" / "model_0000003.pth", weights_only=False)
+    assert saved["trainer"]["hooks"]["ScalingProgress"] == {
+        "images_seen": 16,
+        "iteration": 4,
+        "world_size": 2,
+        "ims_per_batch": 4,
+        "grad_accum_steps": 1,
+        "max_iter": 6,
+        "base_lr": pytest.approx(0.02),
+        "dataset_size": NUM_IMAGES,
+    }
+
+    # Back to 1 process from the 2-process checkpoint after 4 steps = 16 images: step 8 of 12.
+    continue_from(tmp_path / "two" / "model_0000003.pth", tmp_path / "again")
+    resumed = build_trainer(resume_cfg(tmp_path / "again", 1), data, resume=True)
+    final = resumed.train()
+    assert final["start_iter"] == 8
+    for key in ("iterations_done", "images_seen", "epochs_seen", "final_lr"):
+        assert final[key] == pytest.approx(reference[key]), key
+    assert final["epochs_seen"] == 3.0
+    resumed_lr = lr_history(resumed)
+    assert resumed_lr == pytest.approx({i: reference_lr[i] for i in range(8, 12)})
+
+
+def test_nan_loss_error_suggests_the_scaling_rule(tmp_path, data):
+    cfg = tiny_cfg(tmp_path / "nan", ims_per_batch=4, max_iter=30)
+    cfg.SOLVER.BASE_LR = 1e12
+    trainer = build_trainer(cfg, data)
+    with pytest.raises(FloatingPointError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert "Loss became infinite or NaN" in message  # detectron2's own message is kept
+    assert "SOLVER.REFERENCE_WORLD_SIZE" in message
+    assert "SOLVER.BASE_LR 1e+12" in message
+    assert "on 1 process(es)" in message
+
+
+def test_outputs_metrics_tensorboard_summary_and_checkpoint_state(tmp_path, data):
+    cfg = tiny_cfg(tmp_path / "out", ims_per_batch=4, accum=2, max_iter=4)
+    summary = build_trainer(cfg, data).train()
+
+    out = tmp_path / "out"
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert metrics[-1]["iteration"] == 3
+    assert metrics[-1]["images_seen"] == 16
+    assert metrics[-1]["epoch"] == 2.0
+    assert "lr" in metrics[-1] and "total_loss" in metrics[-1]
+    assert list(out.glob("events.out.tfevents.*"))
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["images_seen"] == 16
+    assert summary["grad_accum_steps"] == 2
+    assert summary["micro_batch_per_process"] == 2
+    assert summary["images_per_s"] > 0
+    assert summary["metrics"] == {}  # DATASETS.TEST is empty
+
+    saved = torch.load(out / "model_final.pth", weights_only=False)
+    assert saved["trainer"]["hooks"]["ScalingProgress"]["images_seen"] == 16
+    assert "optimizer" in saved["trainer"]["_trainer"]  # momentum survives a resume
+
+
+TINY_RCNN = """\
+_BASE_: "{base}"
+MODEL:
+  DEVICE: cpu
+  WEIGHTS: ""
+  MASK_ON: False
+  BACKBONE:
+    FREEZE_AT: 0
+  RESNETS:
+    DEPTH: 18
+    RES2_OUT_CHANNELS: 64
+    NORM: "GN"
+  FPN:
+    NORM: "GN"
+    OUT_CHANNELS: 32
+  RPN:
+    BATCH_SIZE_PER_IMAGE: 32
+    PRE_NMS_TOPK_TRAIN: 100
+    POST_NMS_TOPK_TRAIN: 50
+    PRE_NMS_TOPK_TEST: 100
+    POST_NMS_TOPK_TEST: 50
+  ROI_HEADS:
+    BATCH_SIZE_PER_IMAGE: 32
+    NUM_CLASSES: 5
+  ROI_BOX_HEAD:
+    FC_DIM: 64
+INPUT:
+  MIN_SIZE_TRAIN: (64,)
+  MAX_SIZE_TRAIN: 64
+  MIN_SIZE_TEST: 64
+  MAX_SIZE_TEST: 64
+DATASETS:
+  TRAIN: ("synthetic_voc_trainval",)
+  TEST: ("synthetic_voc_test",)
+DATALOADER:
+  NUM_WORKERS: 0
+SOLVER:
+  REFERENCE_WORLD_SIZE: 1
+  IMS_PER_BATCH: 2
+  BASE_LR: 0.001
+  MAX_ITER: 8  # 4 at 2 processes: the iteration timer (hence the ETA) skips the first 3
+  STEPS: (6,)
+  WARMUP_ITERS: 2
+"""
+
+
+@pytest.mark.slow
+def test_train_tool_scales_trains_evaluates_and_reports_on_two_cpu_processes(tmp_path):
+    """tools/train.py end to end: Faster R-CNN (ResNet-18, GroupNorm, 64-pixel images) written
+    for 1 GPU, run on 2 gloo processes, on the synthetic VOC-layout set."""
+    data = pytest.importorskip("det_scaling.data")
+    data.generate_synthetic_voc(tmp_path / "datasets" / "synthetic_voc", 8, 4, image_size=64)
+    config = tmp_path / "tiny_rcnn.yaml"
+    config.write_text(TINY_RCNN.format(base=REPO / "configs" / "Base-RCNN-FPN.yaml"))
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "DETECTRON2_DATASETS": str(tmp_path / "datasets"),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        str(REPO / "tools" / "train.py"),
+        "--config-file",
+        str(config),
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        "OUTPUT_DIR",
+        str(out),
+        "SEED",
+        "3",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+
+    # The plan, before training: written for 1 GPU x 2 images, run on 2.
+    assert "SOLVER.BASE_LR: 0.001 -> 0.002" in log
+    assert log.index("Scaling plan for 2 process(es)") < log.index("Starting training")
+    assert "eta:" in log  # detectron2's CommonMetricPrinter
+    plan = json.loads((out / "scaling_plan.json").read_text())
+    assert plan["world_size"] == 2 and plan["config_file"] == str(config)
+    assert {c["key"] for c in plan["changes"]} >= {"SOLVER.IMS_PER_BATCH", "SOLVER.MAX_ITER"}
+    scaled = det_scaling.load_cfg(str(out / "config.yaml"))
+    assert (scaled.SOLVER.IMS_PER_BATCH, scaled.SOLVER.MAX_ITER) == (4, 4)
+    assert scaled.SCALING.DATASET_SIZE == 8  # filled in from the registered training set
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["images_seen"] == 16 and summary["epochs_seen"] == 2.0
+    assert summary["base_lr"] == pytest.approx(0.002)
+    assert 0.0 <= summary["metrics"]["bbox/AP50"] <= 100.0
+    assert (out / "metrics.json").exists() and list(out.glob("events.out.tfevents.*"))
+    assert (out / "model_final.pth").exists()
+
+
+def load_train_tool():
+    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("no_scale", [False, True])
+def test_train_tool_setup_scales_to_the_world_size_unless_told_not_to(tmp_path, data, no_scale):
+    register_images(data)
+    cfg = tiny_cfg(tmp_path / "out", ims_per_batch=4)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 2  # written for 2 GPUs x 2 images; this process is alone
+    cfg.SCALING.DATASET_SIZE = 0
+    config = tmp_path / "written_for_2.yaml"
+    config.write_text(cfg.dump())
+    tool = load_train_tool()
+    argv = ["--config-file", str(config), *(["--no-scale"] if no_scale else [])]
+    scaled = tool.setup(tool.parse_args([*argv, "SOLVER.BASE_LR", "0.2"]))
+
+    assert scaled.SCALING.DATASET_SIZE == NUM_IMAGES
+    saved = json.loads((tmp_path / "out" / "scaling_plan.json").read_text())
+    assert saved["overrides"] == ["SOLVER.BASE_LR", "0.2"] and saved["no_scale"] == no_scale
+    if no_scale:  # as written: the batch is the total, whatever the process count
+        assert scaled.SOLVER.REFERENCE_WORLD_SIZE == 0
+        assert (scaled.SOLVER.IMS_PER_BATCH, scaled.SOLVER.BASE_LR) == (4, 0.2)
+        assert saved["changes"] == []
+    else:  # 2 images on the one GPU: half the batch, half the LR (linear), twice the steps
+        assert scaled.SOLVER.REFERENCE_WORLD_SIZE == 1
+        assert scaled.SOLVER.IMS_PER_BATCH == 2
+        assert scaled.SOLVER.BASE_LR == pytest.approx(0.1)
+        assert scaled.SOLVER.MAX_ITER == 6
+        assert "SOLVER.BASE_LR" in {c["key"] for c in saved["changes"]}
+    assert det_scaling.load_cfg(str(tmp_path / "out" / "config.yaml")) == scaled
+
+
+def test_resume_at_another_batch_counts_images_and_takes_this_runs_base_lr():
+    cfg = get_cfg()
+    cfg.SOLVER.IMS_PER_BATCH = 3
+    cfg.SOLVER.MAX_ITER = 8
+    cfg.SOLVER.BASE_LR = 0.3
+    progress = ScalingProgress(cfg, world_size=3)
+    # A checkpoint of 2 processes x 2 images after 1 step; 4 images are nearest to 1 step of 3.
+    progress.load_state_dict(
+        {
+            "images_seen": 4,
+            "iteration": 1,
+            "world_size": 2,
+            "ims_per_batch": 4,
+            "grad_accum_steps": 1,
+            "max_iter": 6,
+            "base_lr": 0.4,
+            "dataset_size": 0,
+        }
+    )
+    assert progress.resume_from(1) == 1
+    assert progress.resumed_from["ims_per_batch"] == 4
+    assert progress.images_seen == 4  # kept exactly, not rounded to 3
+
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.3)
+    scheduler = LRMultiplier(optimizer, LinearParamScheduler(1.0, 0.0), max_iter=8)
+    scheduler.load_state_dict({"base_lrs": [0.4], "last_epoch": 1})  # what the checkpoint holds
+    move_schedule(scheduler, optimizer, [0.3], 1)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * (1 - 1 / 8))
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * (1 - 2 / 8))
+
+
+def test_resume_at_the_same_batch_keeps_detectron2s_iteration():
+    cfg = get_cfg()
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    progress = ScalingProgress(cfg, world_size=1)  # 1 GPU x 4 accumulated, was 4 GPUs
+    progress.load_state_dict({**ScalingProgress(cfg, 4).state_dict(), "images_seen": 20})
+    assert progress.resume_from(5) == 5
+    assert progress.resumed_from is None
+    # A checkpoint without the state (a plain detectron2 trainer): assumed at this batch.
+    assert progress.resume_from(7) == 7 and progress.images_seen == 28
