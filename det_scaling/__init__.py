@@ -10,13 +10,31 @@ compat.apply()
 
 from det_scaling.config import add_scaling_config, get_cfg, load_cfg  # noqa: E402
 from det_scaling.scaling import Change, ScalingPlan, plan_scaling, scale_cfg  # noqa: E402
+from det_scaling.solver import (  # noqa: E402
+    LARS,
+    LR_SCHEDULER_REGISTRY,
+    OPTIMIZER_REGISTRY,
+    PlateauHook,
+    ProgressLRScheduler,
+    SolverMixin,
+    build_lr_scheduler,
+    build_optimizer,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LARS",
+    "LR_SCHEDULER_REGISTRY",
+    "OPTIMIZER_REGISTRY",
     "Change",
+    "PlateauHook",
+    "ProgressLRScheduler",
     "ScalingPlan",
+    "SolverMixin",
     "add_scaling_config",
+    "build_lr_scheduler",
+    "build_optimizer",
     "get_cfg",
     "load_cfg",
     "plan_scaling",

@@ -230,6 +230,7 @@ def _rescale_batch_and_lr(plan: ScalingPlan, keep_reference_batch: bool) -> None
         lr_reason = f"{plan.rule} rule: batch x{plan.batch_ratio:.6g}, LR x{plan.lr_factor:.6g}"
         record("SOLVER.BASE_LR", solver.BASE_LR * plan.lr_factor, lr_reason)
         record("SOLVER.BASE_LR_END", solver.BASE_LR_END * plan.lr_factor, lr_reason)
+        record("SOLVER.PLATEAU.MIN_LR", solver.PLATEAU.MIN_LR * plan.lr_factor, lr_reason)
     record(
         "SOLVER.REFERENCE_WORLD_SIZE",
         num_gpus,

@@ -201,9 +201,12 @@ def test_none_rule_keeps_lr_and_still_rescales_the_schedule(voc07_cfg):
     assert scaled.SOLVER.MAX_ITER == 7500
 
 
-def test_base_lr_end_follows_the_rule(voc07_cfg):
+def test_lr_floors_follow_the_rule(voc07_cfg):
     voc07_cfg.SOLVER.BASE_LR_END = 0.0001
-    assert scale_cfg(voc07_cfg, 8).SOLVER.BASE_LR_END == pytest.approx(0.0008)
+    voc07_cfg.SOLVER.PLATEAU.MIN_LR = 0.00001
+    scaled = scale_cfg(voc07_cfg, 8)
+    assert scaled.SOLVER.BASE_LR_END == pytest.approx(0.0008)
+    assert scaled.SOLVER.PLATEAU.MIN_LR == pytest.approx(0.00008)
     assert scale_cfg(voc07_cfg, 4, rule="sqrt").SOLVER.BASE_LR_END == pytest.approx(0.0002)
 
 

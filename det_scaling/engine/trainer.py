@@ -29,7 +29,6 @@ import logging
 import os
 import time
 import weakref
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -53,6 +52,7 @@ from det_scaling.engine.accumulation import (
 )
 from det_scaling.engine.resume import ScalingProgress, move_schedule
 from det_scaling.launch import create_ddp_model
+from det_scaling.solver import add_plateau_hook, build_lr_scheduler, build_optimizer
 
 __all__ = ["ScalingTrainer", "check_scaled", "format_summary", "nan_advice"]
 
@@ -162,12 +162,12 @@ class ScalingTrainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         """``det_scaling.solver.build_optimizer(cfg, model)`` (the optimizer registry)."""
-        return _solver().build_optimizer(cfg, model)
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
         """``det_scaling.solver.build_lr_scheduler(cfg, optimizer)`` (the schedule registry)."""
-        return _solver().build_lr_scheduler(cfg, optimizer)
+        return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
@@ -249,7 +249,7 @@ class ScalingTrainer(DefaultTrainer):
             # Last, so that evaluation results of the step are written too.
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=WRITER_PERIOD))
         # SOLVER.PLATEAU: the hook that feeds evaluation metrics to the scheduler.
-        return _solver().add_plateau_hook(self.cfg, [h for h in ret if h is not None])
+        return add_plateau_hook(self.cfg, [h for h in ret if h is not None])
 
     # ---- checkpoints and resume ----
     def state_dict(self) -> dict[str, Any]:
@@ -331,27 +331,6 @@ class ScalingTrainer(DefaultTrainer):
             "metrics": {k: float(v) for k, v in flatten_results_dict(results or {}).items()},
             "resumed_from": progress.resumed_from,
         }
-
-
-def _solver() -> Any:
-    """det_scaling.solver: ``build_optimizer``, ``build_lr_scheduler``, ``add_plateau_hook``."""
-    try:
-        from det_scaling import solver
-    except ModuleNotFoundError as error:
-        # ---- INTEGRATION FALLBACK: remove once det_scaling/solver/ is merged ----
-        # Until then, detectron2's builders (SGD; WarmupMultiStepLR / WarmupCosineLR), and no
-        # reduce-on-plateau.
-        if error.name != "det_scaling.solver":
-            raise
-        from detectron2 import solver as detectron2_solver
-
-        return SimpleNamespace(
-            build_optimizer=detectron2_solver.build_optimizer,
-            build_lr_scheduler=detectron2_solver.build_lr_scheduler,
-            add_plateau_hook=lambda cfg, hook_list: hook_list,
-        )
-        # ---- end of INTEGRATION FALLBACK ----
-    return solver
 
 
 def _cuda_grad_scaler():

@@ -1,0 +1,119 @@
+"""The LR scheduler the builders return: a progress schedule, optionally reduced on plateau.
+
+It is detectron2's ``LRMultiplier`` (so detectron2's ``LRScheduler`` hook steps it and saves its
+state) with two additions: a :class:`~det_scaling.solver.plateau.Plateau` factor fed by
+:meth:`ProgressLRScheduler.observe`, and a state that records the schedule length, so that a
+checkpoint written at another GPU count resumes at the same point of training.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from detectron2.solver.lr_scheduler import LRMultiplier
+from fvcore.common.param_scheduler import ParamScheduler
+
+from det_scaling.solver.plateau import Plateau
+
+__all__ = ["ProgressLRScheduler"]
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressLRScheduler(LRMultiplier):
+    """Sets each parameter group's LR to ``initial LR * multiplier(iteration / max_iter)``, times
+    the plateau factor when a :class:`Plateau` is given. Step it once after each optimizer step.
+
+    The plateau factor never takes a group's LR below ``min_lr`` (an LR the schedule itself puts
+    lower is kept). Observations made before ``warmup_iters`` are ignored, so the warmup is not
+    mistaken for a plateau. Past ``max_iter`` the schedule keeps its final value.
+
+    ``state_dict()`` is ``{"base_lrs": [...], "last_epoch": int, "max_iter": int,
+    "plateau": Plateau.state_dict() or None}``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        multiplier: ParamScheduler,
+        max_iter: int,
+        *,
+        plateau: Plateau | None = None,
+        warmup_iters: int = 0,
+        min_lr: float = 0.0,
+        last_iter: int = -1,
+    ) -> None:
+        if max_iter < 1:
+            raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
+        self._plateau = plateau
+        self._warmup_iters = warmup_iters
+        self._min_lr = min_lr
+        super().__init__(optimizer, multiplier, max_iter, last_iter)
+
+    @property
+    def plateau(self) -> Plateau | None:
+        """The plateau state, or None when reduce-on-plateau is off."""
+        return self._plateau
+
+    def get_lr(self) -> list[float]:
+        """The LR of each parameter group at iteration ``last_epoch``."""
+        where = min(max(self.last_epoch / self._max_iter, 0.0), 1.0)
+        multiplier = self._multiplier(where)
+        scheduled = [base_lr * multiplier for base_lr in self.base_lrs]
+        factor = 1.0 if self._plateau is None else self._plateau.factor
+        if factor == 1.0:
+            return scheduled
+        return [max(lr * factor, min(lr, self._min_lr)) for lr in scheduled]
+
+    def observe(self, value: float) -> bool:
+        """Feeds one evaluation's metric to the plateau rule; returns True when it reduced the LR
+        (the new LR applies from the next optimizer step)."""
+        if self._plateau is None:
+            raise RuntimeError("observe() needs reduce-on-plateau: set SOLVER.PLATEAU.ENABLED True")
+        if self.last_epoch < self._warmup_iters:
+            return False
+        reduced = self._plateau.observe(value)
+        if reduced:
+            self._apply_lrs()
+            logger.info(
+                "LR reduced on plateau (x%g, reduction %d)",
+                self._plateau.reduce_factor,
+                self._plateau.num_reductions,
+            )
+        return reduced
+
+    def state_dict(self) -> dict[str, Any]:
+        """``base_lrs``, ``last_epoch``, ``max_iter`` and the ``plateau`` state (or None)."""
+        state = super().state_dict()
+        state["max_iter"] = self._max_iter
+        state["plateau"] = None if self._plateau is None else self._plateau.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output. A state saved with another ``max_iter`` (the run
+        was scaled to another GPU count) resumes at the same progress, rounded to an iteration,
+        and keeps this scheduler's initial LRs, which follow the new total batch."""
+        state = dict(state_dict)
+        plateau_state = state.pop("plateau", None)
+        saved_max_iter = state.pop("max_iter", self._max_iter)
+        if saved_max_iter != self._max_iter:
+            last_epoch = round(state["last_epoch"] * self._max_iter / saved_max_iter)
+            logger.info(
+                "Scheduler state saved for MAX_ITER %d: iteration %d resumes as %d of %d",
+                saved_max_iter,
+                state["last_epoch"],
+                last_epoch,
+                self._max_iter,
+            )
+            state = {"last_epoch": last_epoch}
+        super().load_state_dict(state)
+        if self._plateau is not None and plateau_state is not None:
+            self._plateau.load_state_dict(plateau_state)
+        self._apply_lrs()
+
+    def _apply_lrs(self) -> None:
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
