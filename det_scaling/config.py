@@ -52,6 +52,19 @@ def add_scaling_config(cfg: CfgNode) -> None:
     cfg.SCALING.EPOCHS.CHECKPOINT_PERIOD = 0.0  # 0: a checkpoint at the end only
     cfg.SCALING.EPOCHS.EVAL_PERIOD = 0.0  # 0: no periodic evaluation
 
+    # ---- data: the synthetic VOC-layout set that stands in for VOC07 when none is on disk ----
+    # Data sets named synthetic_voc_trainval / synthetic_voc_test are generated (once,
+    # deterministically) under $DETECTRON2_DATASETS/synthetic_voc with these parameters, then read
+    # by detectron2's VOC loader and evaluated by its VOC07 evaluator like the real VOC2007.
+    cfg.DATASETS.SYNTHETIC_VOC = CfgNode()
+    cfg.DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL = 400
+    cfg.DATASETS.SYNTHETIC_VOC.NUM_TEST = 100
+    cfg.DATASETS.SYNTHETIC_VOC.IMAGE_SIZE = 128  # pixels, square
+    cfg.DATASETS.SYNTHETIC_VOC.SEED = 0
+    cfg.DATASETS.SYNTHETIC_VOC.OBJECTS_PER_IMAGE = (1, 4)  # inclusive range
+    # Object side as a fraction of the image side.
+    cfg.DATASETS.SYNTHETIC_VOC.OBJECT_SIZE = (0.15, 0.45)
+
     # ---- solver: optimizers and schedules, chosen by name from the registries ----
     # The LR that cosine and poly decay towards. Upstream detectron2 added this key after v0.6;
     # it is added here, with upstream's default, when the installed detectron2 lacks it.
@@ -90,6 +103,38 @@ def add_scaling_config(cfg: CfgNode) -> None:
     cfg.SOLVER.PLATEAU.THRESHOLD = 1e-4
     cfg.SOLVER.PLATEAU.THRESHOLD_MODE = "rel"  # "rel" or "abs"
     cfg.SOLVER.PLATEAU.MIN_LR = 0.0
+
+    # ---- classification: image classification on the same engine (det_scaling.classification) ----
+    # Read by the "ImageClassifier" meta-architecture, the folder loaders and their mapper; the
+    # solver, schedule and scaling keys above apply unchanged. INPUT.FORMAT, INPUT.RANDOM_FLIP
+    # ("horizontal", "vertical" or "none"), MODEL.PIXEL_MEAN / PIXEL_STD (0-255 scale, normalised
+    # in the model), SOLVER.AMP.ENABLED (mixed precision, CUDA only) and DATALOADER.* keep
+    # detectron2's meaning.
+    cfg.MODEL.CLASSIFIER = CfgNode()
+    # torchvision ResNet depth: 18, 34, 50, 101 or 152 (randomly initialised: weights=None).
+    cfg.MODEL.CLASSIFIER.DEPTH = 50
+    # Output classes; must cover the labels of DATASETS.TRAIN (checked when the model is built).
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+    # Label smoothing of the cross-entropy loss (0: none; 0.1 is the usual value).
+    cfg.MODEL.CLASSIFIER.LABEL_SMOOTHING = 0.0
+    # Start each residual block as an identity: the last BN of each block has gamma 0 (Goyal et
+    # al. 2017, section 5.1; torchvision's zero_init_residual).
+    cfg.MODEL.CLASSIFIER.ZERO_INIT_RESIDUAL = True
+    # For inputs of about 32 pixels: a 3x3 stride-1 first convolution and no max-pool (the CIFAR
+    # ResNets of He et al.), so the last stage sees 4x4 instead of 1x1. It costs 16x the compute
+    # of the ImageNet stem at the same input size.
+    cfg.MODEL.CLASSIFIER.SMALL_INPUT_STEM = False
+    # Training crop: a random area in CLS_CROP_SCALE of the image and aspect ratio in
+    # CLS_CROP_RATIO, resized to CLS_TRAIN_SIZE square (torchvision's RandomResizedCrop).
+    cfg.INPUT.CLS_TRAIN_SIZE = 224
+    cfg.INPUT.CLS_CROP_SCALE = (0.08, 1.0)
+    cfg.INPUT.CLS_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    # Evaluation: shorter side resized to CLS_TEST_RESIZE, then a CLS_TEST_SIZE square center crop.
+    cfg.INPUT.CLS_TEST_RESIZE = 256
+    cfg.INPUT.CLS_TEST_SIZE = 224
+    # Images per process in an evaluation batch (detectron2 v0.6's test loader has 1 image per
+    # batch, which is slow for classification; the result does not depend on it).
+    cfg.TEST.CLS_IMS_PER_PROCESS = 32
 
     if was_frozen:
         cfg.freeze()

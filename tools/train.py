@@ -1,6 +1,11 @@
 #!/usr/bin/env python
 """Train (or evaluate) a detectron2 config on any number of GPUs, rescaled for that number.
 
+Detection and classification share this script: a config whose ``MODEL.META_ARCHITECTURE`` is
+``ImageClassifier`` (``configs/ImageNet-Classification/``) trains with the classification
+trainer, anything else with detectron2's detection models. Both use the same scaling, solver,
+launcher, hooks and checkpoints.
+
 The config says which GPU count it was written for (``SOLVER.REFERENCE_WORLD_SIZE``); this
 script rescales it for the processes it runs on (batch, LR by ``SCALING.RULE``, schedule in
 images seen), prints what changed and why, saves the scaled config and the plan to
@@ -39,6 +44,13 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from det_scaling.classification import ClassificationTrainer, register_classification_datasets
+from det_scaling.data import (
+    datasets_root,
+    generate_synthetic_voc,
+    register_synthetic_voc,
+    register_voc2007,
+)
 from det_scaling.engine import ScalingTrainer
 from det_scaling.launch import default_device, launch
 
@@ -60,21 +72,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def register_datasets(cfg: CfgNode) -> None:
-    """Registers the data sets configs name, under ``$DETECTRON2_DATASETS`` (``./datasets``):
-    ``voc_2007_*`` from ``VOC2007/``, and ``synthetic_voc_*`` from ``synthetic_voc/`` when the
-    config uses them."""
-    # det_scaling.data is written in parallel with this script; until it is merged, detectron2's
-    # own registrations (made when detectron2.data is imported) are used as they are.
-    try:
-        from det_scaling.data import datasets_root, register_synthetic_voc, register_voc2007
-    except ImportError:
-        return
+    """Registers the data sets the config names, under ``$DETECTRON2_DATASETS`` (``./datasets``):
+    ``voc_2007_*`` from ``VOC2007/``; ``synthetic_voc_*``, generated on first use from
+    ``DATASETS.SYNTHETIC_VOC`` into ``synthetic_voc/``; ``digits_*`` (exported on first use) and
+    ``imagenet_*`` for classification."""
+    names = (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
     register_voc2007()
-    if any(name.startswith("synthetic_voc_") for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)):
-        register_synthetic_voc(datasets_root() / "synthetic_voc")
-    # TODO(integration): when VOC2007 is not on disk, generate the synthetic VOC-layout set
-    # (det_scaling.data.generate_synthetic_voc + register_synthetic_voc) and point
-    # cfg.DATASETS.TRAIN / TEST at it, saying so in the log.
+    if any(name.startswith("synthetic_voc_") for name in names):
+        root = datasets_root() / "synthetic_voc"
+        spec = cfg.DATASETS.SYNTHETIC_VOC
+        if comm.get_local_rank() == 0:  # one writer per machine; the others wait for it
+            generate_synthetic_voc(
+                root,
+                spec.NUM_TRAINVAL,
+                spec.NUM_TEST,
+                spec.IMAGE_SIZE,
+                spec.SEED,
+                objects_per_image=tuple(spec.OBJECTS_PER_IMAGE),
+                object_size=tuple(spec.OBJECT_SIZE),
+            )
+        comm.synchronize()
+        register_synthetic_voc(root)
+    register_classification_datasets(names)
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -124,17 +143,26 @@ def save_plan(output_dir: str, args: argparse.Namespace, world_size: int, plan: 
     logger.info("Scaling plan saved to %s", path)
 
 
+def trainer_class(cfg: CfgNode) -> type[ScalingTrainer]:
+    """The trainer for the config's task: classification for the ``ImageClassifier``
+    meta-architecture, detection otherwise."""
+    if cfg.MODEL.META_ARCHITECTURE == "ImageClassifier":
+        return ClassificationTrainer
+    return ScalingTrainer
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Runs in every process: evaluation results with ``--eval-only``, else the training
     summary."""
     cfg = setup(args)
+    trainer_cls = trainer_class(cfg)
     if args.eval_only:
-        model = ScalingTrainer.build_model(cfg)
+        model = trainer_cls.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return ScalingTrainer.test(cfg, model)
-    trainer = ScalingTrainer(cfg)
+        return trainer_cls.test(cfg, model)
+    trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
