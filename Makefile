@@ -9,7 +9,13 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.det-scaling-setup
 
-.PHONY: setup demo test lint clean-venv
+# The embedded default: no download. Faster R-CNN trained from scratch on a generated VOC-layout
+# data set (datasets/synthetic_voc), on 2 processes (gloo on the CPU, NCCL on GPUs).
+DEMO_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.yaml
+DEMO_GPUS ?= 2
+CLS_CONFIG ?= configs/ImageNet-Classification/resnet50_digits.yaml
+
+.PHONY: setup demo demo-cls test lint clean-venv
 
 setup: $(STAMP)
 
@@ -23,7 +29,11 @@ $(STAMP): pyproject.toml tools/install_detectron2.py Makefile
 
 demo: setup
 	$(PY) -m det_scaling plan configs/VOC07-Detection/faster_rcnn_R_50_FPN.yaml --num-gpus 1 2 4 8
-	$(PY) -m det_scaling diff configs/VOC07-Detection/faster_rcnn_R_50_FPN.yaml --num-gpus 8
+	$(PY) tools/train.py --config-file $(DEMO_CONFIG) --num-gpus $(DEMO_GPUS) OUTPUT_DIR output/demo
+
+# The classification baseline on the embedded data (scikit-learn's digits as image folders).
+demo-cls: setup
+	$(PY) tools/train.py --config-file $(CLS_CONFIG) --num-gpus $(DEMO_GPUS) OUTPUT_DIR output/demo-cls
 
 test: setup lint
 	$(PY) -m pytest

@@ -60,6 +60,14 @@ def test_overrides_apply_wherever_they_stand_on_the_line(capsys):
     assert " 0.02 " in after  # 0.01 written for 1 GPU, doubled for 2
 
 
+def test_top_level_keys_are_overrides_too(capsys):
+    _, out, _ = run_cli(capsys, "diff", VOC07, "OUTPUT_DIR", "out/x", "SEED", "7")
+    assert out.splitlines() == [
+        "OUTPUT_DIR: ./output -> out/x  (override)",
+        "SEED: -1 -> 7  (override)",
+    ]
+
+
 def test_diff_explains_an_override_then_scaling(capsys):
     _, out, _ = run_cli(capsys, "diff", VOC07, "--num-gpus", "2", "SOLVER.WARMUP_ITERS", "1000")
     line = next(line for line in out.splitlines() if line.startswith("SOLVER.WARMUP_ITERS"))

@@ -44,15 +44,8 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from det_scaling.classification import ClassificationTrainer, register_classification_datasets
-from det_scaling.data import (
-    datasets_root,
-    generate_synthetic_voc,
-    register_synthetic_voc,
-    register_voc2007,
-)
-from det_scaling.engine import ScalingTrainer
 from det_scaling.launch import default_device, launch
+from det_scaling.tasks import register_datasets, trainer_class
 
 logger = logging.getLogger("det_scaling.train")
 
@@ -69,31 +62,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "SOLVER.REFERENCE_WORLD_SIZE 0: SOLVER.IMS_PER_BATCH is then the total batch)",
     )
     return parser.parse_args(argv)
-
-
-def register_datasets(cfg: CfgNode) -> None:
-    """Registers the data sets the config names, under ``$DETECTRON2_DATASETS`` (``./datasets``):
-    ``voc_2007_*`` from ``VOC2007/``; ``synthetic_voc_*``, generated on first use from
-    ``DATASETS.SYNTHETIC_VOC`` into ``synthetic_voc/``; ``digits_*`` (exported on first use) and
-    ``imagenet_*`` for classification."""
-    names = (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
-    register_voc2007()
-    if any(name.startswith("synthetic_voc_") for name in names):
-        root = datasets_root() / "synthetic_voc"
-        spec = cfg.DATASETS.SYNTHETIC_VOC
-        if comm.get_local_rank() == 0:  # one writer per machine; the others wait for it
-            generate_synthetic_voc(
-                root,
-                spec.NUM_TRAINVAL,
-                spec.NUM_TEST,
-                spec.IMAGE_SIZE,
-                spec.SEED,
-                objects_per_image=tuple(spec.OBJECTS_PER_IMAGE),
-                object_size=tuple(spec.OBJECT_SIZE),
-            )
-        comm.synchronize()
-        register_synthetic_voc(root)
-    register_classification_datasets(names)
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -141,14 +109,6 @@ def save_plan(output_dir: str, args: argparse.Namespace, world_size: int, plan: 
     with PathManager.open(path, "w") as f:
         json.dump(record, f, indent=2)
     logger.info("Scaling plan saved to %s", path)
-
-
-def trainer_class(cfg: CfgNode) -> type[ScalingTrainer]:
-    """The trainer for the config's task: classification for the ``ImageClassifier``
-    meta-architecture, detection otherwise."""
-    if cfg.MODEL.META_ARCHITECTURE == "ImageClassifier":
-        return ClassificationTrainer
-    return ScalingTrainer
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

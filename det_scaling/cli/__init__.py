@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from det_scaling.cli._common import split_overrides
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
-COMMANDS = ("plan", "diff", "lr_plot")
+COMMANDS = ("plan", "diff", "lr_plot", "lr_find")
 
 
 def build_parser() -> argparse.ArgumentParser:

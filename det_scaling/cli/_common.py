@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from collections.abc import Sequence
 
-# detectron2 config keys are upper-case dotted paths (SOLVER.BASE_LR, MODEL.RPN.NMS_THRESH).
-_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+# detectron2 config keys are upper-case dotted paths (SOLVER.BASE_LR, MODEL.RPN.NMS_THRESH), or a
+# top-level key of the default config (OUTPUT_DIR, SEED).
+_DOTTED_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+@functools.cache
+def _top_level_keys() -> frozenset[str]:
+    from det_scaling.config import get_cfg
+
+    return frozenset(key for key, value in get_cfg().items() if not isinstance(value, dict))
+
+
+def _is_config_key(token: str) -> bool:
+    return bool(_DOTTED_CONFIG_KEY.match(token)) or token in _top_level_keys()
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -18,7 +31,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     overrides: list[str] = []
     tokens = iter(argv)
     for token in tokens:
-        if _CONFIG_KEY.match(token):
+        if _is_config_key(token):
             value = next(tokens, None)
             if value is None:
                 raise ValueError(f"config override {token} has no value")
