@@ -52,18 +52,38 @@ def add_scaling_config(cfg: CfgNode) -> None:
     cfg.SCALING.EPOCHS.CHECKPOINT_PERIOD = 0.0  # 0: a checkpoint at the end only
     cfg.SCALING.EPOCHS.EVAL_PERIOD = 0.0  # 0: no periodic evaluation
 
+    # ---- AdaBatch: grow the total batch at fixed epochs, with its own LR factor ----
+    # (Devarakonda et al. 2017; det_scaling.adabatch.) Every INTERVAL_EPOCHS the total batch is
+    # multiplied by BATCH_FACTOR and the LR by LR_FACTOR: the paper's defaults below take 100
+    # epochs from batch 128 to 2048 (5 stages), LR x0.75 at each doubling. The batch grows by
+    # gradient accumulation (SCALING.GRAD_ACCUM_STEPS x BATCH_FACTOR per stage): each GPU's
+    # micro-batch, hence its memory, stays the same. The starting batch, accumulation and LR are
+    # the config's after scale_cfg (with N GPUs, the scaled ones), so the stages fall at the same
+    # epochs at any GPU count. The run covers the images of the config's schedule (SOLVER.MAX_ITER
+    # x IMS_PER_BATCH) in fewer optimizer steps; the LR schedule (warmup, STEPS, decay), the
+    # LR factor of each stage on top of it, SOLVER.CHECKPOINT_PERIOD and TEST.EVAL_PERIOD all keep
+    # their places in images seen. Needs SCALING.DATASET_SIZE (trainers fill it in).
+    cfg.SCALING.ADABATCH = CfgNode()
+    cfg.SCALING.ADABATCH.ENABLED = False
+    cfg.SCALING.ADABATCH.INTERVAL_EPOCHS = 20.0  # epochs between two growths
+    cfg.SCALING.ADABATCH.BATCH_FACTOR = 2  # integer >= 1 (1: a step LR decay, batch fixed)
+    cfg.SCALING.ADABATCH.LR_FACTOR = 0.75  # > 0; the paper: 0.75 on 1 GPU, 0.25 on several
+    # The most stages, the first included (0: one every INTERVAL_EPOCHS to the end of the run);
+    # the last stage then lasts to the end with its batch and LR factor.
+    cfg.SCALING.ADABATCH.MAX_STAGES = 0
+
     # ---- data: the synthetic VOC-layout set that stands in for VOC07 when none is on disk ----
     # Data sets named synthetic_voc_trainval / synthetic_voc_test are generated (once,
     # deterministically) under $DETECTRON2_DATASETS/synthetic_voc with these parameters, then read
     # by detectron2's VOC loader and evaluated by its VOC07 evaluator like the real VOC2007.
     cfg.DATASETS.SYNTHETIC_VOC = CfgNode()
-    cfg.DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL = 400
+    cfg.DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL = 500
     cfg.DATASETS.SYNTHETIC_VOC.NUM_TEST = 100
     cfg.DATASETS.SYNTHETIC_VOC.IMAGE_SIZE = 128  # pixels, square
     cfg.DATASETS.SYNTHETIC_VOC.SEED = 0
-    cfg.DATASETS.SYNTHETIC_VOC.OBJECTS_PER_IMAGE = (1, 4)  # inclusive range
+    cfg.DATASETS.SYNTHETIC_VOC.OBJECTS_PER_IMAGE = (3, 6)  # inclusive range
     # Object side as a fraction of the image side.
-    cfg.DATASETS.SYNTHETIC_VOC.OBJECT_SIZE = (0.15, 0.45)
+    cfg.DATASETS.SYNTHETIC_VOC.OBJECT_SIZE = (0.15, 0.4)
 
     # ---- solver: optimizers and schedules, chosen by name from the registries ----
     # The LR that cosine and poly decay towards. Upstream detectron2 added this key after v0.6;

@@ -16,6 +16,13 @@ puts the LR schedule at that iteration with the *new* base LRs. What is continuo
   total batch; the old run's base LR, which the checkpoint's optimizer and scheduler states carry,
   is never used again. With the linear rule the LR *per image of the batch* is what is continuous:
   twice the GPUs, twice the batch, twice the LR, at the same point of the schedule.
+
+With AdaBatch (``SCALING.ADABATCH.ENABLED``, :mod:`det_scaling.adabatch`) the batch changes at
+fixed images seen: the images of a step are those of its stage, the checkpoint also holds the
+stage (its batch, accumulation and LR factor, and the first step of every stage, which identifies
+the schedule), and a resume with another starting batch or other stages converts the images seen
+to a step of *this* run's stages. The stage, its accumulation and LR factor are then recomputed
+from the step; the saved ones are a record (a difference is logged).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.engine import HookBase
 
-from det_scaling.progress import epochs_seen, iterations_for_images
+from det_scaling.adabatch import AdaBatchStage, adabatch_schedule
+from det_scaling.progress import epochs_seen, images_seen, iterations_for_images
 
 __all__ = ["ScalingProgress", "move_schedule"]
 
@@ -51,6 +59,9 @@ class ScalingProgress(HookBase):
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self.base_lr = float(cfg.SOLVER.BASE_LR)
         self.dataset_size = int(cfg.SCALING.DATASET_SIZE)
+        # The stages when the batch grows (AdaBatch), else None. ims_per_batch is then the
+        # starting batch, and max_iter x ims_per_batch still the images of the schedule.
+        self.adabatch = adabatch_schedule(cfg)
         # Steps done and images seen where this process's training (re)started; images are kept
         # exactly, because a converted iteration rounds them to whole steps.
         self.start_iter = 0
@@ -66,7 +77,7 @@ class ScalingProgress(HookBase):
     @property
     def images_seen(self) -> int:
         """Images consumed by all processes together, over the whole run (resumes included)."""
-        return self.images_at_start + (self.iterations_done - self.start_iter) * self.ims_per_batch
+        return self.images_at_start + self._images_between(self.start_iter, self.iterations_done)
 
     @property
     def epochs_seen(self) -> float | None:
@@ -74,6 +85,37 @@ class ScalingProgress(HookBase):
         if self.dataset_size <= 0:
             return None
         return epochs_seen(self.images_seen, 1, self.dataset_size)
+
+    @property
+    def stage(self) -> AdaBatchStage | None:
+        """The AdaBatch stage of the next step (None without AdaBatch)."""
+        if self.adabatch is None:
+            return None
+        return self.adabatch.stage_at_iteration(self.iterations_done)
+
+    def _images_between(self, start: int, end: int) -> int:
+        """Images of the steps ``start`` .. ``end - 1`` of this run's schedule."""
+        if self.adabatch is None:
+            return images_seen(end - start, self.ims_per_batch)
+        return self.adabatch.images_at_iteration(end) - self.adabatch.images_at_iteration(start)
+
+    def _iteration_for_images(self, images: int) -> int:
+        if self.adabatch is None:
+            return iterations_for_images(images, self.ims_per_batch)
+        return self.adabatch.iteration_for_images(images)
+
+    def _adabatch_state(self) -> dict[str, Any] | None:
+        stage = self.stage
+        if stage is None:
+            return None
+        return {
+            "stage": stage.index,
+            "ims_per_batch": stage.ims_per_batch,
+            "grad_accum_steps": stage.grad_accum_steps,
+            "lr_factor": stage.lr_factor,
+            "stage_starts": list(self.adabatch.stage_starts),
+            "max_iter": self.adabatch.total_iterations,
+        }
 
     def start_at(self, iterations_done: int, images_seen: int) -> None:
         """Training (re)starts after ``iterations_done`` steps that saw ``images_seen`` images."""
@@ -93,7 +135,12 @@ class ScalingProgress(HookBase):
 
     # ---- checkpointing ----
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The run's scale after the last step. With AdaBatch, also ``"adabatch"``: the stage of
+        the next step (``stage``, ``ims_per_batch``, ``grad_accum_steps``, ``lr_factor``), the
+        first step of every stage (``stage_starts``) and the steps of the run (``max_iter``);
+        the top-level ``ims_per_batch`` and ``max_iter`` keep their meaning: the starting batch
+        and the schedule's length in steps of it."""
+        state = {
             "images_seen": self.images_seen,
             "iteration": self.iterations_done,  # steps done (detectron2 stores the last index)
             "world_size": self.world_size,
@@ -103,6 +150,9 @@ class ScalingProgress(HookBase):
             "base_lr": self.base_lr,
             "dataset_size": self.dataset_size,
         }
+        if self.adabatch is not None:
+            state["adabatch"] = self._adabatch_state()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Only kept here: the trainer converts once everything else is loaded (resume_from).
@@ -120,13 +170,15 @@ class ScalingProgress(HookBase):
                 "trainer): assuming it was written with this run's total batch (%d)",
                 self.ims_per_batch,
             )
-            self.start_at(iterations_done, iterations_done * self.ims_per_batch)
+            self.start_at(iterations_done, self._images_between(0, iterations_done))
             return iterations_done
         images = int(saved["images_seen"])
-        if saved["ims_per_batch"] == self.ims_per_batch:
+        saved_stages = (saved.get("adabatch") or {}).get("stage_starts")
+        our_stages = None if self.adabatch is None else list(self.adabatch.stage_starts)
+        if saved["ims_per_batch"] == self.ims_per_batch and saved_stages == our_stages:
             converted = iterations_done
         else:
-            converted = iterations_for_images(images, self.ims_per_batch)
+            converted = self._iteration_for_images(images)
             self.resumed_from = saved
             epochs = (
                 f" ({epochs_seen(images, 1, self.dataset_size):.4g} epochs)"
@@ -142,24 +194,31 @@ class ScalingProgress(HookBase):
                 saved["grad_accum_steps"],
                 saved["ims_per_batch"],
                 iterations_done,
-                saved["max_iter"],
+                (saved.get("adabatch") or {}).get("max_iter", saved["max_iter"]),
                 images,
                 epochs,
                 self.ims_per_batch,
                 self.world_size,
                 self.grad_accum_steps,
                 converted,
-                self.max_iter,
+                self.max_iter if self.adabatch is None else self.adabatch.total_iterations,
                 self.base_lr,
                 saved["base_lr"],
             )
-            if converted * self.ims_per_batch != images:
+            if saved_stages != our_stages:
                 logger.info(
-                    "%d images are not a whole number of steps of %d: %d images are counted "
-                    "seen at step %d",
+                    "AdaBatch stages (first steps) were %s, here %s: the step is converted by "
+                    "images seen",
+                    saved_stages,
+                    our_stages,
+                )
+            at_step = self._images_between(0, converted)
+            if at_step != images:
+                logger.info(
+                    "%d images are not a whole number of steps: %d images are counted seen at "
+                    "step %d",
                     images,
-                    self.ims_per_batch,
-                    converted * self.ims_per_batch,
+                    at_step,
                     converted,
                 )
         schedule_images = saved["max_iter"] * saved["ims_per_batch"]
@@ -175,7 +234,39 @@ class ScalingProgress(HookBase):
                 self.ims_per_batch,
             )
         self.start_at(converted, images)
+        self._log_stage(saved.get("adabatch"))
         return converted
+
+    def _log_stage(self, saved: dict[str, Any] | None) -> None:
+        """Logs the AdaBatch stage a resumed run continues in, and whether it differs from the
+        checkpoint's (another GPU count has another starting batch, so other batches; the stage
+        index and LR factor differ only near a boundary, or when the config changed)."""
+        stage = self.stage
+        if stage is None:
+            return
+        logger.info(
+            "AdaBatch: resuming in stage %d of %d at step %d: total batch %d (%d micro-batch(es) "
+            "per step), LR x%g",
+            stage.index,
+            len(self.adabatch.stages),
+            self.iterations_done,
+            stage.ims_per_batch,
+            stage.grad_accum_steps,
+            stage.lr_factor,
+        )
+        if saved is not None and (saved["stage"], saved["lr_factor"]) != (
+            stage.index,
+            stage.lr_factor,
+        ):
+            logger.info(
+                "The checkpoint was in AdaBatch stage %d (LR x%g); this run's stages put the same "
+                "images in stage %d (LR x%g): stage boundaries round to whole steps of each run's "
+                "batch, or SCALING.ADABATCH changed between the runs",
+                saved["stage"],
+                saved["lr_factor"],
+                stage.index,
+                stage.lr_factor,
+            )
 
 
 def move_schedule(

@@ -13,6 +13,9 @@ What it changes in ``DefaultTrainer``, and why:
 * checkpoints also hold the optimizer state (v0.6's ``DefaultTrainer`` leaves it out; upstream
   main saves it as here) and the :class:`~det_scaling.engine.resume.ScalingProgress` state, so
   ``resume_or_load`` continues at the same images seen when the GPU count changed;
+* AdaBatch (``SCALING.ADABATCH.ENABLED``): the batch grows at fixed epochs by more accumulated
+  micro-batches per step, the LR takes each stage's factor on top of a schedule measured in
+  images, and checkpoint and evaluation periods count images (:mod:`det_scaling.engine.adabatch`);
 * a non-finite loss raises ``FloatingPointError`` with scaling advice (:func:`nan_advice`);
 * ``train()`` ends with a summary (metrics, wall time, images/s, the scaled settings), logged and
   written to ``OUTPUT_DIR/summary.json``.
@@ -24,6 +27,7 @@ scaling stay.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,12 +48,14 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 
 from det_scaling import compat
+from det_scaling.adabatch import AdaBatchSchedule, adabatch_schedule
 from det_scaling.config import add_scaling_config
 from det_scaling.engine.accumulation import (
     AccumulatingTrainer,
     micro_batch_cfg,
     micro_batch_per_process,
 )
+from det_scaling.engine.adabatch import ImagePeriodHook, is_periodic
 from det_scaling.engine.resume import ScalingProgress, move_schedule
 from det_scaling.launch import create_ddp_model
 from det_scaling.solver import add_plateau_hook, build_lr_scheduler, build_optimizer
@@ -106,6 +112,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"wall time {summary['wall_time_s']:.1f} s, training {summary['train_time_s']:.1f} s, "
         f"{summary['images_per_s']:.2f} images/s",
     ]
+    stages = summary.get("adabatch_stages")
+    if stages:
+        shown = [
+            f"{s['ims_per_batch']} x {s['num_iters']} steps (LR x{s['lr_factor']:g})"
+            for s in stages
+        ]
+        lines.append("AdaBatch batches: " + ", ".join(shown))
     metrics = summary["metrics"]
     if metrics:
         shown = {k: v for k, v in metrics.items() if k.endswith(("AP", "AP50", "AP75"))} or metrics
@@ -137,6 +150,8 @@ class ScalingTrainer(DefaultTrainer):
             add_scaling_config(cfg)
         self.world_size = comm.get_world_size()
         check_scaled(cfg, self.world_size)
+        # The stages of a growing batch (SCALING.ADABATCH), else None.
+        self.adabatch: AdaBatchSchedule | None = adabatch_schedule(cfg)
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -152,7 +167,11 @@ class ScalingTrainer(DefaultTrainer):
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
+        # With AdaBatch, SOLVER.MAX_ITER is the schedule's length in steps of the starting batch;
+        # the run covers its images in the stages' steps.
+        self.max_iter = (
+            cfg.SOLVER.MAX_ITER if self.adabatch is None else self.adabatch.total_iterations
+        )
         self.cfg = cfg
         self.progress = ScalingProgress(cfg, self.world_size)
         self.summary: dict[str, Any] | None = None
@@ -166,7 +185,8 @@ class ScalingTrainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
-        """``det_scaling.solver.build_lr_scheduler(cfg, optimizer)`` (the schedule registry)."""
+        """``det_scaling.solver.build_lr_scheduler(cfg, optimizer)`` (the schedule registry;
+        with AdaBatch, the same schedule over the stages)."""
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
@@ -206,10 +226,10 @@ class ScalingTrainer(DefaultTrainer):
     ) -> SimpleTrainer:
         """The object that runs one optimizer step: detectron2's ``SimpleTrainer`` (or
         ``AMPTrainer`` with ``SOLVER.AMP.ENABLED``), or an ``AccumulatingTrainer`` when
-        ``SCALING.GRAD_ACCUM_STEPS`` > 1."""
+        ``SCALING.GRAD_ACCUM_STEPS`` > 1 or with AdaBatch (whose stages accumulate more)."""
         steps = cfg.SCALING.GRAD_ACCUM_STEPS
         amp = cfg.SOLVER.AMP.ENABLED
-        if steps == 1:
+        if steps == 1 and not cfg.SCALING.ADABATCH.ENABLED:
             return (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
         return AccumulatingTrainer(
             model, data_loader, optimizer, steps, grad_scaler=_cuda_grad_scaler() if amp else None
@@ -219,7 +239,8 @@ class ScalingTrainer(DefaultTrainer):
         """detectron2's default hooks (timer, LR schedule, PreciseBN, checkpoints, evaluation,
         writers), with :class:`ScalingProgress` before the checkpointer, PreciseBN reading
         micro-batches, and det_scaling.solver's plateau hook after the evaluation when
-        ``SOLVER.PLATEAU.ENABLED``."""
+        ``SOLVER.PLATEAU.ENABLED``. With AdaBatch, the periodic ones count their periods in
+        images (:class:`~det_scaling.engine.adabatch.ImagePeriodHook`)."""
         cfg = self.cfg.clone()
         cfg.defrost()
         cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's own loader: save memory and time
@@ -249,7 +270,10 @@ class ScalingTrainer(DefaultTrainer):
             # Last, so that evaluation results of the step are written too.
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=WRITER_PERIOD))
         # SOLVER.PLATEAU: the hook that feeds evaluation metrics to the scheduler.
-        return add_plateau_hook(self.cfg, [h for h in ret if h is not None])
+        ret = add_plateau_hook(self.cfg, [h for h in ret if h is not None])
+        if self.adabatch is not None:
+            ret = [ImagePeriodHook(h, self.adabatch) if is_periodic(h) else h for h in ret]
+        return ret
 
     # ---- checkpoints and resume ----
     def state_dict(self) -> dict[str, Any]:
@@ -280,11 +304,32 @@ class ScalingTrainer(DefaultTrainer):
     # ---- the loop ----
     def run_step(self) -> None:
         self._trainer.iter = self.iter
+        if self.adabatch is not None:
+            self._enter_stage()
         try:
             self._trainer.run_step()
         except FloatingPointError as error:
             # detectron2 raises it (on the main process) when the logged losses are not finite.
             raise FloatingPointError(f"{error}\n{nan_advice(self.cfg, self.world_size)}") from error
+
+    def _enter_stage(self) -> None:
+        """Sets the step trainer's accumulation to the AdaBatch stage of this step (a function of
+        the iteration, so a resumed run takes it up where it was), logs a change of stage, and
+        records the total batch of the step as the ``ims_per_batch`` scalar."""
+        stage = self.adabatch.stage_at_iteration(self.iter)
+        if self._trainer.accumulation_steps != stage.grad_accum_steps:
+            self._trainer.accumulation_steps = stage.grad_accum_steps
+            logger.info(
+                "AdaBatch stage %d of %d from step %d: total batch %d (%d micro-batch(es) per "
+                "step), LR x%g",
+                stage.index,
+                len(self.adabatch.stages),
+                self.iter,
+                stage.ims_per_batch,
+                stage.grad_accum_steps,
+                stage.lr_factor,
+            )
+        self.storage.put_scalar("ims_per_batch", stage.ims_per_batch, smoothing_hint=False)
 
     def train(self) -> dict[str, Any]:
         """Trains from ``start_iter`` to ``SOLVER.MAX_ITER`` (evaluating as configured), then
@@ -330,6 +375,11 @@ class ScalingTrainer(DefaultTrainer):
             "final_lr": histories["lr"].latest() if "lr" in histories else None,
             "metrics": {k: float(v) for k, v in flatten_results_dict(results or {}).items()},
             "resumed_from": progress.resumed_from,
+            **(
+                {"adabatch_stages": [dataclasses.asdict(s) for s in self.adabatch.stages]}
+                if self.adabatch is not None
+                else {}
+            ),
         }
 
 

@@ -4,11 +4,17 @@ It is detectron2's ``LRMultiplier`` (so detectron2's ``LRScheduler`` hook steps 
 state) with two additions: a :class:`~det_scaling.solver.plateau.Plateau` factor fed by
 :meth:`ProgressLRScheduler.observe`, and a state that records the schedule length, so that a
 checkpoint written at another GPU count resumes at the same point of training.
+
+A run whose batch changes during training (AdaBatch, :mod:`det_scaling.adabatch`) passes its own
+``progress`` (images seen / total images after an iteration, instead of ``iteration / max_iter``)
+and ``lr_factor`` (per iteration): both are pure functions of the iteration, so the state stays
+the iteration alone and a resume is exact.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +36,10 @@ class ProgressLRScheduler(LRMultiplier):
     lower is kept). Observations made before ``warmup_iters`` are ignored, so the warmup is not
     mistaken for a plateau. Past ``max_iter`` the schedule keeps its final value.
 
+    ``progress(iteration)``, when given, replaces ``iteration / max_iter`` as the multiplier's
+    argument (clamped to [0, 1]); ``lr_factor(iteration)``, when given, multiplies the scheduled
+    LR (before the plateau factor). AdaBatch passes both (:mod:`det_scaling.engine.adabatch`).
+
     ``state_dict()`` is ``{"base_lrs": [...], "last_epoch": int, "max_iter": int,
     "plateau": Plateau.state_dict() or None}``.
     """
@@ -44,9 +54,13 @@ class ProgressLRScheduler(LRMultiplier):
         warmup_iters: int = 0,
         min_lr: float = 0.0,
         last_iter: int = -1,
+        progress: Callable[[int], float] | None = None,
+        lr_factor: Callable[[int], float] | None = None,
     ) -> None:
         if max_iter < 1:
             raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
+        self._progress = progress
+        self._lr_factor = lr_factor
         self._plateau = plateau
         self._warmup_iters = warmup_iters
         self._min_lr = min_lr
@@ -59,8 +73,12 @@ class ProgressLRScheduler(LRMultiplier):
 
     def get_lr(self) -> list[float]:
         """The LR of each parameter group at iteration ``last_epoch``."""
-        where = min(max(self.last_epoch / self._max_iter, 0.0), 1.0)
-        multiplier = self._multiplier(where)
+        progress = self.last_epoch / self._max_iter
+        if self._progress is not None:
+            progress = self._progress(self.last_epoch)
+        multiplier = self._multiplier(min(max(progress, 0.0), 1.0))
+        if self._lr_factor is not None:
+            multiplier *= self._lr_factor(self.last_epoch)
         scheduled = [base_lr * multiplier for base_lr in self.base_lrs]
         factor = 1.0 if self._plateau is None else self._plateau.factor
         if factor == 1.0:
