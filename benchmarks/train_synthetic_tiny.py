@@ -25,9 +25,9 @@ import det_scaling  # first: applies the detectron2 compatibility layer
 from det_scaling.data import (
     count_images,
     datasets_root,
-    generate_synthetic_voc,
     register_synthetic_voc,
 )
+from det_scaling.tasks import generate_synthetic_voc_for
 
 # isort: split
 from detectron2.engine import DefaultTrainer, hooks
@@ -70,16 +70,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cfg = det_scaling.load_cfg(str(args.config), args.overrides)
-    spec = cfg.DATASETS.SYNTHETIC_VOC
-    data_root = generate_synthetic_voc(
-        args.data_root or datasets_root() / "synthetic_voc",
-        spec.NUM_TRAINVAL,
-        spec.NUM_TEST,
-        spec.IMAGE_SIZE,
-        spec.SEED,
-        objects_per_image=tuple(spec.OBJECTS_PER_IMAGE),
-        object_size=tuple(spec.OBJECT_SIZE),
-    )
+    data_root = generate_synthetic_voc_for(cfg, args.data_root or datasets_root() / "synthetic_voc")
     train_name, _ = register_synthetic_voc(data_root)
     cfg.OUTPUT_DIR = str(args.output)
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 0  # the config's total batch, as written, on this process

@@ -6,6 +6,9 @@ that tells them apart (``tools/train.py`` and ``lr-find`` both use it).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 
@@ -18,7 +21,7 @@ from det_scaling.data import (
 )
 from det_scaling.engine import ScalingTrainer
 
-__all__ = ["register_datasets", "trainer_class"]
+__all__ = ["generate_synthetic_voc_for", "register_datasets", "trainer_class"]
 
 
 def trainer_class(cfg: CfgNode) -> type[ScalingTrainer]:
@@ -39,17 +42,23 @@ def register_datasets(cfg: CfgNode) -> None:
     register_voc2007()
     if any(name.startswith("synthetic_voc_") for name in names):
         root = datasets_root() / "synthetic_voc"
-        spec = cfg.DATASETS.SYNTHETIC_VOC
         if comm.get_local_rank() == 0:
-            generate_synthetic_voc(
-                root,
-                spec.NUM_TRAINVAL,
-                spec.NUM_TEST,
-                spec.IMAGE_SIZE,
-                spec.SEED,
-                objects_per_image=tuple(spec.OBJECTS_PER_IMAGE),
-                object_size=tuple(spec.OBJECT_SIZE),
-            )
+            generate_synthetic_voc_for(cfg, root)
         comm.synchronize()
         register_synthetic_voc(root)
     register_classification_datasets(names)
+
+
+def generate_synthetic_voc_for(cfg: CfgNode, root: str | os.PathLike) -> Path:
+    """Generates (or finds already made) the synthetic VOC-layout set that
+    ``DATASETS.SYNTHETIC_VOC`` describes, under ``root``; returns ``root`` as a Path."""
+    spec = cfg.DATASETS.SYNTHETIC_VOC
+    return generate_synthetic_voc(
+        root,
+        spec.NUM_TRAINVAL,
+        spec.NUM_TEST,
+        spec.IMAGE_SIZE,
+        spec.SEED,
+        objects_per_image=tuple(spec.OBJECTS_PER_IMAGE),
+        object_size=tuple(spec.OBJECT_SIZE),
+    )
