@@ -1,0 +1,157 @@
+"""Smoke tests of benchmarks/scaling_table.py's helpers: the configs of the rows, the overhead
+config, the table and the plot. Nothing trains here (the benchmark itself does)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import det_scaling
+
+# isort: split
+from detectron2.engine import DefaultTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    # benchmarks/ is not a package: load the script as a module (its main() does not run).
+    path = REPO / "benchmarks" / "scaling_table.py"
+    spec = importlib.util.spec_from_file_location("scaling_table_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is created.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.fixture
+def cfg():
+    """The shape of the synthetic tiny config, fixed here: 2 GPUs x 2 images, LR 0.02, 800 steps
+    (8 epochs of 400 images), LR steps at 6 and 7.2 epochs, 1 epoch of warmup."""
+    cfg = det_scaling.get_cfg()
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 2
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    cfg.SOLVER.BASE_LR = 0.02
+    cfg.SOLVER.MAX_ITER = 800
+    cfg.SOLVER.STEPS = (600, 720)
+    cfg.SOLVER.WARMUP_ITERS = 100
+    cfg.SCALING.DATASET_SIZE = 400
+    return cfg
+
+
+def test_processes_for(bench):
+    assert bench.processes_for(1, 2) == 1
+    assert bench.processes_for(2, 2) == 2
+    assert bench.processes_for(8, 2) == 2
+    assert bench.processes_for(8, 16) == 8
+    assert bench.processes_for(3, 2) == 1  # 3 micro-batches do not split between 2 processes
+    assert bench.processes_for(6, 4) == 3
+    with pytest.raises(ValueError):
+        bench.processes_for(0, 2)
+
+
+def test_plan_rows(bench):
+    rows = bench.plan_rows([1, 2, 4, 8], 2)
+    assert [(r.gpus, r.scaled, r.how) for r in rows] == [
+        (1, True, "1 x 1"),
+        (2, True, "2 x 1"),
+        (4, True, "2 x 2"),
+        (8, True, "2 x 4"),
+        # no "not scaled" 1-GPU row: the 1-GPU LR is the scaled LR there
+        (2, False, "2 x 1"),
+        (4, False, "2 x 2"),
+        (8, False, "2 x 4"),
+    ]
+    assert len({r.name for r in rows}) == len(rows)
+
+
+def test_epoch_schedule(bench, cfg):
+    full = bench.epoch_schedule(cfg, None)
+    assert full.SCALING.EPOCHS.MAX == pytest.approx(8)
+    assert full.SCALING.EPOCHS.STEPS == pytest.approx((6, 7.2))
+    assert full.SCALING.EPOCHS.WARMUP == pytest.approx(1)
+    short = bench.epoch_schedule(cfg, 2.0)
+    assert short.SCALING.EPOCHS.MAX == pytest.approx(2)
+    assert short.SCALING.EPOCHS.STEPS == pytest.approx((1.5, 1.8))
+    assert short.SCALING.EPOCHS.WARMUP == pytest.approx(0.25)
+    assert cfg.SCALING.EPOCHS.MAX == 0  # the input is unchanged
+    # An epoch schedule gives back the iterations it was converted from.
+    planned = det_scaling.plan_scaling(full, 2).cfg
+    assert planned.SOLVER.MAX_ITER == 800
+    assert planned.SOLVER.STEPS == (600, 720)
+    assert planned.SOLVER.WARMUP_ITERS == 100
+
+
+def test_row_cfgs_see_the_same_images(bench, cfg, tmp_path):
+    one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, 2.0))
+    assert one_gpu.SOLVER.IMS_PER_BATCH == 2
+    assert one_gpu.SOLVER.BASE_LR == pytest.approx(0.01)
+    by_key = {}
+    for row in bench.plan_rows([1, 2, 4, 8], 2):
+        run = bench.row_cfg(one_gpu, row, tmp_path)
+        by_key[row.gpus, row.scaled] = run
+        assert run.SOLVER.IMS_PER_BATCH == 2 * row.gpus
+        assert run.SOLVER.REFERENCE_WORLD_SIZE == row.processes
+        assert run.SCALING.GRAD_ACCUM_STEPS == row.accumulation
+        assert run.SOLVER.MAX_ITER * run.SOLVER.IMS_PER_BATCH == 800  # 2 epochs of 400
+        expected_lr = 0.01 * row.gpus if row.scaled else 0.01
+        assert run.SOLVER.BASE_LR == pytest.approx(expected_lr)
+        assert run.SOLVER.CHECKPOINT_PERIOD > run.SOLVER.MAX_ITER  # model_final only
+        assert run.TEST.EVAL_PERIOD == 0  # evaluated once, at the end
+        assert Path(run.OUTPUT_DIR) == tmp_path / row.name
+    eight, eight_unscaled = by_key[8, True], by_key[8, False]
+    assert eight.SOLVER.MAX_ITER == eight_unscaled.SOLVER.MAX_ITER == 50
+    assert eight.SOLVER.STEPS == eight_unscaled.SOLVER.STEPS == (38, 45)  # 37.5 rounds to even
+
+
+def test_overhead_cfg_is_what_stock_detectron2_runs(bench, cfg, tmp_path):
+    one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, None))
+    stock = bench.overhead_cfg(one_gpu, tmp_path)
+    assert stock.SOLVER.OPTIMIZER == "SGD"
+    assert stock.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR"
+    assert stock.SCALING.GRAD_ACCUM_STEPS == 1
+    # DefaultTrainer rescales nothing for 1 process: both trainers run the same config.
+    assert DefaultTrainer.auto_scale_workers(stock, 1) == stock
+
+
+def test_table_and_plot(bench, cfg, tmp_path):
+    one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, 2.0))
+    rows = []
+    for row in bench.plan_rows([1, 2, 4], 2):
+        run = bench.row_cfg(one_gpu, row, tmp_path)
+        summary = {
+            "metrics": {"bbox/AP50": 40.0 / row.gpus, "bbox/AP": 20.0},
+            "epochs_seen": 2.0,
+            "images_per_s": 3.0 * row.processes,
+        }
+        rows.append(bench.table_row(row, run, summary, 2))
+    assert rows[0]["LR"] == "0.01" and rows[-1]["LR"] == "0.01 (not scaled)"
+    assert rows[2]["how (processes x accum)"] == "2 x 2"
+    assert rows[2]["total batch"] == 8 and rows[2]["steps"] == 100
+    json.dumps(rows)  # results.json holds them as they are
+    path = tmp_path / "table.png"
+    bench.plot(rows, path, "test")
+    assert path.stat().st_size > 0
+
+
+def test_format_overhead(bench):
+    result = {
+        "iterations": 4,
+        "chunk": 2,
+        "warmup": 1,
+        "ims_per_batch": 2,
+        "median_s": {"ours": 0.5, "stock": 0.4},
+        "quartiles_s": {"ours": [0.45, 0.55], "stock": [0.35, 0.45]},
+        "ratio": 1.25,
+    }
+    text = bench.format_overhead(result)
+    assert "1.250" in text and "0.4500-0.5500" in text
