@@ -44,11 +44,11 @@ import det_scaling  # first: applies the detectron2 compatibility layer
 # isort: split
 from batch_size_sweep import CONFIG, sweep_cfg, train_one  # the sweep's setup, reused
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
 from tabulate import tabulate
 
 from det_scaling.adabatch import adabatch_schedule
 from det_scaling.classification import register_classification_datasets
+from det_scaling.data import count_images
 
 # AdaBatch's LR factor per doubling, and the per-interval decay of the fixed batches that gives
 # the same LR per image (the paper's single-GPU setting: 0.75 / 2 = 0.375).
@@ -122,7 +122,7 @@ def main() -> None:
         (*base.DATASETS.TRAIN, *base.DATASETS.TEST), args.datasets_root
     )
     if base.SCALING.DATASET_SIZE == 0:
-        base.SCALING.DATASET_SIZE = sum(len(DatasetCatalog.get(n)) for n in base.DATASETS.TRAIN)
+        base.SCALING.DATASET_SIZE = count_images(base.DATASETS.TRAIN)
 
     rows, runs = [], []
     start = time.perf_counter()

@@ -28,23 +28,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
 
 import det_scaling  # first: applies the detectron2 compatibility layer
 
 # isort: split
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
 from tabulate import tabulate
 
 from det_scaling.classification import ClassificationTrainer, register_classification_datasets
+from det_scaling.data import count_images
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "ImageNet-Classification" / "resnet18_digits_sweep.yaml"
@@ -77,26 +77,11 @@ def train_one(cfg: CfgNode) -> dict[str, Any]:
     """Trains ``cfg`` in this process (logs to ``OUTPUT_DIR/log.txt``); returns its summary."""
     output = Path(cfg.OUTPUT_DIR)
     output.mkdir(parents=True, exist_ok=True)
-    _log_to(output / "log.txt")
+    log_to(output / "log.txt")
     seed_all_rng(cfg.SEED)  # the same initial weights and data order for every run
     trainer = ClassificationTrainer(cfg)
     trainer.resume_or_load(resume=False)
     return trainer.train()
-
-
-def _log_to(path: Path) -> None:
-    """Sends detectron2's and det_scaling's logs to ``path`` only, keeping stdout for the table
-    (the trainer then leaves the loggers as they are)."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s]: %(message)s", "%H:%M:%S"))
-    for name in ("detectron2", "det_scaling", "fvcore"):
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-            old.close()
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -151,7 +136,7 @@ def main() -> None:
         (*base.DATASETS.TRAIN, *base.DATASETS.TEST), args.datasets_root
     )
     if base.SCALING.DATASET_SIZE == 0:
-        base.SCALING.DATASET_SIZE = sum(len(DatasetCatalog.get(n)) for n in base.DATASETS.TRAIN)
+        base.SCALING.DATASET_SIZE = count_images(base.DATASETS.TRAIN)
 
     rows, summaries = [], []
     start = time.perf_counter()

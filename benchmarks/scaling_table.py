@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import logging
 import os
 import platform
 import statistics
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
 
 import det_scaling  # first: applies the detectron2 compatibility layer
 
@@ -176,24 +176,6 @@ def row_cfg(one_gpu: CfgNode, row: Row, output_dir: Path) -> CfgNode:
 
 
 # ---------------------------------------------------------------------------- training ----
-def _log_to(path: Path | None) -> None:
-    """Sends detectron2's, fvcore's and det_scaling's logs to ``path`` only (``None``: nowhere),
-    keeping stdout for the table; the trainer then leaves the loggers as they are."""
-    handler: logging.Handler = logging.NullHandler()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s]: %(message)s", "%H:%M:%S"))
-    for name in ("detectron2", "det_scaling", "fvcore"):
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-            old.close()
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def _train_worker(cfg: CfgNode, threads: int) -> None:
     """Runs in every process of a row (module level: ``launch`` pickles it for spawned workers).
     The summary is written by rank 0 to ``OUTPUT_DIR/summary.json``."""
@@ -203,7 +185,7 @@ def _train_worker(cfg: CfgNode, threads: int) -> None:
         cfg.MODEL.DEVICE = "cpu"  # launch fell back to gloo on the CPU
     cfg.freeze()
     rank = comm.get_rank()
-    _log_to(Path(cfg.OUTPUT_DIR) / "log.txt" if rank == 0 else None)
+    log_to(Path(cfg.OUTPUT_DIR) / "log.txt" if rank == 0 else None)
     register_datasets(cfg)  # a spawned worker starts with empty catalogs; the data is on disk
     # detectron2's default_setup seeds SEED + rank: rank 0 (whose initial weights DDP broadcasts,
     # and whose seed picks the shared data order) is seeded alike in every row.
@@ -487,7 +469,7 @@ def main() -> None:
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    _log_to(args.output_dir / "log.txt")
+    log_to(args.output_dir / "log.txt")
     loaded = load_base(args)
     reference = loaded.SOLVER.REFERENCE_WORLD_SIZE
     cfg = epoch_schedule(loaded, args.max_epochs or None)
@@ -506,7 +488,7 @@ def main() -> None:
 
     overhead = None
     if args.overhead_iters > 0:
-        _log_to(args.output_dir / "overhead" / "log.txt")
+        log_to(args.output_dir / "overhead" / "log.txt")
         # The config's full schedule: the LR follows the same curve in both trainers, and the
         # timed iterations stay well inside MAX_ITER whatever --max-epochs is.
         full_one_gpu = one_gpu_cfg(epoch_schedule(loaded, None))

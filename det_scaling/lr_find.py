@@ -46,6 +46,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from det_scaling.config import add_scaling_config
+from det_scaling.data import count_images
 from det_scaling.engine import micro_batch_cfg
 from det_scaling.launch import create_ddp_model, default_device, launch
 from det_scaling.scaling import plan_scaling
@@ -453,7 +454,7 @@ def _prepare_cfg(cfg: CfgNode) -> CfgNode:
                 f"DATASETS.TRAIN names data sets that are not registered: {unknown}; register "
                 "them (detectron2's DatasetCatalog) before the LR range test"
             )
-        size = sum(len(DatasetCatalog.get(name)) for name in names)
+        size = count_images(names)
     except (FileNotFoundError, NotADirectoryError) as error:
         raise ValueError(f"cannot load the training data {list(names)}: {error}") from error
     if size == 0:

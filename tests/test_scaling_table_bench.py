@@ -26,10 +26,13 @@ def bench():
     module = importlib.util.module_from_spec(spec)
     # dataclasses look their module up in sys.modules while the class is created.
     sys.modules[spec.name] = module
+    # As when the script runs: its folder is on the path (it imports benchmarks/_logs.py).
+    sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
         yield module
     finally:
+        sys.path.remove(str(path.parent))
         del sys.modules[spec.name]
 
 

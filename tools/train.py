@@ -38,12 +38,12 @@ import det_scaling  # before detectron2: it applies the compatibility layer
 # isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from det_scaling.data import count_images
 from det_scaling.launch import default_device, launch
 from det_scaling.tasks import register_datasets, trainer_class
 
@@ -74,7 +74,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     register_datasets(cfg)
     if not args.eval_only and cfg.SCALING.DATASET_SIZE == 0:
         # Before scaling, so the plan can speak in epochs.
-        cfg.SCALING.DATASET_SIZE = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
+        cfg.SCALING.DATASET_SIZE = count_images(cfg.DATASETS.TRAIN)
     if args.no_scale:
         cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
 
