@@ -211,7 +211,10 @@ def _run_in_process_group(
     comm.synchronize()
     main_func(*args)
     # Only after a clean return: after a failure the other ranks may be gone, and tearing down
-    # (NCCL) could wait for them; the process exits anyway.
+    # (NCCL) could wait for them; the process exits anyway. The barrier first: a rank that tears
+    # its connections down while a peer is still finishing can make that peer abort at exit
+    # ("terminate called without an active exception", seen once with 2 gloo processes).
+    comm.synchronize()
     dist.destroy_process_group()
 
 
