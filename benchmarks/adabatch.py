@@ -46,9 +46,9 @@ from batch_size_sweep import CONFIG, sweep_cfg, train_one  # the sweep's setup, 
 from detectron2.config import CfgNode
 from tabulate import tabulate
 
-from det_scaling.adabatch import adabatch_schedule
+from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.classification import register_classification_datasets
-from det_scaling.data import count_images
+from det_scaling.tasks import training_set_size
 
 # AdaBatch's LR factor per doubling, and the per-interval decay of the fixed batches that gives
 # the same LR per image (the paper's single-GPU setting: 0.75 / 2 = 0.375).
@@ -84,10 +84,10 @@ def setups(
 
 def describe(cfg: CfgNode) -> tuple[str, str, int]:
     """The batch schedule, LR schedule and optimizer steps of a run's config, for the table."""
-    schedule = adabatch_schedule(cfg)
+    schedule = BatchSchedule.from_cfg(cfg, world_size=1)
     base_lr = cfg.SOLVER.BASE_LR
     dataset_size = cfg.SCALING.DATASET_SIZE
-    if schedule is None:
+    if not schedule.grows:
         steps = ", ".join(
             f"{step * cfg.SOLVER.IMS_PER_BATCH / dataset_size:.3g}" for step in cfg.SOLVER.STEPS
         )
@@ -122,7 +122,7 @@ def main() -> None:
         (*base.DATASETS.TRAIN, *base.DATASETS.TEST), args.datasets_root
     )
     if base.SCALING.DATASET_SIZE == 0:
-        base.SCALING.DATASET_SIZE = count_images(base.DATASETS.TRAIN)
+        base.SCALING.DATASET_SIZE = training_set_size(base)
 
     rows, runs = [], []
     start = time.perf_counter()

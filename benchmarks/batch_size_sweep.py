@@ -43,8 +43,9 @@ from detectron2.config import CfgNode
 from detectron2.utils.env import seed_all_rng
 from tabulate import tabulate
 
+from det_scaling.batch_schedule import micro_batch
 from det_scaling.classification import ClassificationTrainer, register_classification_datasets
-from det_scaling.data import count_images
+from det_scaling.tasks import training_set_size
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "ImageNet-Classification" / "resnet18_digits_sweep.yaml"
@@ -59,8 +60,10 @@ OPTIMIZERS = {
 def sweep_cfg(base: CfgNode, batch: int, optimizer: str, output_dir: Path) -> CfgNode:
     """``base`` at total batch ``batch`` (linear rule, same epochs), run on one process by
     gradient accumulation, with ``optimizer`` (a key of :data:`OPTIMIZERS`)."""
-    reference = base.SOLVER.REFERENCE_WORLD_SIZE
-    per_gpu = base.SOLVER.IMS_PER_BATCH // (reference * base.SCALING.GRAD_ACCUM_STEPS)
+    solver = base.SOLVER
+    per_gpu = micro_batch(
+        solver.IMS_PER_BATCH, solver.REFERENCE_WORLD_SIZE, base.SCALING.GRAD_ACCUM_STEPS
+    )
     if batch % per_gpu:
         raise SystemExit(f"total batch {batch} is not a multiple of {per_gpu} images per GPU")
     name, trust = OPTIMIZERS[optimizer]
@@ -136,7 +139,7 @@ def main() -> None:
         (*base.DATASETS.TRAIN, *base.DATASETS.TEST), args.datasets_root
     )
     if base.SCALING.DATASET_SIZE == 0:
-        base.SCALING.DATASET_SIZE = count_images(base.DATASETS.TRAIN)
+        base.SCALING.DATASET_SIZE = training_set_size(base)
 
     rows, summaries = [], []
     start = time.perf_counter()

@@ -37,7 +37,6 @@ to ``--output-dir``::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -61,27 +60,14 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
-from det_scaling.data import count_images, datasets_root
+from det_scaling.data import datasets_root
 from det_scaling.engine import ScalingTrainer
 from det_scaling.launch import default_device, launch
+from det_scaling.tasks import register_datasets, training_set_size
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"
 SUMMARY_FILE = "summary.json"  # what ScalingTrainer.train() writes to OUTPUT_DIR
-
-
-def _load_train_tool() -> Any:
-    """``tools/train.py`` as a module (``tools/`` is not a package): its ``register_datasets``
-    generates and registers exactly what a training run of the config would use."""
-    spec = importlib.util.spec_from_file_location(
-        "det_scaling_tools_train", REPO / "tools/train.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-register_datasets = _load_train_tool().register_datasets
 
 
 # ---------------------------------------------------------------- configs of the rows ----
@@ -423,7 +409,7 @@ def load_base(args: argparse.Namespace) -> CfgNode:
         if not voc.is_dir():
             raise SystemExit(f"{args.config} trains on VOC2007, which is not at {voc}")
     register_datasets(cfg)
-    size = count_images(cfg.DATASETS.TRAIN)
+    size = training_set_size(cfg)
     if cfg.SCALING.DATASET_SIZE not in (0, size):
         print(f"note: SCALING.DATASET_SIZE {cfg.SCALING.DATASET_SIZE} -> {size} (registered set)")
     cfg.SCALING.DATASET_SIZE = size

@@ -22,12 +22,8 @@ from pathlib import Path
 import torch
 
 import det_scaling  # first: applies the detectron2 compatibility layer
-from det_scaling.data import (
-    count_images,
-    datasets_root,
-    register_synthetic_voc,
-)
-from det_scaling.tasks import generate_synthetic_voc_for
+from det_scaling.data import datasets_root, register_synthetic_voc
+from det_scaling.tasks import generate_synthetic_voc_for, training_set_size
 
 # isort: split
 from detectron2.engine import DefaultTrainer, hooks
@@ -74,7 +70,7 @@ def main() -> None:
     train_name, _ = register_synthetic_voc(data_root)
     cfg.OUTPUT_DIR = str(args.output)
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 0  # the config's total batch, as written, on this process
-    cfg.SCALING.DATASET_SIZE = count_images(cfg.DATASETS.TRAIN)
+    cfg.SCALING.DATASET_SIZE = training_set_size(cfg)
     cfg.freeze()
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "config.yaml").write_text(cfg.dump())

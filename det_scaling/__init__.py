@@ -8,15 +8,15 @@ from det_scaling import compat
 
 compat.apply()
 
+from det_scaling.batch_schedule import BatchSchedule  # noqa: E402
 from det_scaling.config import add_scaling_config, get_cfg, load_cfg  # noqa: E402
+from det_scaling.engine import PlateauHook, SolverMixin  # noqa: E402
 from det_scaling.scaling import Change, ScalingPlan, plan_scaling, scale_cfg  # noqa: E402
 from det_scaling.solver import (  # noqa: E402
     LARS,
     LR_SCHEDULER_REGISTRY,
     OPTIMIZER_REGISTRY,
-    PlateauHook,
     ProgressLRScheduler,
-    SolverMixin,
     build_lr_scheduler,
     build_optimizer,
 )
@@ -27,6 +27,7 @@ __all__ = [
     "LARS",
     "LR_SCHEDULER_REGISTRY",
     "OPTIMIZER_REGISTRY",
+    "BatchSchedule",
     "Change",
     "PlateauHook",
     "ProgressLRScheduler",

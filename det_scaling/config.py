@@ -8,12 +8,16 @@ a config is written for is detectron2's ``SOLVER.REFERENCE_WORLD_SIZE`` together
 
 from __future__ import annotations
 
+import difflib
+import os
 from collections.abc import Sequence
+from typing import Any
 
+import yaml
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as _detectron2_get_cfg
 
-__all__ = ["add_scaling_config", "get_cfg", "load_cfg"]
+__all__ = ["add_scaling_config", "flatten_cfg", "get_cfg", "load_cfg"]
 
 
 def add_scaling_config(cfg: CfgNode) -> None:
@@ -169,14 +173,56 @@ def get_cfg() -> CfgNode:
 
 def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> CfgNode:
     """Default config, merged with ``config_file`` (``_BASE_`` inheritance as in detectron2) and
-    then with ``KEY VALUE`` ``overrides`` as detectron2's tools take them."""
+    then with ``KEY VALUE`` ``overrides`` as detectron2's tools take them. Raises ``ValueError``
+    in one line naming the file or key (with the closest existing key for a misspelt one)."""
     cfg = get_cfg()
     if config_file:
-        cfg.merge_from_file(config_file)
+        if not os.path.isfile(config_file):
+            raise ValueError(f"{config_file}: no such config file")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as error:  # yacs: "Non-existent config key: A.B"
+            raise _unknown_key(cfg, str(error.args[0]), f"{config_file}: ") from None
+        except ValueError as error:  # yacs: type mismatch, naming the key
+            raise ValueError(f"{config_file}: {error}") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError) as error:
+            reason = " ".join(str(error).split())
+            raise ValueError(f"{config_file}: not a detectron2 YAML config ({reason})") from None
     if overrides:
         if len(overrides) % 2:
             raise ValueError(
                 f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}"
             )
-        cfg.merge_from_list(list(overrides))
+        try:
+            cfg.merge_from_list(list(overrides))
+        except AssertionError as error:  # yacs: "Non-existent key: A.B"
+            raise _unknown_key(cfg, str(error), "") from None
     return cfg
+
+
+def _unknown_key(cfg: CfgNode, message: str, where: str) -> ValueError:
+    key = message.rsplit(":", 1)[-1].strip()
+    keys = [*flatten_cfg(cfg), *(_section_keys(cfg))]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ValueError(f"{where}{key}: no such config key{hint}")
+
+
+def flatten_cfg(cfg: CfgNode, prefix: str = "") -> dict[str, Any]:
+    """``{"SOLVER.BASE_LR": 0.02, ...}``: every leaf of ``cfg`` by its dotted key (lists as
+    tuples, so values compare alike whatever YAML made of them)."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            flat.update(flatten_cfg(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _section_keys(node: CfgNode, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        if isinstance(value, CfgNode):
+            keys += [f"{prefix}{name}", *_section_keys(value, f"{prefix}{name}.")]
+    return keys

@@ -36,6 +36,7 @@ __all__ = [
     "default_device",
     "launch",
     "pick_backend",
+    "planned_world_size",
     "under_torchrun",
 ]
 
@@ -117,6 +118,14 @@ def pick_backend(processes_per_machine: int) -> str:
     if torch.cuda.is_available() and torch.cuda.device_count() >= processes_per_machine:
         return "nccl"
     return "gloo"
+
+
+def planned_world_size(num_gpus_per_machine: int, num_machines: int = 1) -> int:
+    """The world size :func:`launch` will make with these arguments (under ``torchrun``, its
+    ``WORLD_SIZE``): what a launching process checks a config against before starting any."""
+    if under_torchrun():
+        return int(os.environ["WORLD_SIZE"])
+    return num_gpus_per_machine * num_machines
 
 
 def under_torchrun() -> bool:

@@ -40,17 +40,16 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
+from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.config import add_scaling_config
-from det_scaling.data import count_images
 from det_scaling.engine import micro_batch_cfg
-from det_scaling.launch import create_ddp_model, default_device, launch
-from det_scaling.scaling import plan_scaling
-from det_scaling.tasks import register_datasets, trainer_class
+from det_scaling.launch import create_ddp_model, launch
+from det_scaling.prepare import plan_run, prepare_run
+from det_scaling.tasks import trainer_class
 
 __all__ = [
     "DEFAULT_DIVERGE_FACTOR",
@@ -260,9 +259,9 @@ def lr_range_test(
     whose loss is not finite before any update.
     """
     _check_sweep_arguments(start_lr, end_lr, num_iter, smoothing, diverge_factor)
-    cfg = _prepare_cfg(cfg)
     world_size = comm.get_world_size()
-    scaled = plan_scaling(cfg, world_size, keep_reference_batch=True).cfg
+    scaled = prepare_run(cfg, world_size, keep_reference_batch=True).cfg
+    schedule = BatchSchedule.from_cfg(scaled, world_size)
     seed_all_rng(None if scaled.SEED < 0 else scaled.SEED + comm.get_rank())
 
     trainer_cls = trainer_class(scaled)
@@ -270,7 +269,7 @@ def lr_range_test(
     optimizer = trainer_cls.build_optimizer(scaled, model)
     # Each group's LR relative to BASE_LR (bias LR factor, LARS exclusions ...), kept in the sweep.
     lr_factors = [group["lr"] / scaled.SOLVER.BASE_LR for group in optimizer.param_groups]
-    loader = trainer_cls.build_train_loader(micro_batch_cfg(scaled, world_size))
+    loader = trainer_cls.build_train_loader(micro_batch_cfg(scaled, schedule))
     model = create_ddp_model(model, broadcast_buffers=False)
     step_trainer = trainer_cls.build_step_trainer(scaled, model, loader, optimizer)
 
@@ -314,10 +313,10 @@ def lr_range_test(
         diverge_factor=diverge_factor,
         diverged_at=diverged_at,
         divergence=divergence,
-        cfg=cfg,
+        cfg=_as_written(cfg, scaled),
         world_size=world_size,
-        ims_per_batch=scaled.SOLVER.IMS_PER_BATCH,
-        grad_accum_steps=scaled.SCALING.GRAD_ACCUM_STEPS,
+        ims_per_batch=schedule.ims_per_batch,
+        grad_accum_steps=schedule.grad_accum_steps,
     )
     _add_notes(result)
     return result
@@ -349,7 +348,7 @@ def launch_lr_range_test(
     # Checked here first, so that bad settings, missing data or a GPU count that does not divide
     # the reference batch are reported before any process starts.
     _check_sweep_arguments(**settings)
-    plan_scaling(_prepare_cfg(cfg), num_gpus, keep_reference_batch=True)
+    plan_run(cfg, num_gpus, keep_reference_batch=True)
     with tempfile.TemporaryDirectory(prefix="lr_find_") as directory:
         path = Path(directory) / "result.pkl"
         launch(_worker, num_gpus, dist_url="auto", args=(cfg, settings, str(path)))
@@ -434,34 +433,13 @@ def _check_sweep_arguments(
         raise ValueError(f"diverge_factor must be > 1, got {diverge_factor:g}")
 
 
-def _prepare_cfg(cfg: CfgNode) -> CfgNode:
-    """A copy of ``cfg`` with the scaling keys, a device this process has, its training data
-    registered and ``SCALING.DATASET_SIZE`` filled in (so epoch schedules can be scaled)."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    if "SCALING" not in cfg:
-        add_scaling_config(cfg)
-    if cfg.MODEL.DEVICE.startswith("cuda") and default_device() == "cpu":
-        cfg.MODEL.DEVICE = "cpu"  # no CUDA here, or launch fell back to gloo processes
-    names = tuple(cfg.DATASETS.TRAIN)
-    if not names:
-        raise ValueError("DATASETS.TRAIN is empty: the LR range test needs training data")
-    try:
-        register_datasets(cfg)
-        unknown = [name for name in names if name not in DatasetCatalog.list()]
-        if unknown:
-            raise ValueError(
-                f"DATASETS.TRAIN names data sets that are not registered: {unknown}; register "
-                "them (detectron2's DatasetCatalog) before the LR range test"
-            )
-        size = count_images(names)
-    except (FileNotFoundError, NotADirectoryError) as error:
-        raise ValueError(f"cannot load the training data {list(names)}: {error}") from error
-    if size == 0:
-        raise ValueError(f"the training data {list(names)} has no images")
-    if cfg.SCALING.DATASET_SIZE == 0:
-        cfg.SCALING.DATASET_SIZE = size
-    return cfg
+def _as_written(cfg: CfgNode, scaled: CfgNode) -> CfgNode:
+    """``cfg`` as written, with the ``SCALING.DATASET_SIZE`` the run found."""
+    out = cfg.clone()
+    out.defrost()
+    add_scaling_config(out)
+    out.SCALING.DATASET_SIZE = scaled.SCALING.DATASET_SIZE
+    return out
 
 
 def _run_step(step_trainer: Any, storage: EventStorage) -> float:

@@ -7,7 +7,7 @@ micro-batch, ``IMS_PER_BATCH / (R * A)``, is what fits in its memory, so it is k
 * the total batch becomes ``per_gpu * N * A`` and the LR follows ``SCALING.RULE``;
 * or, with ``SCALING.KEEP_REFERENCE_BATCH``, the total batch and LR stay and each GPU accumulates
   ``R * A / N`` micro-batches;
-* every iteration-valued key keeps the number of images seen (:mod:`det_scaling.progress`).
+* every iteration-valued key keeps the number of images seen (:mod:`det_scaling.batch_schedule`).
 
 With the linear rule the numbers are those of detectron2's ``auto_scale_workers``. The result is
 written for N GPUs (``REFERENCE_WORLD_SIZE = N``), so scaling it again to N, or handing it to
@@ -24,8 +24,8 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
+from det_scaling.batch_schedule import micro_batch, rescale_iterations
 from det_scaling.config import add_scaling_config
-from det_scaling.progress import rescale_iterations
 
 __all__ = ["SCALING_RULES", "Change", "ScalingPlan", "plan_scaling", "scale_cfg"]
 
@@ -194,7 +194,7 @@ def _rescale_batch_and_lr(plan: ScalingPlan, keep_reference_batch: bool) -> None
     solver = cfg.SOLVER
     old_batch = solver.IMS_PER_BATCH
     accumulation = cfg.SCALING.GRAD_ACCUM_STEPS
-    per_gpu = old_batch // (reference * accumulation)
+    per_gpu = micro_batch(old_batch, reference, accumulation)
     micro_batches = reference * accumulation  # per optimizer step, all GPUs together
 
     if keep_reference_batch:

@@ -1,7 +1,7 @@
-"""What a config's task needs before training: its data sets registered, and its trainer class.
+"""What a config's task needs before training: its data sets registered and sized, its trainer.
 
 Detection and classification differ only in model, data and metric; this module is the one place
-that tells them apart (``tools/train.py`` and ``lr-find`` both use it).
+that tells them apart.
 """
 
 from __future__ import annotations
@@ -10,18 +10,31 @@ import os
 from pathlib import Path
 
 from detectron2.config import CfgNode
-from detectron2.utils import comm
+from detectron2.data import DatasetCatalog
 
 from det_scaling.classification import ClassificationTrainer, register_classification_datasets
+from det_scaling.classification.data import DIGITS_SPLITS, IMAGENET_SPLITS, register_imagenet
+from det_scaling.classification.digits import digits_counts
 from det_scaling.data import (
+    count_images,
     datasets_root,
     generate_synthetic_voc,
     register_synthetic_voc,
     register_voc2007,
 )
+from det_scaling.data.generated import generate_once
 from det_scaling.engine import ScalingTrainer
 
-__all__ = ["generate_synthetic_voc_for", "register_datasets", "trainer_class"]
+__all__ = [
+    "SYNTHETIC_VOC_SPLITS",
+    "generate_synthetic_voc_for",
+    "register_datasets",
+    "trainer_class",
+    "training_set_size",
+]
+
+# Registered name -> split of the set DATASETS.SYNTHETIC_VOC generates.
+SYNTHETIC_VOC_SPLITS = {"synthetic_voc_trainval": "trainval", "synthetic_voc_test": "test"}
 
 
 def trainer_class(cfg: CfgNode) -> type[ScalingTrainer]:
@@ -35,18 +48,51 @@ def trainer_class(cfg: CfgNode) -> type[ScalingTrainer]:
 def register_datasets(cfg: CfgNode) -> None:
     """Registers the data sets the config names, under ``$DETECTRON2_DATASETS`` (``./datasets``):
     ``voc_2007_*`` from ``VOC2007/``; ``synthetic_voc_*``, generated on first use from
-    ``DATASETS.SYNTHETIC_VOC`` into ``synthetic_voc/``; ``digits_*`` (exported on first use) and
-    ``imagenet_*`` for classification. In a process group, one process per machine writes
-    generated data while the others wait."""
+    ``DATASETS.SYNTHETIC_VOC``; ``digits_*`` (exported on first use) and ``imagenet_*``. Generated
+    sets are written once per machine (:func:`~det_scaling.data.generated.generate_once`)."""
     names = (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
     register_voc2007()
-    if any(name.startswith("synthetic_voc_") for name in names):
+    if set(names) & set(SYNTHETIC_VOC_SPLITS):
         root = datasets_root() / "synthetic_voc"
-        if comm.get_local_rank() == 0:
-            generate_synthetic_voc_for(cfg, root)
-        comm.synchronize()
+        generate_once(lambda: generate_synthetic_voc_for(cfg, root))
         register_synthetic_voc(root)
     register_classification_datasets(names)
+
+
+def training_set_size(cfg: CfgNode) -> int:
+    """Images in ``DATASETS.TRAIN``, without writing anything: generated sets from their
+    parameters, the others read from disk. Raises ``ValueError`` naming the data sets when they
+    are not registered, not on disk or empty."""
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty: training needs a data set")
+    try:
+        size = sum(_size(cfg, name) for name in names)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise ValueError(
+            f"cannot load the training data {names}: {error} (data sets are read from "
+            f"{datasets_root()}, $DETECTRON2_DATASETS)"
+        ) from error
+    if size == 0:
+        raise ValueError(f"DATASETS.TRAIN: the training data {names} has no images")
+    return size
+
+
+def _size(cfg: CfgNode, name: str) -> int:
+    if name in SYNTHETIC_VOC_SPLITS:
+        spec = cfg.DATASETS.SYNTHETIC_VOC
+        return spec.NUM_TRAINVAL if SYNTHETIC_VOC_SPLITS[name] == "trainval" else spec.NUM_TEST
+    if name in DIGITS_SPLITS:
+        return digits_counts()[DIGITS_SPLITS[name]]
+    register_voc2007()
+    if name in IMAGENET_SPLITS:
+        register_imagenet()
+    if name not in DatasetCatalog.list():
+        raise ValueError(
+            f"DATASETS.TRAIN: data set {name!r} is not registered; use a registered name or "
+            "register it with detectron2's DatasetCatalog first"
+        )
+    return count_images(name)
 
 
 def generate_synthetic_voc_for(cfg: CfgNode, root: str | os.PathLike) -> Path:

@@ -24,11 +24,10 @@ from torch import nn
 
 import det_scaling
 from det_scaling import get_cfg, plan_scaling
-from det_scaling.adabatch import AdaBatchSchedule, adabatch_schedule
-from det_scaling.cli.lr_plot import lr_curve, plot_lr_curves, scheduled_lrs
-from det_scaling.cli.plan import format_plan_table
-from det_scaling.engine import ScalingProgress, ScalingTrainer
-from det_scaling.engine.adabatch import ImagePeriodHook
+from det_scaling.batch_schedule import BatchSchedule, Growth
+from det_scaling.engine import ImagePeriodHook, ScalingProgress, ScalingTrainer, resume_point
+from det_scaling.lr_plot import lr_curve, plot_lr_curves, scheduled_lrs
+from det_scaling.plan import format_plan_table
 from det_scaling.solver import build_lr_multiplier, build_lr_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +37,25 @@ NUM_IMAGES = 16
 IMAGE_SIZE = 12
 
 
-def paper_schedule(**overrides) -> AdaBatchSchedule:
+def growing(
+    ims_per_batch: int,
+    grad_accum_steps: int,
+    total_images: int,
+    interval_images: int,
+    batch_factor: int,
+    lr_factor: float,
+    max_stages: int = 0,
+) -> BatchSchedule:
+    growth = Growth(interval_images, batch_factor, lr_factor, max_stages)
+    return BatchSchedule(
+        ims_per_batch=ims_per_batch,
+        grad_accum_steps=grad_accum_steps,
+        total_images=total_images,
+        growth=growth,
+    )
+
+
+def paper_schedule(**overrides) -> BatchSchedule:
     """The seeds' setup: CIFAR-10 (50,000 images), 100 epochs from batch 128, batch x2 and LR
     x0.75 every 20 epochs."""
     settings = {
@@ -49,7 +66,7 @@ def paper_schedule(**overrides) -> AdaBatchSchedule:
         "batch_factor": 2,
         "lr_factor": 0.75,
     }
-    return AdaBatchSchedule(**{**settings, **overrides})
+    return growing(**{**settings, **overrides})
 
 
 # ---- the arithmetic ----
@@ -93,7 +110,7 @@ def test_steps_and_images_convert_both_ways_across_stages():
 
 
 def test_without_growth_the_maps_are_the_fixed_batch_ones():
-    schedule = AdaBatchSchedule(
+    schedule = growing(
         ims_per_batch=16,
         grad_accum_steps=2,
         total_images=16 * 90,
@@ -113,7 +130,7 @@ def test_without_growth_the_maps_are_the_fixed_batch_ones():
 
 
 def test_periods_count_images_of_the_starting_batch():
-    schedule = AdaBatchSchedule(
+    schedule = growing(
         ims_per_batch=2,
         grad_accum_steps=1,
         total_images=48,
@@ -141,7 +158,7 @@ def test_max_stages_stops_the_growth_and_the_last_stage_lasts_to_the_end():
 def test_a_remainder_too_small_for_the_grown_batch_goes_to_the_previous_stage():
     # 24 images, a stage every 8 from batch 4: the third stage (batch 16) would get 8 images,
     # half a step, which rounds to 0; the second stage (batch 8) takes them instead.
-    schedule = AdaBatchSchedule(
+    schedule = growing(
         ims_per_batch=4,
         grad_accum_steps=1,
         total_images=24,
@@ -172,10 +189,10 @@ def test_config_keys_are_off_by_default_with_the_papers_values():
     assert cfg.SCALING.ADABATCH.ENABLED is False
     assert (cfg.SCALING.ADABATCH.INTERVAL_EPOCHS, cfg.SCALING.ADABATCH.BATCH_FACTOR) == (20.0, 2)
     assert (cfg.SCALING.ADABATCH.LR_FACTOR, cfg.SCALING.ADABATCH.MAX_STAGES) == (0.75, 0)
-    assert adabatch_schedule(cfg) is None
+    assert len(BatchSchedule.from_cfg(cfg, 1).stages) == 1
     cfg.SCALING.ADABATCH.ENABLED = True
     with pytest.raises(ValueError, match=r"SCALING\.DATASET_SIZE"):
-        adabatch_schedule(cfg)
+        BatchSchedule.from_cfg(cfg, 1)
 
 
 def digits_adabatch_cfg():
@@ -192,7 +209,7 @@ def digits_adabatch_cfg():
 def test_scaled_configs_grow_from_their_scaled_batch_at_the_same_epochs(num_gpus):
     cfg = digits_adabatch_cfg()
     scaled = plan_scaling(cfg, num_gpus).cfg
-    schedule = adabatch_schedule(scaled)
+    schedule = BatchSchedule.from_cfg(scaled, num_gpus)
     batch = 32 * num_gpus
     assert [s.ims_per_batch for s in schedule.stages] == [batch * 2**k for k in range(4)]
     assert [s.grad_accum_steps for s in schedule.stages] == [1, 2, 4, 8]
@@ -203,8 +220,8 @@ def test_scaled_configs_grow_from_their_scaled_batch_at_the_same_epochs(num_gpus
         assert abs(stage.start_images - stage.index * 2 * 1438) <= previous_batch / 2
     # The KEEP_REFERENCE_BATCH route (1 GPU accumulating the 2-GPU batch) has the 2-GPU stages.
     kept = plan_scaling(plan_scaling(cfg, 2).cfg, 1, keep_reference_batch=True).cfg
-    kept_schedule = adabatch_schedule(kept)
-    two_gpus = adabatch_schedule(plan_scaling(cfg, 2).cfg)
+    kept_schedule = BatchSchedule.from_cfg(kept, 1)
+    two_gpus = BatchSchedule.from_cfg(plan_scaling(cfg, 2).cfg, 2)
     assert [s.ims_per_batch for s in kept_schedule.stages] == [64, 128, 256, 512]
     assert [s.grad_accum_steps for s in kept_schedule.stages] == [2, 4, 8, 16]
     assert kept_schedule.stage_starts == two_gpus.stage_starts
@@ -215,9 +232,9 @@ def test_scaled_configs_grow_from_their_scaled_batch_at_the_same_epochs(num_gpus
 def test_lr_is_the_schedule_at_the_images_fraction_times_the_stage_factor(name):
     cfg = plan_scaling(digits_adabatch_cfg(), 2).cfg
     cfg.SOLVER.LR_SCHEDULER_NAME = name
-    schedule = adabatch_schedule(cfg)
+    schedule = BatchSchedule.from_cfg(cfg, 2)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.SOLVER.BASE_LR)
-    scheduler = build_lr_scheduler(cfg, optimizer)  # dispatches on SCALING.ADABATCH
+    scheduler = build_lr_scheduler(cfg, optimizer)  # the batch schedule of the config
     multiplier = build_lr_multiplier(cfg)
     total = cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH
     lrs = []
@@ -257,13 +274,13 @@ def test_plan_lists_the_stages_of_each_gpu_count():
 def test_lr_plot_curve_follows_the_stages_and_draws_the_batch(tmp_path):
     cfg = digits_adabatch_cfg()
     curve = lr_curve(cfg, 2)
-    schedule = adabatch_schedule(plan_scaling(cfg, 2).cfg)
-    assert len(curve.lrs) == len(curve.batches) == schedule.total_iterations
+    schedule = BatchSchedule.from_cfg(plan_scaling(cfg, 2).cfg, 2)
+    assert len(curve.lrs) == len(curve.batches()) == schedule.total_iterations
     assert curve.images() == [schedule.images_at_iteration(i) for i in range(len(curve.lrs))]
-    assert curve.batches[0] == 64 and curve.batches[-1] == 512
+    assert curve.batches()[0] == 64 and curve.batches()[-1] == 512
     figure = plot_lr_curves([curve], str(tmp_path / "lr.png"), dataset_size=1438)
     batch_axes = figure.axes[2]
-    assert list(batch_axes.lines[0].get_ydata()) == curve.batches
+    assert list(batch_axes.lines[0].get_ydata()) == curve.batches()
     assert (tmp_path / "lr.png").stat().st_size > 10_000
 
 
@@ -369,7 +386,8 @@ def history(trainer: ScalingTrainer, name: str) -> dict[int, float]:
 
 def test_run_grows_the_batch_by_accumulation_with_the_stage_lr(tmp_path, data):
     trainer = train(tiny_cfg(tmp_path / "run"))
-    stages = [(s.num_iters, s.ims_per_batch, s.grad_accum_steps) for s in trainer.adabatch.stages]
+    schedule = trainer.batch_schedule
+    stages = [(s.num_iters, s.ims_per_batch, s.grad_accum_steps) for s in schedule.stages]
     assert stages == [(8, 2, 1), (4, 4, 2), (2, 8, 4)]
     summary = trainer.summary
     assert (summary["max_iter"], summary["iterations_done"]) == (14, 14)
@@ -388,7 +406,7 @@ def test_run_grows_the_batch_by_accumulation_with_the_stage_lr(tmp_path, data):
     assert names == ["model_0000009.pth", "model_0000013.pth", "model_final.pth"]
     assert any(isinstance(hook, ImagePeriodHook) for hook in trainer._hooks)
     record = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert [s["ims_per_batch"] for s in record["adabatch_stages"]] == [2, 4, 8]
+    assert [s["ims_per_batch"] for s in record["batch_stages"]] == [2, 4, 8]
 
 
 def test_evaluation_period_counts_images_of_the_starting_batch(tmp_path, data):
@@ -444,7 +462,7 @@ def test_resume_mid_growth_at_another_gpu_count_converts_by_images(tmp_path, dat
     cfg_two = tiny_cfg(tmp_path / "two", num_gpus=2)
     assert (cfg_two.SOLVER.IMS_PER_BATCH, cfg_two.SCALING.GRAD_ACCUM_STEPS) == (4, 2)
     resumed = train(cfg_two, resume=True)
-    stages = [(s.num_iters, s.ims_per_batch) for s in resumed.adabatch.stages]
+    stages = [(s.num_iters, s.ims_per_batch) for s in resumed.batch_schedule.stages]
     assert stages == [(4, 4), (2, 8), (1, 16)]
     # 24 images = stage 1's first step of 8 done after 4 of 4: step 5 of 7, still stage 1.
     assert resumed.summary["start_iter"] == 5
@@ -461,17 +479,19 @@ def test_resume_mid_growth_at_another_gpu_count_converts_by_images(tmp_path, dat
 
 def test_progress_converts_a_checkpoint_of_other_stages_by_images():
     cfg = tiny_cfg(Path("unused"), num_gpus=2)  # stages of 4, 8, 16 images from step 0, 4, 6
-    progress = ScalingProgress(cfg, world_size=1)
-    other = ScalingProgress(tiny_cfg(Path("unused")), world_size=1)  # 2, 4, 8 from 0, 8, 12
-    other.start_at(11, 28)  # 8 x 2 + 3 x 4 images
-    progress.load_state_dict(other.state_dict())
+    schedule = BatchSchedule.from_cfg(cfg, 1)
+    other = ScalingProgress(BatchSchedule.from_cfg(tiny_cfg(Path("unused")), 1), 0.1)
+    other.start_at(11, 28)  # 2, 4, 8 from step 0, 8, 12: 8 x 2 + 3 x 4 images
     # 28 images are in this run's stage 1 (16 .. 32 images, steps of 8 from step 4): 12 images
     # past its start are 1.5 steps, 2 to the nearest even: step 6, the first of stage 2.
-    assert progress.resume_from(11) == 6
-    assert progress.images_seen == 28  # kept exactly
-    assert progress.stage.index == 2
+    point = resume_point(other.state_dict(), schedule, 11)
+    assert point.iteration == 6
+    assert point.images_seen == 28  # kept exactly
+    assert schedule.stage_at_iteration(point.iteration).index == 2
+    assert point.converted_from is not None
     # A checkpoint without AdaBatch at the same starting batch is converted as well.
     plain = tiny_cfg(Path("unused"), num_gpus=2)
     plain.SCALING.ADABATCH.ENABLED = False
-    progress.load_state_dict(ScalingProgress(plain, world_size=1).state_dict() | {"images_seen": 8})
-    assert progress.resume_from(2) == 2 and progress.resumed_from is not None
+    saved = ScalingProgress(BatchSchedule.from_cfg(plain, 1), 0.2).state_dict()
+    point = resume_point(saved | {"images_seen": 8}, schedule, 2)
+    assert point.iteration == 2 and point.converted_from is not None

@@ -9,7 +9,6 @@ linear layer, no BatchNorm, whose loss is a mean over the batch), so runs take s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -34,14 +33,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 import det_scaling
 from det_scaling import get_cfg, plan_scaling
+from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.cli import parse_args
 from det_scaling.engine import (
     ScalingProgress,
     ScalingTrainer,
     micro_batch_cfg,
-    micro_batch_per_process,
-    move_schedule,
+    place_scheduler,
+    resume_point,
 )
 from det_scaling.launch import launch
+from det_scaling.lr_plot import scheduled_lrs
+from det_scaling.train import setup_process
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "det_scaling_test_tiny_boxes"
@@ -188,11 +191,12 @@ def _resume_worker(cfg, data_root: str, out: str) -> None:
 # ---- tests ----
 def test_micro_batch_is_total_over_processes_and_accumulation(tmp_path):
     cfg = tiny_cfg(tmp_path, ims_per_batch=16, accum=2)
-    assert micro_batch_per_process(cfg, 4) == 2
-    assert micro_batch_cfg(cfg, 4).SOLVER.IMS_PER_BATCH == 8  # 2 images x 4 processes
+    schedule = BatchSchedule.from_cfg(cfg, 4)
+    assert schedule.micro_batch == 2
+    assert micro_batch_cfg(cfg, schedule).SOLVER.IMS_PER_BATCH == 8  # 2 images x 4 processes
     assert cfg.SOLVER.IMS_PER_BATCH == 16  # not changed in place
     with pytest.raises(ValueError, match=r"SCALING\.GRAD_ACCUM_STEPS"):
-        micro_batch_per_process(cfg, 3)
+        BatchSchedule.from_cfg(cfg, 3)
 
 
 def test_trainer_refuses_config_written_for_another_world_size(tmp_path):
@@ -288,6 +292,50 @@ def test_resume_one_then_two_then_one_process_matches_an_uninterrupted_run(tmp_p
     assert final["epochs_seen"] == 3.0
     resumed_lr = lr_history(resumed)
     assert resumed_lr == pytest.approx({i: reference_lr[i] for i in range(8, 12)})
+
+
+def extended_cfg(output_dir: Path, max_iter: int, steps: tuple[int, ...], world_size: int = 1):
+    """Written for 1 GPU x 2 images with warmup; ``max_iter`` and ``steps`` are what a user edits
+    to extend a run."""
+    cfg = tiny_cfg(output_dir, ims_per_batch=2, max_iter=max_iter)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 1
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.STEPS = steps
+    cfg.SOLVER.WARMUP_ITERS = 2
+    return plan_scaling(cfg, world_size).cfg
+
+
+def test_extended_run_resumes_at_the_same_iteration_on_the_new_schedule(tmp_path, data):
+    # 6 steps with the LR step at 4, then --resume with the run extended to 12, step at 8: the
+    # steps after the resume have the LR a fresh run of 12 steps has (detectron2's meaning).
+    build_trainer(extended_cfg(tmp_path / "run", 6, (4,)), data).train()
+    resumed = build_trainer(extended_cfg(tmp_path / "run", 12, (8,)), data, resume=True)
+    summary = resumed.train()
+    fresh = build_trainer(extended_cfg(tmp_path / "fresh", 12, (8,)), data)
+    fresh.train()
+    assert (summary["start_iter"], summary["iterations_done"]) == (6, 12)
+    assert summary["images_seen"] == 24 and summary["resumed_from"] is None
+    resumed_lr, fresh_lr = lr_history(resumed), lr_history(fresh)
+    assert sorted(resumed_lr) == list(range(6, 12))
+    assert resumed_lr == pytest.approx({i: fresh_lr[i] for i in range(6, 12)}, rel=1e-12)
+    assert resumed_lr[7] == pytest.approx(0.01) and resumed_lr[8] == pytest.approx(0.001)
+
+
+@pytest.mark.slow
+def test_extended_run_resumed_at_another_gpu_count_continues_at_the_same_images(tmp_path, data):
+    # 6 steps of 2 images on 1 process (12 images), then on 2 processes with the run extended to
+    # 12 steps of the 1-GPU batch: scaled, 6 steps of 4 images; 12 images are step 3 of them.
+    build_trainer(extended_cfg(tmp_path / "run", 6, (4,)), data).train()
+    cfg_two = extended_cfg(tmp_path / "run", 12, (8,), world_size=2)
+    assert (cfg_two.SOLVER.IMS_PER_BATCH, cfg_two.SOLVER.MAX_ITER) == (4, 6)
+    launch(_resume_worker, 2, dist_url="auto", args=(cfg_two, str(data), str(tmp_path / "run")))
+    two = torch.load(tmp_path / "run" / "result.pt")
+    assert two["summary"]["start_iter"] == 3
+    assert two["summary"]["images_seen"] == 24
+    assert two["summary"]["resumed_from"]["ims_per_batch"] == 2
+    expected = scheduled_lrs(cfg_two)  # what a fresh 2-process run of the new config steps through
+    assert two["lr"] == pytest.approx({i: expected[i] for i in range(3, 6)}, rel=1e-12)
+    assert two["lr"][3] == pytest.approx(0.02) and two["lr"][4] == pytest.approx(0.002)
 
 
 def test_nan_loss_error_suggests_the_scaling_rule(tmp_path, data):
@@ -428,13 +476,6 @@ def test_train_tool_scales_trains_evaluates_and_reports_on_two_cpu_processes(tmp
     assert (tmp_path / "datasets" / "synthetic_voc" / "JPEGImages" / "000012.jpg").exists()
 
 
-def load_train_tool():
-    spec = importlib.util.spec_from_file_location("train_tool", REPO / "tools" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("no_scale", [False, True])
 def test_train_tool_setup_scales_to_the_world_size_unless_told_not_to(tmp_path, data, no_scale):
     register_images(data)
@@ -443,9 +484,9 @@ def test_train_tool_setup_scales_to_the_world_size_unless_told_not_to(tmp_path, 
     cfg.SCALING.DATASET_SIZE = 0
     config = tmp_path / "written_for_2.yaml"
     config.write_text(cfg.dump())
-    tool = load_train_tool()
-    argv = ["--config-file", str(config), *(["--no-scale"] if no_scale else [])]
-    scaled = tool.setup(tool.parse_args([*argv, "SOLVER.BASE_LR", "0.2"]))
+    argv = ["train", "--config-file", str(config), *(["--no-scale"] if no_scale else [])]
+    args = parse_args([*argv, "SOLVER.BASE_LR", "0.2"])
+    scaled = setup_process(args, det_scaling.load_cfg(args.config_file, args.opts))
 
     assert scaled.SCALING.DATASET_SIZE == NUM_IMAGES
     saved = json.loads((tmp_path / "out" / "scaling_plan.json").read_text())
@@ -464,32 +505,27 @@ def test_train_tool_setup_scales_to_the_world_size_unless_told_not_to(tmp_path, 
 
 
 def test_resume_at_another_batch_counts_images_and_takes_this_runs_base_lr():
-    cfg = get_cfg()
-    cfg.SOLVER.IMS_PER_BATCH = 3
-    cfg.SOLVER.MAX_ITER = 8
-    cfg.SOLVER.BASE_LR = 0.3
-    progress = ScalingProgress(cfg, world_size=3)
+    schedule = BatchSchedule(ims_per_batch=3, grad_accum_steps=1, total_images=24, world_size=3)
     # A checkpoint of 2 processes x 2 images after 1 step; 4 images are nearest to 1 step of 3.
-    progress.load_state_dict(
-        {
-            "images_seen": 4,
-            "iteration": 1,
-            "world_size": 2,
-            "ims_per_batch": 4,
-            "grad_accum_steps": 1,
-            "max_iter": 6,
-            "base_lr": 0.4,
-            "dataset_size": 0,
-        }
-    )
-    assert progress.resume_from(1) == 1
-    assert progress.resumed_from["ims_per_batch"] == 4
-    assert progress.images_seen == 4  # kept exactly, not rounded to 3
+    saved = {
+        "images_seen": 4,
+        "iteration": 1,
+        "world_size": 2,
+        "ims_per_batch": 4,
+        "grad_accum_steps": 1,
+        "max_iter": 6,
+        "base_lr": 0.4,
+        "dataset_size": 0,
+    }
+    point = resume_point(saved, schedule, 1)
+    assert point.iteration == 1
+    assert point.converted_from["ims_per_batch"] == 4
+    assert point.images_seen == 4  # kept exactly, not rounded to 3
 
     optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.3)
     scheduler = LRMultiplier(optimizer, LinearParamScheduler(1.0, 0.0), max_iter=8)
     scheduler.load_state_dict({"base_lrs": [0.4], "last_epoch": 1})  # what the checkpoint holds
-    move_schedule(scheduler, optimizer, [0.3], 1)
+    place_scheduler(scheduler, optimizer, [0.3], point.iteration)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * (1 - 1 / 8))
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * (1 - 2 / 8))
@@ -498,9 +534,10 @@ def test_resume_at_another_batch_counts_images_and_takes_this_runs_base_lr():
 def test_resume_at_the_same_batch_keeps_detectron2s_iteration():
     cfg = get_cfg()
     cfg.SOLVER.IMS_PER_BATCH = 4
-    progress = ScalingProgress(cfg, world_size=1)  # 1 GPU x 4 accumulated, was 4 GPUs
-    progress.load_state_dict({**ScalingProgress(cfg, 4).state_dict(), "images_seen": 20})
-    assert progress.resume_from(5) == 5
-    assert progress.resumed_from is None
+    schedule = BatchSchedule.from_cfg(cfg, 1)  # 1 GPU x 4 images, was 4 GPUs x 1
+    saved = ScalingProgress(BatchSchedule.from_cfg(cfg, 4), 0.1).state_dict()
+    point = resume_point({**saved, "images_seen": 20}, schedule, 5)
+    assert (point.iteration, point.converted_from) == (5, None)
     # A checkpoint without the state (a plain detectron2 trainer): assumed at this batch.
-    assert progress.resume_from(7) == 7 and progress.images_seen == 28
+    point = resume_point(None, schedule, 7)
+    assert (point.iteration, point.images_seen) == (7, 28)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 import det_scaling
+from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.cli import main
-from det_scaling.cli.lr_plot import LRCurve, lr_curve, plot_lr_curves, scheduled_lrs
+from det_scaling.lr_plot import LRCurve, lr_curve, plot_lr_curves, scheduled_lrs
 from det_scaling.solver import build_lr_multiplier
 
 VOC_CONFIG = str(
@@ -44,7 +45,8 @@ def test_curves_of_scaled_configs_coincide_in_images_seen_up_to_the_lr_factor() 
 
 
 def test_epoch_axis_is_images_seen_when_the_dataset_size_is_unknown(tmp_path: Path) -> None:
-    curves = [LRCurve(num_gpus=2, ims_per_batch=4, lr_factor=2.0, lrs=[0.1, 0.2, 0.2])]
+    schedule = BatchSchedule(ims_per_batch=4, grad_accum_steps=1, total_images=12, world_size=2)
+    curves = [LRCurve(num_gpus=2, lr_factor=2.0, schedule=schedule, lrs=[0.1, 0.2, 0.2])]
     figure = plot_lr_curves(curves, str(tmp_path / "a.png"), dataset_size=0)
     assert figure.axes[1].get_xlabel() == "images seen"
     assert list(figure.axes[1].lines[0].get_xdata()) == [0, 4, 8]

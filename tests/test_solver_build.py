@@ -12,14 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import det_scaling
+from det_scaling.engine import PlateauHook, SolverMixin, add_plateau_hook
 from det_scaling.solver import (
     LARS,
     LR_SCHEDULER_REGISTRY,
     OPTIMIZER_REGISTRY,
-    PlateauHook,
     ProgressLRScheduler,
-    SolverMixin,
-    add_plateau_hook,
     build_lr_scheduler,
     build_optimizer,
 )

@@ -39,11 +39,11 @@ from detectron2.data import (
 from detectron2.data.build import trivial_batch_collator
 from detectron2.data.detection_utils import read_image
 from detectron2.data.samplers import InferenceSampler
-from detectron2.utils import comm
 from torchvision.transforms import v2
 
 from det_scaling.classification.digits import export_digits
 from det_scaling.data import datasets_root
+from det_scaling.data.generated import generate_once
 
 __all__ = [
     "DIGITS_SPLITS",
@@ -148,9 +148,7 @@ def register_digits(root: str | os.PathLike | None = None, **export_args: Any) -
     each process calls it: the first process of each machine exports, the others wait for it.
     """
     directory = datasets_root(root) / "digits"
-    if comm.get_local_rank() == 0:
-        export_digits(directory, **export_args)
-    comm.synchronize()
+    generate_once(lambda: export_digits(directory, **export_args))
     return _register_splits(directory, DIGITS_SPLITS)
 
 

@@ -6,22 +6,19 @@ layout ImageNet is distributed in once unpacked, so the folder loader reads both
 
     root/train/<class>/<index>.png     class directories "0" .. "9"; index: sklearn's, 4 digits
     root/val/<class>/<index>.png
-    root/digits.json                   the parameters and counts (written last)
+    root/digits.json                   the parameters, counts and whether the export is complete
 
 Pixels go from sklearn's 0..16 to 0..255 and are upscaled (bilinear by default) to ``upscale``
 pixels a side; PNG keeps them exactly. The validation split takes ``val_fraction`` of each class
 (stratified), chosen by a random stream seeded with ``seed``: the same parameters give the same
 files, byte for byte (with the same Pillow). A complete set with the same parameters is reused.
 
-Only one process should call it: a multi-process run exports before it starts its workers, or on
-one rank behind a barrier (see :func:`det_scaling.classification.data.register_digits`).
+Only one process per machine should call it (:func:`det_scaling.data.generated.generate_once`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["MANIFEST_NAME", "DigitsParams", "export_digits", "read_manifest"]
+from det_scaling.data.generated import GeneratedSet
+from det_scaling.data.generated import read_manifest as _read_manifest
+
+__all__ = ["MANIFEST_NAME", "DigitsParams", "digits_counts", "export_digits", "read_manifest"]
 
 MANIFEST_NAME = "digits.json"
 SPLITS = ("train", "val")
@@ -75,37 +75,38 @@ def export_digits(
     _check_params(params)
     root = Path(root)
     digits = load_digits()
-    split_of = _split(digits.target, params)
-    if _is_complete(root, params, digits.target, split_of):
+    split_of = _split(digits.target, params.val_fraction, params.seed)
+    paths = [
+        _image_path(root, split_of[index], int(label), index)
+        for index, label in enumerate(digits.target)
+    ]
+    target = GeneratedSet(root, MANIFEST_NAME, SPLITS, asdict(params))
+    if target.is_complete(paths):
         return root
-    _clear_previous_export(root)
-
+    target.begin()
     # 0..16 -> 0..255, rounded: the 17 grey levels stay distinct.
     pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    for index, (image, label) in enumerate(zip(pixels, digits.target, strict=True)):
-        path = _image_path(root, split_of[index], int(label), index)
+    for image, path in zip(pixels, paths, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         picture = Image.fromarray(image)  # 2-D uint8: grayscale ("L")
         if params.upscale != image.shape[0]:
             size = (params.upscale, params.upscale)
             picture = picture.resize(size, _RESAMPLING[params.resample])
         picture.save(path)
-    counts = {split: int(np.sum(split_of == split)) for split in SPLITS}
-    # Written last: its presence (with matching parameters) marks the export as complete.
-    manifest = {**asdict(params), "counts": counts, "num_classes": len(digits.target_names)}
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    target.finish(counts=_counts(split_of), num_classes=len(digits.target_names))
     return root
+
+
+def digits_counts(val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
+    """Images per split of :func:`export_digits` with these parameters, without writing them."""
+    from sklearn.datasets import load_digits
+
+    return _counts(_split(load_digits().target, val_fraction, seed))
 
 
 def read_manifest(root: str | Path) -> dict | None:
     """The parameters and counts of the export under ``root``, or None if there is none."""
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+    return _read_manifest(root, MANIFEST_NAME)
 
 
 def _check_params(params: DigitsParams) -> None:
@@ -117,13 +118,13 @@ def _check_params(params: DigitsParams) -> None:
         raise ValueError(f"resample must be one of {sorted(_RESAMPLING)}, got {params.resample!r}")
 
 
-def _split(labels: np.ndarray, params: DigitsParams) -> np.ndarray:
+def _split(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
     """The split ("train" or "val") of each image: ``val_fraction`` of each class, at random."""
-    rng = np.random.default_rng(params.seed)
+    rng = np.random.default_rng(seed)
     split_of = np.full(len(labels), "train", dtype=object)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        num_val = max(1, round(len(members) * params.val_fraction))
+        num_val = max(1, round(len(members) * val_fraction))
         split_of[rng.permutation(members)[:num_val]] = "val"
     return split_of
 
@@ -132,30 +133,8 @@ def _image_path(root: Path, split: str, label: int, index: int) -> Path:
     return root / split / str(label) / f"{index:04d}.png"
 
 
-def _is_complete(
-    root: Path, params: DigitsParams, labels: np.ndarray, split_of: np.ndarray
-) -> bool:
-    manifest = read_manifest(root)
-    if manifest is None or any(manifest.get(k) != v for k, v in asdict(params).items()):
-        return False
-    return all(
-        _image_path(root, split_of[index], int(label), index).is_file()
-        for index, label in enumerate(labels)
-    )
-
-
-def _clear_previous_export(root: Path) -> None:
-    """Removes an earlier export (one with a manifest) so that no stale files remain."""
-    if not any((root / split).exists() for split in SPLITS):
-        return
-    if read_manifest(root) is None:
-        raise FileExistsError(
-            f"{root} already holds train/ or val/ folders without a {MANIFEST_NAME}: it looks "
-            "like another data set, which export_digits will not overwrite; choose another root"
-        )
-    (root / MANIFEST_NAME).unlink()
-    for split in SPLITS:
-        shutil.rmtree(root / split, ignore_errors=True)
+def _counts(split_of: np.ndarray) -> dict[str, int]:
+    return {split: int(np.sum(split_of == split)) for split in SPLITS}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

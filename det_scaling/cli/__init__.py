@@ -1,7 +1,9 @@
 """``python -m det_scaling COMMAND`` / ``det-scaling COMMAND``: one module per command.
 
-Each command module defines ``add_parser(subparsers)``, which adds its sub-parser and sets
-``func`` (called with the parsed arguments, returning the exit code).
+A command module holds its arguments and output only: ``add_parser(subparsers)`` adds its
+sub-parser and sets ``func`` (called with the parsed arguments, returning the exit code); the work
+is in the library module of the same name (``det_scaling.plan``, ``.diff``, ``.lr_plot``,
+``.lr_find``, ``.train``). A ``ValueError`` is a bad input: one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from det_scaling.cli._common import split_overrides
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
-COMMANDS = ("plan", "diff", "lr_plot", "lr_find")
+COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,14 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line's arguments; ``opts`` holds the ``KEY VALUE`` overrides found anywhere.
+    Exits with a usage error (status 2) when they do not parse."""
     parser = build_parser()
     try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+        rest, overrides = split_overrides(argv)
     except ValueError as error:
         parser.error(str(error))
     args = parser.parse_args(rest)
     args.opts = overrides
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except ValueError as error:  # bad config or arguments: one clear line, no traceback

@@ -11,24 +11,21 @@ read the real data set::
     root/JPEGImages/000001.jpg
     root/ImageSets/Main/trainval.txt  image ids, one a line (trainval first, then test)
     root/ImageSets/Main/test.txt
-    root/synthetic.json               the parameters the set was made with, and whether it is
-                                      complete (``false`` while it is being written)
+    root/synthetic.json               the parameters and whether the set is complete
+                                      (:mod:`det_scaling.data.generated`)
 
 Each image is drawn from its own random stream, seeded by ``(seed, image index)``, so a set is the
 same, byte for byte, on every run with the same parameters and the same Pillow version (the JPEG
 encoder is Pillow's). :func:`generate_synthetic_voc` does nothing when ``root`` already holds a
 complete set made with the same parameters.
 
-Only the main process should call it: a multi-process run generates the data before it starts
-its workers, or on rank 0 behind a barrier.
+Only one process per machine should call it (:func:`det_scaling.data.generated.generate_once`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from det_scaling.data.generated import GeneratedSet
+from det_scaling.data.generated import read_manifest as _read_manifest
 
 __all__ = [
     "CLASS_NAMES",
@@ -47,6 +47,8 @@ __all__ = [
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 MANIFEST_NAME = "synthetic.json"
+_OWNED = ("Annotations", "JPEGImages", "ImageSets")
+_FILES = (("Annotations", "xml"), ("JPEGImages", "jpg"))
 # Bumped whenever a change to the drawing code changes the images a given set of parameters makes,
 # so that sets made by an older version are regenerated rather than reused.
 GENERATOR_VERSION = 1
@@ -113,16 +115,14 @@ def generate_synthetic_voc(
     )
     _check_params(params)
     root = Path(root)
-    if _is_complete(root, params):
+    ids = [f"{index + 1:06d}" for index in range(params.num_trainval + params.num_test)]
+    target = GeneratedSet(root, MANIFEST_NAME, _OWNED, params.to_json())
+    files = [root / folder / f"{i}.{ext}" for i in ids for folder, ext in _FILES]
+    if target.is_complete(files):
         return root
-    _clear_previous_set(root)
-
+    target.begin()
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    # Marks the directory as ours before any image exists: a run interrupted from here on leaves
-    # a set that the next call recognises and replaces.
-    _write_manifest(root, params, complete=False)
-    ids = [f"{index + 1:06d}" for index in range(params.num_trainval + params.num_test)]
     for index, image_id in enumerate(ids):
         image, objects = _draw_image(params, np.random.default_rng([params.seed, index]))
         image.save(root / "JPEGImages" / f"{image_id}.jpg", quality=_JPEG_QUALITY)
@@ -132,20 +132,14 @@ def generate_synthetic_voc(
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text(
             "".join(f"{i}\n" for i in split_ids)
         )
-    _write_manifest(root, params, complete=True)
+    target.finish()
     return root
 
 
 def read_manifest(root: str | Path) -> dict | None:
     """The manifest of the synthetic set under ``root`` (its parameters, and ``complete``), or
     None if there is none."""
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+    return _read_manifest(root, MANIFEST_NAME)
 
 
 def _check_params(params: SyntheticVOCParams) -> None:
@@ -173,37 +167,6 @@ def _check_params(params: SyntheticVOCParams) -> None:
         raise ValueError(f"noise_std must be >= 0, got {params.noise_std}")
     if not 0 <= params.texture <= 1:
         raise ValueError(f"texture must be between 0 and 1, got {params.texture}")
-
-
-def _write_manifest(root: Path, params: SyntheticVOCParams, complete: bool) -> None:
-    manifest = {**params.to_json(), "complete": complete}
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _is_complete(root: Path, params: SyntheticVOCParams) -> bool:
-    if read_manifest(root) != {**params.to_json(), "complete": True}:
-        return False
-    count = params.num_trainval + params.num_test
-    return all(
-        (root / "Annotations" / f"{index:06d}.xml").is_file()
-        and (root / "JPEGImages" / f"{index:06d}.jpg").is_file()
-        for index in range(1, count + 1)
-    )
-
-
-def _clear_previous_set(root: Path) -> None:
-    """Removes an earlier synthetic set (one with a manifest) so that no stale files remain."""
-    has_voc_files = any((root / sub).exists() for sub in ("Annotations", "JPEGImages", "ImageSets"))
-    if not has_voc_files:
-        return
-    if read_manifest(root) is None:
-        raise FileExistsError(
-            f"{root} already holds VOC-layout files without a {MANIFEST_NAME}: it looks like a "
-            "real data set, which generate_synthetic_voc will not overwrite; choose another root"
-        )
-    (root / MANIFEST_NAME).unlink()
-    for sub in ("Annotations", "JPEGImages", "ImageSets"):
-        shutil.rmtree(root / sub, ignore_errors=True)
 
 
 # ---- drawing ----

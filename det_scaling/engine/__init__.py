@@ -1,28 +1,38 @@
 """The trainer engine shared by tasks: detectron2's trainer, hooks and writers, scaled.
 
-* :class:`ScalingTrainer`: ``DefaultTrainer`` for scaled configs (CPU/gloo or CUDA/NCCL, gradient
-  accumulation, det_scaling's optimizer and schedules, resume at another GPU count, NaN advice,
-  a final summary);
+* :class:`ScalingTrainer`: ``DefaultTrainer`` for scaled configs (CPU/gloo or CUDA/NCCL, the batch
+  schedule, det_scaling's optimizers and schedules, resume at another GPU count, NaN advice, a
+  final summary);
 * :class:`AccumulatingTrainer`: the step with gradient accumulation;
-* :class:`ScalingProgress`: the hook that counts images seen and checkpoints the run's scale.
+* :mod:`.hooks`: progress in images, periods in images, reduce-on-plateau;
+* :mod:`.resume`: the one conversion from a checkpoint to this run's step;
+* :class:`SolverMixin`: det_scaling's optimizers and schedules in any ``DefaultTrainer``.
 """
 
-from det_scaling.engine.accumulation import (
-    AccumulatingTrainer,
-    micro_batch_cfg,
-    micro_batch_per_process,
+from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
+from det_scaling.engine.hooks import (
+    ImagePeriodHook,
+    PlateauHook,
+    ScalingProgress,
+    add_plateau_hook,
 )
-from det_scaling.engine.resume import ScalingProgress, move_schedule
+from det_scaling.engine.resume import ResumePoint, place_scheduler, resume_point
+from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.engine.trainer import ScalingTrainer, check_scaled, format_summary, nan_advice
 
 __all__ = [
     "AccumulatingTrainer",
+    "ImagePeriodHook",
+    "PlateauHook",
+    "ResumePoint",
     "ScalingProgress",
     "ScalingTrainer",
+    "SolverMixin",
+    "add_plateau_hook",
     "check_scaled",
     "format_summary",
     "micro_batch_cfg",
-    "micro_batch_per_process",
-    "move_schedule",
     "nan_advice",
+    "place_scheduler",
+    "resume_point",
 ]

@@ -2,8 +2,8 @@
 
 ``SOLVER.IMS_PER_BATCH`` is the total batch of one optimizer step. With
 ``SCALING.GRAD_ACCUM_STEPS = A`` on ``W`` processes, each process loads micro-batches of
-``IMS_PER_BATCH / (W * A)`` images and sums the gradients of ``A`` of them before stepping, so a
-1-GPU run keeps the total batch (and LR) of a config written for 8.
+``IMS_PER_BATCH / (W * A)`` images (:attr:`BatchSchedule.micro_batch`) and sums the gradients of
+``A`` of them before stepping, so a 1-GPU run keeps the total batch (and LR) of an 8-GPU config.
 """
 
 from __future__ import annotations
@@ -17,35 +17,22 @@ from detectron2.config import CfgNode
 from detectron2.engine import SimpleTrainer
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["AccumulatingTrainer", "micro_batch_cfg", "micro_batch_per_process"]
+from det_scaling.batch_schedule import BatchSchedule
+
+__all__ = ["AccumulatingTrainer", "micro_batch_cfg"]
 
 
-def micro_batch_per_process(cfg: CfgNode, world_size: int) -> int:
-    """Images each process loads per micro-batch: ``IMS_PER_BATCH / (world_size *
-    GRAD_ACCUM_STEPS)``; raises ``ValueError`` naming the keys when that is not a whole number."""
-    batch, steps = cfg.SOLVER.IMS_PER_BATCH, cfg.SCALING.GRAD_ACCUM_STEPS
-    if steps < 1:
-        raise ValueError(f"SCALING.GRAD_ACCUM_STEPS must be >= 1, got {steps}")
-    if batch % (world_size * steps):
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH ({batch}) must be divisible by the world size ({world_size}) "
-            f"x SCALING.GRAD_ACCUM_STEPS ({steps}): each process loads a whole number of images "
-            "per micro-batch"
-        )
-    return batch // (world_size * steps)
-
-
-def micro_batch_cfg(cfg: CfgNode, world_size: int) -> CfgNode:
-    """A copy of ``cfg`` for building the training loader: its ``SOLVER.IMS_PER_BATCH`` is the
-    images of one micro-batch over all processes (``IMS_PER_BATCH / GRAD_ACCUM_STEPS``), so
-    loaders that follow detectron2's convention (``IMS_PER_BATCH / world size`` per process)
-    load micro-batches. ``cfg`` itself when there is no accumulation."""
-    per_process = micro_batch_per_process(cfg, world_size)
-    if cfg.SCALING.GRAD_ACCUM_STEPS == 1:
+def micro_batch_cfg(cfg: CfgNode, schedule: BatchSchedule) -> CfgNode:
+    """A copy of ``cfg`` for building the training loader: its ``SOLVER.IMS_PER_BATCH`` is one
+    micro-batch over all processes, so loaders that follow detectron2's convention
+    (``IMS_PER_BATCH / world size`` per process) load micro-batches. ``cfg`` itself when that is
+    already so."""
+    images = schedule.micro_batch * schedule.world_size
+    if cfg.SOLVER.IMS_PER_BATCH == images:
         return cfg
     out = cfg.clone()
     out.defrost()
-    out.SOLVER.IMS_PER_BATCH = per_process * world_size
+    out.SOLVER.IMS_PER_BATCH = images
     if cfg.is_frozen():
         out.freeze()
     return out

@@ -2,27 +2,22 @@
 
 What it changes in ``DefaultTrainer``, and why:
 
-* ``__init__`` builds the DDP model itself (:func:`det_scaling.launch.create_ddp_model`): detectron2
-  passes ``device_ids``, which DDP rejects for CPU models, so gloo runs on the CPU work. It takes
-  the config as scaled and never calls ``auto_scale_workers`` (a config for another world size
-  is refused, see :func:`check_scaled`).
-* gradient accumulation (``SCALING.GRAD_ACCUM_STEPS``): the step trainer is
-  :class:`~det_scaling.engine.accumulation.AccumulatingTrainer` and the training loader is built
-  for micro-batches (:func:`~det_scaling.engine.accumulation.micro_batch_cfg`);
-* the optimizer and LR scheduler come from ``det_scaling.solver`` (its registries);
-* checkpoints also hold the optimizer state (v0.6's ``DefaultTrainer`` leaves it out; upstream
-  main saves it as here) and the :class:`~det_scaling.engine.resume.ScalingProgress` state, so
-  ``resume_or_load`` continues at the same images seen when the GPU count changed;
-* AdaBatch (``SCALING.ADABATCH.ENABLED``): the batch grows at fixed epochs by more accumulated
-  micro-batches per step, the LR takes each stage's factor on top of a schedule measured in
-  images, and checkpoint and evaluation periods count images (:mod:`det_scaling.engine.adabatch`);
+* ``__init__`` builds the DDP model itself (:func:`det_scaling.launch.create_ddp_model`):
+  detectron2 passes ``device_ids``, which DDP rejects for CPU models. It takes the config as
+  scaled and never calls ``auto_scale_workers`` (see :func:`check_scaled`).
+* the run follows its :class:`~det_scaling.batch_schedule.BatchSchedule`: micro-batches loaded,
+  accumulated per step (:class:`~det_scaling.engine.accumulation.AccumulatingTrainer`), the LR
+  schedule over images seen, periods in images (:mod:`det_scaling.engine.hooks`), the steps of
+  the run (a fixed batch is one stage; AdaBatch, several);
+* the optimizer and LR scheduler come from det_scaling's registries (:class:`SolverMixin`);
+* checkpoints also hold the optimizer state (v0.6's ``DefaultTrainer`` leaves it out) and the
+  images seen with the geometry, so ``resume_or_load`` continues at the same images seen on
+  another GPU count (:mod:`det_scaling.engine.resume`);
 * a non-finite loss raises ``FloatingPointError`` with scaling advice (:func:`nan_advice`);
-* ``train()`` ends with a summary (metrics, wall time, images/s, the scaled settings), logged and
-  written to ``OUTPUT_DIR/summary.json``.
+* ``train()`` ends with a summary, logged and written to ``OUTPUT_DIR/summary.json``.
 
 A task other than detection overrides ``build_model``, ``build_train_loader``,
-``build_test_loader`` and ``build_evaluator`` only; the loop, hooks, writers, checkpoints and
-scaling stay.
+``build_test_loader`` and ``build_evaluator`` only.
 """
 
 from __future__ import annotations
@@ -39,7 +34,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
@@ -48,17 +43,13 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 
 from det_scaling import compat
-from det_scaling.adabatch import AdaBatchSchedule, adabatch_schedule
+from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.config import add_scaling_config
-from det_scaling.engine.accumulation import (
-    AccumulatingTrainer,
-    micro_batch_cfg,
-    micro_batch_per_process,
-)
-from det_scaling.engine.adabatch import ImagePeriodHook, is_periodic
-from det_scaling.engine.resume import ScalingProgress, move_schedule
+from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
+from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
+from det_scaling.engine.resume import place_scheduler, resume_point
+from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.launch import create_ddp_model
-from det_scaling.solver import add_plateau_hook, build_lr_scheduler, build_optimizer
 
 __all__ = ["ScalingTrainer", "check_scaled", "format_summary", "nan_advice"]
 
@@ -112,13 +103,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"wall time {summary['wall_time_s']:.1f} s, training {summary['train_time_s']:.1f} s, "
         f"{summary['images_per_s']:.2f} images/s",
     ]
-    stages = summary.get("adabatch_stages")
-    if stages:
+    stages = summary["batch_stages"]
+    if len(stages) > 1:
         shown = [
             f"{s['ims_per_batch']} x {s['num_iters']} steps (LR x{s['lr_factor']:g})"
             for s in stages
         ]
-        lines.append("AdaBatch batches: " + ", ".join(shown))
+        lines.append("batch stages: " + ", ".join(shown))
     metrics = summary["metrics"]
     if metrics:
         shown = {k: v for k, v in metrics.items() if k.endswith(("AP", "AP50", "AP75"))} or metrics
@@ -126,7 +117,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class ScalingTrainer(DefaultTrainer):
+class ScalingTrainer(SolverMixin, DefaultTrainer):
     """detectron2's ``DefaultTrainer`` for a config scaled by ``plan_scaling`` (see the module).
 
     Use it as ``DefaultTrainer``::
@@ -135,8 +126,7 @@ class ScalingTrainer(DefaultTrainer):
         trainer.resume_or_load(resume=args.resume)
         summary = trainer.train()
 
-    The config must be written for this world size (the caller scales it). It works on CUDA
-    (NCCL) and on the CPU (``MODEL.DEVICE cpu``, gloo processes).
+    It works on CUDA (NCCL) and on the CPU (``MODEL.DEVICE cpu``, gloo processes).
     """
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -150,51 +140,35 @@ class ScalingTrainer(DefaultTrainer):
             add_scaling_config(cfg)
         self.world_size = comm.get_world_size()
         check_scaled(cfg, self.world_size)
-        # The stages of a growing batch (SCALING.ADABATCH), else None.
-        self.adabatch: AdaBatchSchedule | None = adabatch_schedule(cfg)
+        self.batch_schedule = BatchSchedule.from_cfg(cfg, self.world_size)
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(micro_batch_cfg(cfg, self.world_size))
+        data_loader = self.build_train_loader(micro_batch_cfg(cfg, self.batch_schedule))
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # This run's base LR of each param group (the checkpoint of another GPU count carries
-        # its own, which resume must not bring back). torch schedulers keep it as initial_lr.
+        # This run's base LR of each param group: a checkpoint of another GPU count carries its
+        # own, which resume must not bring back. torch schedulers keep it as initial_lr.
         self._base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
         self.checkpointer = DetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
-        # With AdaBatch, SOLVER.MAX_ITER is the schedule's length in steps of the starting batch;
-        # the run covers its images in the stages' steps.
-        self.max_iter = (
-            cfg.SOLVER.MAX_ITER if self.adabatch is None else self.adabatch.total_iterations
-        )
+        self.max_iter = self.batch_schedule.total_iterations
         self.cfg = cfg
-        self.progress = ScalingProgress(cfg, self.world_size)
+        self.progress = ScalingProgress(self.batch_schedule, cfg.SOLVER.BASE_LR)
         self.summary: dict[str, Any] | None = None
         self.register_hooks(self.build_hooks())
 
     # ---- building blocks a task may override ----
     @classmethod
-    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """``det_scaling.solver.build_optimizer(cfg, model)`` (the optimizer registry)."""
-        return build_optimizer(cfg, model)
-
-    @classmethod
-    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
-        """``det_scaling.solver.build_lr_scheduler(cfg, optimizer)`` (the schedule registry;
-        with AdaBatch, the same schedule over the stages)."""
-        return build_lr_scheduler(cfg, optimizer)
-
-    @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """detectron2's detection training loader. It is called with a config whose
-        ``SOLVER.IMS_PER_BATCH`` is one micro-batch over all processes (see
-        :func:`~det_scaling.engine.accumulation.micro_batch_cfg`), so an override keeps
-        detectron2's convention: ``IMS_PER_BATCH / world size`` images per process and batch."""
+        """detectron2's detection training loader, called with a config whose
+        ``SOLVER.IMS_PER_BATCH`` is one micro-batch over all processes (:func:`micro_batch_cfg`),
+        so an override keeps detectron2's convention: ``IMS_PER_BATCH / world size`` images per
+        process and batch."""
         return super().build_train_loader(cfg)
 
     @classmethod
@@ -223,24 +197,23 @@ class ScalingTrainer(DefaultTrainer):
         model: torch.nn.Module,
         data_loader,
         optimizer: torch.optim.Optimizer,
-    ) -> SimpleTrainer:
-        """The object that runs one optimizer step: detectron2's ``SimpleTrainer`` (or
-        ``AMPTrainer`` with ``SOLVER.AMP.ENABLED``), or an ``AccumulatingTrainer`` when
-        ``SCALING.GRAD_ACCUM_STEPS`` > 1 or with AdaBatch (whose stages accumulate more)."""
-        steps = cfg.SCALING.GRAD_ACCUM_STEPS
-        amp = cfg.SOLVER.AMP.ENABLED
-        if steps == 1 and not cfg.SCALING.ADABATCH.ENABLED:
-            return (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
+    ) -> AccumulatingTrainer:
+        """The object that runs one optimizer step over ``SCALING.GRAD_ACCUM_STEPS``
+        micro-batches (the trainer sets the count of each step from the batch schedule), under
+        AMP with ``SOLVER.AMP.ENABLED``."""
         return AccumulatingTrainer(
-            model, data_loader, optimizer, steps, grad_scaler=_cuda_grad_scaler() if amp else None
+            model,
+            data_loader,
+            optimizer,
+            cfg.SCALING.GRAD_ACCUM_STEPS,
+            grad_scaler=_cuda_grad_scaler() if cfg.SOLVER.AMP.ENABLED else None,
         )
 
     def build_hooks(self) -> list[hooks.HookBase]:
         """detectron2's default hooks (timer, LR schedule, PreciseBN, checkpoints, evaluation,
-        writers), with :class:`ScalingProgress` before the checkpointer, PreciseBN reading
-        micro-batches, and det_scaling.solver's plateau hook after the evaluation when
-        ``SOLVER.PLATEAU.ENABLED``. With AdaBatch, the periodic ones count their periods in
-        images (:class:`~det_scaling.engine.adabatch.ImagePeriodHook`)."""
+        writers) with :class:`ScalingProgress` before the checkpointer, PreciseBN reading
+        micro-batches, the plateau hook after the evaluation when ``SOLVER.PLATEAU.ENABLED``,
+        and every periodic hook counting its period in images (:class:`ImagePeriodHook`)."""
         cfg = self.cfg.clone()
         cfg.defrost()
         cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's own loader: save memory and time
@@ -249,7 +222,7 @@ class ScalingTrainer(DefaultTrainer):
             precise_bn = hooks.PreciseBN(
                 cfg.TEST.EVAL_PERIOD,
                 self.model,
-                self.build_train_loader(micro_batch_cfg(cfg, self.world_size)),
+                self.build_train_loader(micro_batch_cfg(cfg, self.batch_schedule)),
                 cfg.TEST.PRECISE_BN.NUM_ITER,
             )
 
@@ -269,11 +242,8 @@ class ScalingTrainer(DefaultTrainer):
         if comm.is_main_process():
             # Last, so that evaluation results of the step are written too.
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=WRITER_PERIOD))
-        # SOLVER.PLATEAU: the hook that feeds evaluation metrics to the scheduler.
         ret = add_plateau_hook(self.cfg, [h for h in ret if h is not None])
-        if self.adabatch is not None:
-            ret = [ImagePeriodHook(h, self.adabatch) if is_periodic(h) else h for h in ret]
-        return ret
+        return [ImagePeriodHook(h, self.batch_schedule) if is_periodic(h) else h for h in ret]
 
     # ---- checkpoints and resume ----
     def state_dict(self) -> dict[str, Any]:
@@ -288,24 +258,25 @@ class ScalingTrainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """As ``DefaultTrainer.resume_or_load``; a checkpoint of another total batch (another GPU
-        count) continues at the same images seen, with this run's base LR at that point of this
-        run's schedule (see :mod:`det_scaling.engine.resume` for what is continuous)."""
-        super().resume_or_load(resume=resume)
+        """As ``DefaultTrainer.resume_or_load``; the step to continue at is computed once, from
+        the images seen and this run's batch schedule (:func:`resume_point`), and the LR schedule
+        is placed there with this run's base LRs."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             return
-        done = self.progress.resume_from(self.start_iter)
-        if self.progress.resumed_from is not None:  # the total batch changed
-            move_schedule(self.scheduler, self.optimizer, self._base_lrs, done)
-        # detectron2's convention: iter is the last step done, training starts at the next.
-        self.iter = done - 1
-        self.start_iter = done
+        # detectron2 restored ``iter``, the last step done.
+        point = resume_point(self.progress.loaded_state, self.batch_schedule, self.iter + 1)
+        self.progress.loaded_state = None
+        self.progress.resumed_from = point.converted_from
+        self.progress.start_at(point.iteration, point.images_seen)
+        place_scheduler(self.scheduler, self.optimizer, self._base_lrs, point.iteration)
+        self.iter = point.iteration - 1
+        self.start_iter = point.iteration
 
     # ---- the loop ----
     def run_step(self) -> None:
         self._trainer.iter = self.iter
-        if self.adabatch is not None:
-            self._enter_stage()
+        self._enter_stage()
         try:
             self._trainer.run_step()
         except FloatingPointError as error:
@@ -313,17 +284,17 @@ class ScalingTrainer(DefaultTrainer):
             raise FloatingPointError(f"{error}\n{nan_advice(self.cfg, self.world_size)}") from error
 
     def _enter_stage(self) -> None:
-        """Sets the step trainer's accumulation to the AdaBatch stage of this step (a function of
-        the iteration, so a resumed run takes it up where it was), logs a change of stage, and
-        records the total batch of the step as the ``ims_per_batch`` scalar."""
-        stage = self.adabatch.stage_at_iteration(self.iter)
+        """Sets this step's accumulation from the batch schedule (a function of the iteration, so
+        a resumed run takes it up where it was), logs a change of stage, and records the step's
+        total batch as the ``ims_per_batch`` scalar."""
+        stage = self.batch_schedule.stage_at_iteration(self.iter)
         if self._trainer.accumulation_steps != stage.grad_accum_steps:
             self._trainer.accumulation_steps = stage.grad_accum_steps
             logger.info(
-                "AdaBatch stage %d of %d from step %d: total batch %d (%d micro-batch(es) per "
+                "Batch stage %d of %d from step %d: total batch %d (%d micro-batch(es) per "
                 "step), LR x%g",
                 stage.index,
-                len(self.adabatch.stages),
+                len(self.batch_schedule.stages),
                 self.iter,
                 stage.ims_per_batch,
                 stage.grad_accum_steps,
@@ -332,9 +303,9 @@ class ScalingTrainer(DefaultTrainer):
         self.storage.put_scalar("ims_per_batch", stage.ims_per_batch, smoothing_hint=False)
 
     def train(self) -> dict[str, Any]:
-        """Trains from ``start_iter`` to ``SOLVER.MAX_ITER`` (evaluating as configured), then
-        logs the summary and writes it to ``OUTPUT_DIR/summary.json`` (main process); returns
-        it (see :meth:`build_summary`)."""
+        """Trains from ``start_iter`` to the end of the batch schedule (evaluating as configured),
+        then logs the summary and writes it to ``OUTPUT_DIR/summary.json`` (main process);
+        returns it (see :meth:`build_summary`)."""
         start = time.perf_counter()
         super().train()
         self.summary = self.build_summary(time.perf_counter() - start)
@@ -349,17 +320,17 @@ class ScalingTrainer(DefaultTrainer):
 
     def build_summary(self, wall_time: float) -> dict[str, Any]:
         """The run in one dict: scaled settings, progress, wall time (the whole ``train()``),
-        training time and images/s (up to the last step), final LR and evaluation metrics
-        (flattened, e.g. ``bbox/AP50``; empty when nothing was evaluated)."""
-        cfg, progress = self.cfg, self.progress
+        training time and images/s (up to the last step), final LR, evaluation metrics
+        (flattened, e.g. ``bbox/AP50``; empty when nothing was evaluated) and the batch stages."""
+        cfg, progress, schedule = self.cfg, self.progress, self.batch_schedule
         images_this_run = progress.images_seen - progress.images_at_start
         results = getattr(self, "_last_eval_results", None)
         histories = self.storage.histories()
         return {
             "world_size": self.world_size,
-            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
-            "grad_accum_steps": cfg.SCALING.GRAD_ACCUM_STEPS,
-            "micro_batch_per_process": micro_batch_per_process(cfg, self.world_size),
+            "ims_per_batch": schedule.ims_per_batch,
+            "grad_accum_steps": schedule.grad_accum_steps,
+            "micro_batch_per_process": schedule.micro_batch,
             "base_lr": cfg.SOLVER.BASE_LR,
             "scaling_rule": cfg.SCALING.RULE,
             "max_iter": self.max_iter,
@@ -375,11 +346,7 @@ class ScalingTrainer(DefaultTrainer):
             "final_lr": histories["lr"].latest() if "lr" in histories else None,
             "metrics": {k: float(v) for k, v in flatten_results_dict(results or {}).items()},
             "resumed_from": progress.resumed_from,
-            **(
-                {"adabatch_stages": [dataclasses.asdict(s) for s in self.adabatch.stages]}
-                if self.adabatch is not None
-                else {}
-            ),
+            "batch_stages": [dataclasses.asdict(s) for s in schedule.stages],
         }
 
 

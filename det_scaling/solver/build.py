@@ -42,7 +42,7 @@ from fvcore.common.param_scheduler import (
     ParamScheduler,
 )
 
-from det_scaling.adabatch import adabatch_schedule
+from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.solver.lars import LARS
 from det_scaling.solver.lr_scheduler import ProgressLRScheduler
 from det_scaling.solver.plateau import Plateau
@@ -132,18 +132,20 @@ def build_lr_multiplier(cfg: CfgNode) -> ParamScheduler:
     return with_warmup(schedule, cfg.SOLVER.WARMUP_FACTOR, warmup_length, cfg.SOLVER.WARMUP_METHOD)
 
 
-def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> ProgressLRScheduler:
+def build_lr_scheduler(
+    cfg: CfgNode, optimizer: torch.optim.Optimizer, schedule: BatchSchedule | None = None
+) -> ProgressLRScheduler:
     """The scheduler for ``optimizer``: :func:`build_lr_multiplier`'s schedule, reduced on
-    plateau when ``SOLVER.PLATEAU.ENABLED`` (feed it with ``.observe(metric)`` or
-    :class:`~det_scaling.solver.plateau.PlateauHook`). Step it once per optimizer step.
+    plateau when ``SOLVER.PLATEAU.ENABLED`` (feed it with ``.observe(metric)``). Step it once per
+    optimizer step.
 
-    With ``SCALING.ADABATCH.ENABLED`` it runs over the AdaBatch stages
-    (:class:`~det_scaling.adabatch.AdaBatchSchedule`): the same multiplier, written against
-    ``SOLVER.MAX_ITER`` steps of the starting batch, is evaluated at the fraction of the run's
-    images seen, so warmup, STEPS and decay keep their epochs while the batch grows; it is then
-    multiplied by the stage's LR factor, and lasts the stages' total number of steps."""
-    if cfg.SOLVER.MAX_ITER < 1:
-        raise ValueError(f"SOLVER.MAX_ITER must be positive, got {cfg.SOLVER.MAX_ITER}")
+    The multiplier is evaluated at the fraction of the run's images seen and multiplied by the
+    batch stage's LR factor (:class:`~det_scaling.batch_schedule.BatchSchedule`; built from
+    ``cfg`` when not given). With a fixed batch that is ``iteration / MAX_ITER`` and 1; when the
+    batch grows (AdaBatch), warmup, STEPS and decay keep their epochs."""
+    if schedule is None:
+        # The LR does not depend on how the batch is split among processes.
+        schedule = BatchSchedule.from_cfg(cfg, world_size=1)
     plateau_cfg = cfg.SOLVER.PLATEAU
     plateau = (
         Plateau(
@@ -157,26 +159,15 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Progre
         if plateau_cfg.ENABLED
         else None
     )
-    stages = adabatch_schedule(cfg) if "SCALING" in cfg else None
-    if stages is None:
-        return ProgressLRScheduler(
-            optimizer,
-            build_lr_multiplier(cfg),
-            cfg.SOLVER.MAX_ITER,
-            plateau=plateau,
-            warmup_iters=cfg.SOLVER.WARMUP_ITERS,
-            min_lr=plateau_cfg.MIN_LR,
-        )
-    warmup_images = cfg.SOLVER.WARMUP_ITERS * stages.ims_per_batch
     return ProgressLRScheduler(
         optimizer,
         build_lr_multiplier(cfg),
-        stages.total_iterations,
+        schedule.total_iterations,
         plateau=plateau,
-        warmup_iters=stages.iteration_for_images(warmup_images),
+        warmup_iters=schedule.iteration_for_schedule_step(cfg.SOLVER.WARMUP_ITERS),
         min_lr=plateau_cfg.MIN_LR,
-        progress=stages.progress_at,
-        lr_factor=stages.lr_factor_at,
+        progress=schedule.progress_at,
+        lr_factor=schedule.lr_factor_at,
     )
 
 

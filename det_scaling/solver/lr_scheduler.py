@@ -1,14 +1,10 @@
 """The LR scheduler the builders return: a progress schedule, optionally reduced on plateau.
 
 It is detectron2's ``LRMultiplier`` (so detectron2's ``LRScheduler`` hook steps it and saves its
-state) with two additions: a :class:`~det_scaling.solver.plateau.Plateau` factor fed by
-:meth:`ProgressLRScheduler.observe`, and a state that records the schedule length, so that a
-checkpoint written at another GPU count resumes at the same point of training.
-
-A run whose batch changes during training (AdaBatch, :mod:`det_scaling.adabatch`) passes its own
-``progress`` (images seen / total images after an iteration, instead of ``iteration / max_iter``)
-and ``lr_factor`` (per iteration): both are pure functions of the iteration, so the state stays
-the iteration alone and a resume is exact.
+state) with a :class:`~det_scaling.solver.plateau.Plateau` factor fed by
+:meth:`ProgressLRScheduler.observe`, and ``progress`` and ``lr_factor`` functions of the
+iteration (from the run's batch schedule, :mod:`det_scaling.batch_schedule`), so that its state
+is the iteration and the plateau, and a resume is exact.
 """
 
 from __future__ import annotations
@@ -38,10 +34,10 @@ class ProgressLRScheduler(LRMultiplier):
 
     ``progress(iteration)``, when given, replaces ``iteration / max_iter`` as the multiplier's
     argument (clamped to [0, 1]); ``lr_factor(iteration)``, when given, multiplies the scheduled
-    LR (before the plateau factor). AdaBatch passes both (:mod:`det_scaling.engine.adabatch`).
+    LR (before the plateau factor); ``build_lr_scheduler`` passes the batch schedule's.
 
-    ``state_dict()`` is ``{"base_lrs": [...], "last_epoch": int, "max_iter": int,
-    "plateau": Plateau.state_dict() or None}``.
+    ``state_dict()`` is ``{"base_lrs": [...], "last_epoch": int, "max_iter": int, "plateau":
+    Plateau.state_dict() or None}``.
     """
 
     def __init__(
@@ -103,30 +99,19 @@ class ProgressLRScheduler(LRMultiplier):
         return reduced
 
     def state_dict(self) -> dict[str, Any]:
-        """``base_lrs``, ``last_epoch``, ``max_iter`` and the ``plateau`` state (or None)."""
+        """``base_lrs``, ``last_epoch``, ``max_iter`` (a record) and the ``plateau`` state."""
         state = super().state_dict()
         state["max_iter"] = self._max_iter
         state["plateau"] = None if self._plateau is None else self._plateau.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`'s output. A state saved with another ``max_iter`` (the run
-        was scaled to another GPU count) resumes at the same progress, rounded to an iteration,
-        and keeps this scheduler's initial LRs, which follow the new total batch."""
-        state = dict(state_dict)
-        plateau_state = state.pop("plateau", None)
-        saved_max_iter = state.pop("max_iter", self._max_iter)
-        if saved_max_iter != self._max_iter:
-            last_epoch = round(state["last_epoch"] * self._max_iter / saved_max_iter)
-            logger.info(
-                "Scheduler state saved for MAX_ITER %d: iteration %d resumes as %d of %d",
-                saved_max_iter,
-                state["last_epoch"],
-                last_epoch,
-                self._max_iter,
-            )
-            state = {"last_epoch": last_epoch}
-        super().load_state_dict(state)
+        """Restores :meth:`state_dict`'s iteration and plateau state; the base LRs stay this
+        scheduler's (the config's, which follow the run's total batch), never the checkpoint's.
+        A resume at another batch moves the iteration afterwards
+        (:func:`det_scaling.engine.resume.place_scheduler`)."""
+        self.last_epoch = int(state_dict["last_epoch"])
+        plateau_state = state_dict.get("plateau")
         if self._plateau is not None and plateau_state is not None:
             self._plateau.load_state_dict(plateau_state)
         self._apply_lrs()

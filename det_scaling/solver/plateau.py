@@ -3,33 +3,20 @@
 :class:`Plateau` holds the state (best value, evaluations without improvement, cooldown, the
 factor reached so far). It lives inside the
 :class:`~det_scaling.solver.lr_scheduler.ProgressLRScheduler`, which multiplies its schedule by
-``Plateau.factor`` and saves the plateau state with its own, so detectron2's checkpointer
-(through the ``LRScheduler`` hook) restores it on resume.
-
-The metric reaches it in one of two ways:
-
-* a plain loop calls ``scheduler.observe(value)`` after each evaluation;
-* a detectron2 trainer registers :class:`PlateauHook` after its ``EvalHook`` (the
-  :class:`~det_scaling.solver.trainer.SolverMixin` does it when ``SOLVER.PLATEAU.ENABLED``); the
-  hook reads ``SOLVER.PLATEAU.METRIC`` from the ``EventStorage`` where ``EvalHook`` wrote the
-  results, and shares the main process's value with every worker so that all keep the same LR.
+``Plateau.factor`` and saves the plateau state with its own, so a checkpoint restores it.
+A plain loop calls ``scheduler.observe(value)`` after each evaluation; a detectron2 trainer
+registers :class:`det_scaling.engine.hooks.PlateauHook` after its ``EvalHook``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
-from detectron2.engine.train_loop import HookBase
-from detectron2.utils import comm
-
-__all__ = ["Plateau", "PlateauHook"]
+__all__ = ["Plateau"]
 
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
-
-logger = logging.getLogger(__name__)
 
 
 class Plateau:
@@ -123,52 +110,3 @@ class Plateau:
         self.cooldown_left = int(state["cooldown_left"])
         self.factor = float(state["factor"])
         self.num_reductions = int(state["num_reductions"])
-
-
-class PlateauHook(HookBase):
-    """Feeds ``metric`` to the trainer's scheduler after each periodic evaluation.
-
-    Register it after detectron2's ``EvalHook`` with the same ``eval_period`` (the cfg's
-    ``TEST.EVAL_PERIOD``): at those iterations ``EvalHook`` has just written the flattened results
-    into the ``EventStorage``, and this hook passes ``metric`` (e.g. "bbox/AP50") to
-    ``scheduler.observe``. The scheduler is the one given, else ``trainer.scheduler``. The hook
-    keeps no state of its own: the plateau state is in the scheduler's ``state_dict``.
-    """
-
-    def __init__(self, eval_period: int, metric: str, scheduler: Any = None) -> None:
-        self._period = eval_period
-        self._metric = metric
-        self._scheduler = scheduler
-        self._warned = False
-
-    @property
-    def scheduler(self) -> Any:
-        """The scheduler fed with the metric."""
-        return self._scheduler if self._scheduler is not None else self.trainer.scheduler
-
-    def after_step(self) -> None:
-        """After an evaluation iteration, passes the metric to ``scheduler.observe``."""
-        next_iter = self.trainer.iter + 1
-        # The iterations where EvalHook evaluates (it leaves the last one to after_train, when a
-        # reduction no longer matters); every worker gets here at the same iterations.
-        if self._period <= 0 or next_iter % self._period or next_iter == self.trainer.max_iter:
-            return
-        latest = self.trainer.storage.latest()
-        value, iteration = latest.get(self._metric, (None, None))
-        local = float(value) if iteration == self.trainer.iter else None
-        # Only the main process may have evaluation results: all take the first value found.
-        values = comm.all_gather(local) if comm.get_world_size() > 1 else [local]
-        found = [v for v in values if v is not None]
-        if not found:
-            if not self._warned:
-                logger.warning(
-                    "SOLVER.PLATEAU.METRIC %r is not among the evaluation results written at "
-                    "iteration %d (%s); the LR is not reduced on plateau",
-                    self._metric,
-                    self.trainer.iter,
-                    ", ".join(sorted(k for k, (_, it) in latest.items() if it == self.trainer.iter))
-                    or "none",
-                )
-                self._warned = True
-            return
-        self.scheduler.observe(found[0])

@@ -1,0 +1,63 @@
+"""``train --config-file CONFIG [--num-gpus N] [--resume] [KEY VALUE ...]`` (tools/train.py).
+
+Scales CONFIG to the processes of the run (batch, LR by SCALING.RULE, the schedule in images
+seen), prints and saves the plan, and trains with det_scaling's trainer; detectron2's train_net.py
+arguments. Without GPUs, --num-gpus N runs N processes on the CPU (gloo). The config is checked
+in this process first: a bad config exits 2 with one line, before any process starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from det_scaling.cli._common import add_overrides_argument
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train (or evaluate) a config on N processes, scaled for them",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_training_arguments(parser)
+    add_overrides_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from det_scaling.train import launch_training  # the engine: only for this command
+
+    launch_training(args)
+    return 0
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """detectron2's ``train_net.py`` arguments, and ``--no-scale``."""
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in OUTPUT_DIR (also at another GPU count)",
+    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only")
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="processes per machine (GPUs; CPU processes with gloo without them)",
+    )
+    parser.add_argument("--num-machines", type=int, default=1, help="machines in the run")
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
+    parser.add_argument(
+        "--dist-url",
+        default="auto",
+        help="process group URL, tcp://HOST0:PORT on several machines (default: a free local "
+        "port on one machine)",
+    )
+    parser.add_argument(
+        "--no-scale",
+        action="store_true",
+        help="use the config as written for whatever GPU count runs it (sets "
+        "SOLVER.REFERENCE_WORLD_SIZE 0: SOLVER.IMS_PER_BATCH is then the total batch)",
+    )

@@ -1,0 +1,42 @@
+"""Which keys differ between a config as written and another, or its overridden and scaled self,
+and why (what ``diff`` prints)."""
+
+from __future__ import annotations
+
+from det_scaling.config import flatten_cfg, load_cfg
+from det_scaling.scaling import Change, plan_scaling
+
+__all__ = ["diff_configs"]
+
+_ABSENT = "<absent>"
+
+
+def diff_configs(
+    config: str, config_b: str | None, opts: list[str], num_gpus: int | None
+) -> list[Change]:
+    """The changes from ``config`` to ``config_b`` (or ``config``) + ``opts``, scaled to
+    ``num_gpus`` when given, sorted by key."""
+    left = load_cfg(config)
+    right_file = config_b or config
+    reasons: dict[str, str] = {}
+    if config_b:
+        flat_b = flatten_cfg(load_cfg(config_b))
+        for key, value in flatten_cfg(left).items():
+            if flat_b.get(key, _ABSENT) != value:
+                reasons[key] = f"from {config_b}"
+    right = load_cfg(right_file, opts)
+    for key in opts[::2]:
+        reasons[key] = "override"
+    if num_gpus is not None:
+        plan = plan_scaling(right, num_gpus)
+        right = plan.cfg
+        for change in plan.changes:
+            earlier = reasons.get(change.key)
+            reasons[change.key] = f"{earlier}, then {change.reason}" if earlier else change.reason
+    flat_left, flat_right = flatten_cfg(left), flatten_cfg(right)
+    changes = []
+    for key in sorted(flat_left.keys() | flat_right.keys()):
+        old, new = flat_left.get(key, _ABSENT), flat_right.get(key, _ABSENT)
+        if old != new:
+            changes.append(Change(key, old, new, reasons.get(key, f"from {right_file}")))
+    return changes
