@@ -3,15 +3,14 @@ AdaScale's gain ratio, the sync-free gradient norm, checkpoints and the non-meas
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import torch
+from host_sync import host_reads_forbidden
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -281,27 +280,6 @@ def test_linear_rule_gpu_limit() -> None:
 
 
 # ---- the sync-free squared gradient norm ----
-_HOST_CONVERSIONS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
-
-
-@contextlib.contextmanager
-def host_reads_forbidden() -> Iterator[None]:
-    """Makes every Python-side read of a tensor's value raise (each is a sync on a GPU)."""
-
-    def forbidden(name: str):
-        def raise_error(self, *args, **kwargs):
-            raise AssertionError(f"Tensor.{name} called: a host-device synchronization")
-
-        return raise_error
-
-    saved = {name: getattr(torch.Tensor, name) for name in _HOST_CONVERSIONS}
-    try:
-        for name in _HOST_CONVERSIONS:
-            setattr(torch.Tensor, name, forbidden(name))
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
 
 
 def model_with_grads() -> torch.nn.Module:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
+from host_sync import host_reads_forbidden
 
 import det_scaling  # noqa: F401  (compatibility layer before detectron2 is imported)
 from det_scaling.solver import LARS
@@ -287,33 +286,12 @@ def test_state_dict_round_trip_continues_identically() -> None:
     assert all(torch.equal(a, b.detach()) for a, b in zip(straight, params, strict=True))
 
 
-_HOST_CONVERSIONS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
-
-
-@contextlib.contextmanager
-def tensor_values_forbidden() -> Iterator[None]:
-    """Makes every Python-side conversion of a tensor to a value raise."""
-
-    def forbidden(name: str):
-        def raise_error(self, *args, **kwargs):
-            raise AssertionError(f"Tensor.{name} called: a host-device synchronization")
-
-        return raise_error
-
-    saved = {name: getattr(torch.Tensor, name) for name in _HOST_CONVERSIONS}
-    try:
-        for name in _HOST_CONVERSIONS:
-            setattr(torch.Tensor, name, forbidden(name))
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
 
 
 def test_forbidden_conversion_guard_catches_a_conversion() -> None:
-    with tensor_values_forbidden(), pytest.raises(AssertionError, match=r"Tensor\.item"):
+    with host_reads_forbidden(), pytest.raises(AssertionError, match=r"Tensor\.item"):
         torch.ones(()).item()
-    with tensor_values_forbidden(), pytest.raises(AssertionError, match="__bool__"):
+    with host_reads_forbidden(), pytest.raises(AssertionError, match="__bool__"):
         bool(torch.ones(()) > 0)
 
 
@@ -333,7 +311,7 @@ def test_step_never_reads_a_tensor_value_on_the_host(options: dict) -> None:
     for step in range(3):  # the first step creates the momentum buffers
         for param, grad in zip(params, _gradients(step, torch.float32), strict=True):
             param.grad = grad
-        with tensor_values_forbidden():
+        with host_reads_forbidden():
             optimizer.step()
 
 
