@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from det_scaling.cli._common import split_overrides
 
@@ -19,8 +20,16 @@ from det_scaling.cli._common import split_overrides
 COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "train")
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other bad input (argparse
+    prints the usage first); ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="det-scaling",
         description="Scale detectron2 configs across GPU counts, and show what changes.",
     )

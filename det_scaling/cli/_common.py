@@ -51,6 +51,7 @@ def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
         "opts",
         metavar="KEY VALUE",
         nargs="*",
+        default=[],  # else argparse names it among the missing arguments of a usage error
         help="config overrides, anywhere on the line (e.g. SOLVER.BASE_LR 0.01)",
     )
 
