@@ -163,6 +163,12 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # batch, which is slow for classification; the result does not depend on it).
     cfg.TEST.CLS_IMS_PER_PROCESS = 32
 
+    # ---- reliability: checkpoints that a crash cannot make unresumable (engine/checkpoint) ----
+    # Periodic checkpoints kept in OUTPUT_DIR, the oldest deleted first; 0 keeps all (detectron2's
+    # behaviour). Otherwise at least 2, so that resume has an older one when the newest cannot be
+    # read; model_final.pth is never deleted.
+    cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
+
     if was_frozen:
         cfg.freeze()
 

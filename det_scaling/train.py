@@ -15,7 +15,6 @@ import logging
 import os
 from typing import Any
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
@@ -23,6 +22,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from det_scaling.config import load_cfg
+from det_scaling.engine import SafeCheckpointer
 from det_scaling.launch import launch, planned_world_size
 from det_scaling.prepare import plan_run, prepare_run
 from det_scaling.scaling import ScalingPlan
@@ -62,7 +62,7 @@ def train_process(args: argparse.Namespace, cfg: CfgNode) -> dict[str, Any]:
     trainer_cls = trainer_class(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return trainer_cls.test(cfg, model)
