@@ -8,17 +8,17 @@ a config is written for is detectron2's ``SOLVER.REFERENCE_WORLD_SIZE`` together
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as _detectron2_get_cfg
+
+from det_scaling.logs import quiet_logger
 
 __all__ = ["add_scaling_config", "flatten_cfg", "get_cfg", "load_cfg"]
 
@@ -191,7 +191,9 @@ def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> C
         if not os.path.isfile(config_file):
             raise ValueError(f"{config_file}: no such config file")
         try:
-            with _quiet_logger("detectron2.config.compat"):
+            # detectron2 warns that a config without VERSION is taken as the latest version:
+            # what every config here means.
+            with quiet_logger("detectron2.config.compat"):
                 cfg.merge_from_file(config_file)
         except KeyError as error:  # yacs: "Non-existent config key: A.B"
             raise _unknown_key(cfg, str(error.args[0]), f"{config_file}: ") from None
@@ -216,19 +218,6 @@ def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> C
         except ValueError as error:  # yacs: type mismatch, naming the key
             raise ValueError(_type_mismatch(error)) from None
     return cfg
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    """Only errors from logger ``name`` meanwhile: detectron2 warns that a config without
-    VERSION is taken as the latest version, which is what every config here means."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 # yacs: "Type mismatch (<class 'int'> vs. <class 'str'>) with values (40000 vs. ten) for config

@@ -3,7 +3,9 @@
 A command module holds its arguments and output only: ``add_parser(subparsers)`` adds its
 sub-parser and sets ``func`` (called with the parsed arguments, returning the exit code); the work
 is in the library module of the same name (``det_scaling.plan``, ``.diff``, ``.lr_plot``,
-``.lr_find``, ``.train``). A ``ValueError`` is a bad input: one line, exit status 2.
+``.lr_find``, ``.train``). A ``ValueError`` is a bad input: one line, exit status 2. A process
+of a run that failed (:class:`~det_scaling.failures.RankFailedError`) is one line too, naming the
+rank and the cause: exit status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from det_scaling.cli._common import split_overrides
+from det_scaling.failures import RankFailedError
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
 COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "train")
@@ -59,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # bad config or arguments: one clear line, no traceback
         print(f"det-scaling {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RankFailedError as error:  # the traceback is in the rank's log, or printed after
+        print(f"det-scaling {args.command}: error: {error}", file=sys.stderr)
+        if error.failure.traceback:
+            print(error.failure.traceback, file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 from collections.abc import Sequence
 
@@ -80,3 +81,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def check_output_file(path: str, option: str) -> None:
+    """Raises ``ValueError`` naming ``option`` when ``path`` cannot be written: its folder is
+    missing or not writable, or it is a folder itself. Checked before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: no such directory {folder}; create it first")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: directory {folder} is not writable")

@@ -35,6 +35,7 @@ from detectron2.utils import comm
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "READ_ERRORS",
     "SafeCheckpointer",
     "UnreadableCheckpointError",
     "check_retention",
@@ -49,7 +50,7 @@ CHECKPOINT_PREFIX = "model"
 _PARTIAL_SUFFIX = ".partial"
 # What torch.load raises for a file cut short or damaged (a truncated zip archive, a pickle
 # stream that ends early or is garbage), or one that cannot be read at all.
-_READ_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
+READ_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -150,7 +151,7 @@ class SafeCheckpointer(DetectionCheckpointer):
             else:
                 try:
                     return candidate, super()._load_file(candidate)
-                except _READ_ERRORS as error:
+                except READ_ERRORS as error:
                     reason = " ".join(str(error).split()) or type(error).__name__
             self.logger.warning("Skipping unreadable checkpoint %s: %s", candidate, reason)
             skipped.append(candidate)

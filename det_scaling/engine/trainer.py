@@ -279,8 +279,10 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         try:
             self._trainer.run_step()
         except FloatingPointError as error:
-            # detectron2 raises it (on the main process) when the logged losses are not finite.
-            raise FloatingPointError(f"{error}\n{nan_advice(self.cfg, self.world_size)}") from error
+            # The step raises it when a loss is not finite; the same class (the failure report
+            # tells a rank's own loss from another's by it), with the advice added.
+            advice = nan_advice(self.cfg, self.world_size)
+            raise type(error)(f"{error}\n{advice}") from error
 
     def _enter_stage(self) -> None:
         """Sets this step's accumulation from the batch schedule (a function of the iteration, so
