@@ -39,7 +39,7 @@ def tiny_run_setup(tmp_path: Path, max_iter: int = 12, **solver) -> tuple[Path, 
     """A config of the faulty tiny model (written for 1 GPU x 2 images) and the environment of
     tests/tiny_run.py."""
     data = tmp_path / "data"
-    data.mkdir()
+    data.mkdir(exist_ok=True)
     write_images(data)
     cfg = tiny_cfg(tmp_path / "out", ims_per_batch=2, max_iter=max_iter)
     cfg.MODEL.META_ARCHITECTURE = "TinyFaultyRegressor"
