@@ -126,8 +126,8 @@ def training_set_size(cfg: CfgNode) -> int:
         size = sum(_size(cfg, name) for name in names)
     except (FileNotFoundError, NotADirectoryError) as error:
         raise ValueError(
-            f"cannot load the training data {names}: {error} (data sets are read from "
-            f"{datasets_root()}, $DETECTRON2_DATASETS)"
+            f"cannot load the training data {names}: {error}; put the data set under "
+            f"{datasets_root()} or point $DETECTRON2_DATASETS at the folder that holds it"
         ) from error
     if size == 0:
         raise ValueError(f"DATASETS.TRAIN: the training data {names} has no images")

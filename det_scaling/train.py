@@ -59,7 +59,9 @@ def launch_training(args: argparse.Namespace) -> None:
     count cannot make a run, and :class:`~det_scaling.failures.RankFailedError` when a process
     of the run fails."""
     if args.num_gpus < 1 or args.num_machines < 1:
-        raise ValueError("--num-gpus and --num-machines must be >= 1")
+        raise ValueError(
+            f"--num-gpus {args.num_gpus} --num-machines {args.num_machines}: both must be >= 1"
+        )
     if not 0 <= args.machine_rank < args.num_machines:
         raise ValueError(f"--machine-rank must be in [0, {args.num_machines - 1}]")
     cfg = load_cfg(args.config_file, args.opts)

@@ -89,7 +89,7 @@ CASES = [
     # ---- lr-plot ----
     (["lr-plot", "{tiny}", "-o", "{nowhere}/lr.png"], "-o {nowhere}/lr.png: no such directory"),
     (["lr-plot", "{tiny}", "-o", "{a_folder}"], "-o {a_folder}: is a directory"),
-    (["lr-plot", "{tiny}", "-o", "{nowhere}.xyz"], "Format 'xyz' is not supported"),
+    (["lr-plot", "{tiny}", "-o", "{nowhere}.xyz"], "-o {nowhere}.xyz: cannot write .xyz images"),
     # ---- lr-find ----
     (["lr-find", "{tiny}", "--start-lr", "1", "--end-lr", "0.1"], "need 0 < start LR < end LR"),
     (["lr-find", "{tiny}", "--smoothing", "1.5"], "--smoothing 1.5: must be in [0, 1)"),
@@ -102,7 +102,10 @@ CASES = [
     # ---- train (tools/train.py) ----
     (["train", "--config-file", "{missing}"], "{missing}: no such config file"),
     (["train", "--config-file", "{misspelt}"], "did you mean SOLVER.BASE_LR?"),
-    (["train", "--config-file", "{tiny}", "--num-gpus", "0"], "--num-gpus and --num-machines"),
+    (
+        ["train", "--config-file", "{tiny}", "--num-gpus", "0"],
+        "--num-gpus 0 --num-machines 1: both must be >= 1",
+    ),
     (
         [
             "train",

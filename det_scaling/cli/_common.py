@@ -83,6 +83,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def check_image_file(path: str, option: str) -> None:
+    """:func:`check_output_file`, and a file type matplotlib can write (.png when none)."""
+    check_output_file(path, option)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = os.path.splitext(path)[1][1:].lower()
+    if suffix and suffix not in FigureCanvasBase.get_supported_filetypes():
+        raise ValueError(f"{option} {path}: cannot write .{suffix} images; use .png, .pdf or .svg")
+
+
 def check_output_file(path: str, option: str) -> None:
     """Raises ``ValueError`` naming ``option`` when ``path`` cannot be written: its folder is
     missing or not writable, or it is a folder itself. Checked before any work is done."""
