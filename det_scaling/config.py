@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as _detectron2_get_cfg
+
+from det_scaling.logs import quiet_logger
 
 __all__ = ["add_scaling_config", "flatten_cfg", "get_cfg", "load_cfg"]
 
@@ -160,6 +163,12 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # batch, which is slow for classification; the result does not depend on it).
     cfg.TEST.CLS_IMS_PER_PROCESS = 32
 
+    # ---- reliability: checkpoints that a crash cannot make unresumable (engine/checkpoint) ----
+    # Periodic checkpoints kept in OUTPUT_DIR, the oldest deleted first; 0 keeps all (detectron2's
+    # behaviour). Otherwise at least 2, so that resume has an older one when the newest cannot be
+    # read; model_final.pth is never deleted.
+    cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
+
     if was_frozen:
         cfg.freeze()
 
@@ -177,15 +186,24 @@ def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> C
     in one line naming the file or key (with the closest existing key for a misspelt one)."""
     cfg = get_cfg()
     if config_file:
+        if os.path.isdir(config_file):
+            raise ValueError(f"{config_file}: is a directory; give a config file (.yaml)")
         if not os.path.isfile(config_file):
             raise ValueError(f"{config_file}: no such config file")
         try:
-            cfg.merge_from_file(config_file)
+            # detectron2 warns that a config without VERSION is taken as the latest version:
+            # what every config here means.
+            with quiet_logger("detectron2.config.compat"):
+                cfg.merge_from_file(config_file)
         except KeyError as error:  # yacs: "Non-existent config key: A.B"
             raise _unknown_key(cfg, str(error.args[0]), f"{config_file}: ") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{config_file}: not a text file; give a YAML config") from None
+        except PermissionError as error:
+            raise ValueError(f"{config_file}: cannot be read ({error.strerror})") from None
         except ValueError as error:  # yacs: type mismatch, naming the key
-            raise ValueError(f"{config_file}: {error}") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError) as error:
+            raise ValueError(f"{config_file}: {_type_mismatch(error)}") from None
+        except (OSError, yaml.YAMLError, AttributeError, TypeError) as error:
             reason = " ".join(str(error).split())
             raise ValueError(f"{config_file}: not a detectron2 YAML config ({reason})") from None
     if overrides:
@@ -197,7 +215,27 @@ def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> C
             cfg.merge_from_list(list(overrides))
         except AssertionError as error:  # yacs: "Non-existent key: A.B"
             raise _unknown_key(cfg, str(error), "") from None
+        except ValueError as error:  # yacs: type mismatch, naming the key
+            raise ValueError(_type_mismatch(error)) from None
     return cfg
+
+
+# yacs: "Type mismatch (<class 'int'> vs. <class 'str'>) with values (40000 vs. ten) for config
+# key: SOLVER.MAX_ITER"
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)",
+    re.DOTALL,
+)
+
+
+def _type_mismatch(error: ValueError) -> str:
+    """yacs's type mismatch as ``KEY: expected TYPE (like DEFAULT), got VALUE``."""
+    match = _TYPE_MISMATCH.match(str(error))
+    if match is None:
+        return str(error)
+    expected, got, default, value, key = match.groups()
+    return f"{key}: expected {expected} (like {default}), got {got} {value!r}"
 
 
 def _unknown_key(cfg: CfgNode, message: str, where: str) -> ValueError:

@@ -8,7 +8,10 @@ detectron2 v0.6 lacks (upstream main has some of it; see the notes on each funct
 * ``torchrun``: when its environment variables are set, the process group is initialised from
   them and ``main_func`` runs in this process instead of spawning;
 * :func:`create_ddp_model`, which passes ``device_ids`` only for CUDA models (detectron2's, in
-  v0.6 and main, always passes them, which ``DistributedDataParallel`` rejects for CPU models).
+  v0.6 and main, always passes them, which ``DistributedDataParallel`` rejects for CPU models);
+* a failure told once: a process that raises appends its traceback to its log, the others here
+  are stopped, and :class:`~det_scaling.failures.RankFailedError` names the rank that failed
+  first and why (:mod:`det_scaling.failures`).
 
 The launcher knows nothing of scaling: ``main_func`` reads the world size from
 ``detectron2.utils.comm`` and scales its config itself.
@@ -16,10 +19,14 @@ The launcher knows nothing of scaling: ``main_func`` reads the world size from
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +34,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.utils import comm
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 from torch.nn.parallel import DistributedDataParallel
+
+from det_scaling.failures import (
+    RankFailedError,
+    RankFailure,
+    rank_log_file,
+    read_failures,
+    record_failure,
+    root_cause,
+)
+from det_scaling.logs import quiet_logger
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -37,6 +55,7 @@ __all__ = [
     "launch",
     "pick_backend",
     "planned_world_size",
+    "torchrun_restart_count",
     "under_torchrun",
 ]
 
@@ -55,6 +74,7 @@ def launch(
     dist_url: str | None = None,
     args: Sequence[Any] = (),
     timeout: timedelta = DEFAULT_TIMEOUT,
+    log_dir: str | None = None,
 ) -> None:
     """Runs ``main_func(*args)`` in every process of a (possibly) distributed job.
 
@@ -68,14 +88,26 @@ def launch(
     Under ``torchrun`` (all of :data:`TORCHRUN_VARIABLES` set), torchrun has already started one
     process per worker: the process group is initialised from the environment and ``main_func``
     runs here; the GPU, machine and URL arguments are then ignored in favour of torchrun's.
+
+    ``timeout`` bounds every collective (gloo; NCCL with its watchdog, see the README): a process
+    whose peer is gone waits that long at most. When a process raises, its traceback is appended
+    to its log file in ``log_dir`` (detectron2's ``log.txt.rank<N>``; without ``log_dir``, kept in
+    the error), the other processes of this machine are stopped, and
+    :class:`~det_scaling.failures.RankFailedError` is raised here naming the rank that failed first
+    and why. A world of one process does the same with ``log_dir``; without it, exceptions
+    propagate as they are.
     """
     if under_torchrun():
-        _run_under_torchrun(main_func, args, timeout)
+        _run_under_torchrun(main_func, args, timeout, log_dir)
         return
 
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
-        main_func(*args)
+        if log_dir is None:
+            main_func(*args)
+            return
+        with _failure_recorded(0, 1, None, log_dir):
+            main_func(*args)
         return
     if dist_url is None:
         raise ValueError("dist_url is required for a multi-process launch (or pass 'auto')")
@@ -95,21 +127,31 @@ def launch(
             if not torch.cuda.is_available()
             else f"only {torch.cuda.device_count()} GPU(s) for {num_gpus_per_machine} processes",
         )
-    mp.spawn(
-        _distributed_worker,
-        nprocs=num_gpus_per_machine,
-        args=(
-            main_func,
-            world_size,
-            num_gpus_per_machine,
-            machine_rank,
-            dist_url,
-            tuple(args),
-            timeout,
-            backend,
-        ),
-        daemon=False,
-    )
+    first_rank = machine_rank * num_gpus_per_machine
+    with tempfile.TemporaryDirectory(prefix="det_scaling_failures_") as records_dir:
+        try:
+            # torch warns as it stops the other processes after a failure; the error says more.
+            with quiet_logger("torch.multiprocessing.spawn"):
+                mp.spawn(
+                    _distributed_worker,
+                    nprocs=num_gpus_per_machine,
+                    args=(
+                        main_func,
+                        world_size,
+                        num_gpus_per_machine,
+                        machine_rank,
+                        dist_url,
+                        tuple(args),
+                        timeout,
+                        backend,
+                        records_dir,
+                        log_dir,
+                    ),
+                    daemon=False,
+                )
+        except ProcessException as error:
+            failure = _failure_of(error, records_dir, first_rank, world_size, log_dir)
+            raise RankFailedError(failure) from None
 
 
 def pick_backend(processes_per_machine: int) -> str:
@@ -131,6 +173,13 @@ def planned_world_size(num_gpus_per_machine: int, num_machines: int = 1) -> int:
 def under_torchrun() -> bool:
     """Whether this process was started by ``torchrun`` (its environment variables are set)."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def torchrun_restart_count() -> int:
+    """How many times torchrun restarted this worker group after a failure
+    (``TORCHELASTIC_RESTART_COUNT``; 0 outside torchrun). A restart for a change of membership
+    (a node joining) is not counted by torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) if under_torchrun() else 0
 
 
 def default_device() -> str:
@@ -177,38 +226,103 @@ def _distributed_worker(
     args: tuple[Any, ...],
     timeout: timedelta,
     backend: str,
+    records_dir: str,
+    log_dir: str | None,
 ) -> None:
     global_rank = machine_rank * num_gpus_per_machine + local_rank
-    if backend == "nccl":
-        # Before init_process_group, so NCCL binds this process to its own GPU.
-        torch.cuda.set_device(local_rank)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        # CPU processes share the cores; each taking all of them (torch's default) oversubscribes
-        # the machine. torchrun sets OMP_NUM_THREADS=1 for the same reason.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
-    try:
-        dist.init_process_group(
-            backend=backend,
-            init_method=dist_url,
-            world_size=world_size,
-            rank=global_rank,
-            timeout=timeout,
-        )
-    except Exception:
-        logger.error("Process group URL: %s", dist_url)
-        raise
-    _run_in_process_group(main_func, args, num_gpus_per_machine)
+    with _failure_recorded(global_rank, world_size, records_dir, log_dir):
+        if backend == "nccl":
+            # Before init_process_group, so NCCL binds this process to its own GPU.
+            torch.cuda.set_device(local_rank)
+        elif "OMP_NUM_THREADS" not in os.environ:
+            # CPU processes share the cores; each taking all of them (torch's default)
+            # oversubscribes the machine. torchrun sets OMP_NUM_THREADS=1 for the same reason.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
+        try:
+            dist.init_process_group(
+                backend=backend,
+                init_method=dist_url,
+                world_size=world_size,
+                rank=global_rank,
+                timeout=timeout,
+            )
+        except Exception:
+            logger.error("Process group URL: %s", dist_url)
+            raise
+        _run_in_process_group(main_func, args, num_gpus_per_machine)
 
 
 def _run_under_torchrun(
-    main_func: Callable[..., Any], args: Sequence[Any], timeout: timedelta
+    main_func: Callable[..., Any],
+    args: Sequence[Any],
+    timeout: timedelta,
+    log_dir: str | None,
 ) -> None:
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
-    backend = pick_backend(local_world_size)
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
-    _run_in_process_group(main_func, tuple(args), local_world_size)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    with _failure_recorded(rank, world_size, None, log_dir):
+        backend = pick_backend(local_world_size)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        _run_in_process_group(main_func, tuple(args), local_world_size)
+
+
+@contextlib.contextmanager
+def _failure_recorded(
+    rank: int, world_size: int, records_dir: str | None, log_dir: str | None
+) -> Iterator[None]:
+    """Turns an exception of this process into :class:`RankFailedError`, after recording it
+    (:func:`~det_scaling.failures.record_failure`; for torchrun, also in its error file)."""
+    try:
+        yield
+    except Exception as error:
+        failure = record_failure(error, rank, world_size, records_dir, log_dir)
+        _write_torchelastic_error_file(failure)
+        raise RankFailedError(failure) from error
+
+
+def _failure_of(
+    error: ProcessException,
+    records_dir: str,
+    first_rank: int,
+    world_size: int,
+    log_dir: str | None,
+) -> RankFailure:
+    """The failure to report after ``mp.spawn`` raised ``error``: the root cause among the
+    records the processes left, else what torch saw of the process that ended first."""
+    failures = read_failures(records_dir)
+    if failures:
+        return root_cause(failures)
+    rank = first_rank + error.error_index
+    if isinstance(error, ProcessExitedException):
+        # Killed (the out-of-memory killer sends SIGKILL) or exited without an exception.
+        how = f"signal {error.signal_name}" if error.signal_name else f"status {error.exit_code}"
+        cause = f"the process ended with {how}"
+        stack = ""
+    else:
+        stack = error.msg
+        cause = next((line for line in reversed(stack.splitlines()) if line.strip()), "")
+    log_file = rank_log_file(log_dir, rank) if log_dir else None
+    return RankFailure(rank, world_size, time.time(), cause, log_file=log_file, traceback=stack)
+
+
+def _write_torchelastic_error_file(failure: RankFailure) -> None:
+    """Under torchrun, the failure in the error file its agent reads (as torch's ``@record``
+    writes it), so torchrun's own summary names the cause and the log rather than asking for a
+    traceback."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or not under_torchrun():
+        return
+    where = f"full traceback in {failure.log_file}" if failure.log_file else failure.traceback
+    data = {
+        "message": {
+            "message": failure.cause,
+            "extraInfo": {"py_callstack": where, "timestamp": str(int(failure.time))},
+        }
+    }
+    with contextlib.suppress(OSError), open(path, "w") as f:
+        json.dump(data, f)
 
 
 def _run_in_process_group(

@@ -50,6 +50,7 @@ from det_scaling.engine import micro_batch_cfg
 from det_scaling.launch import create_ddp_model, launch
 from det_scaling.prepare import plan_run, prepare_run
 from det_scaling.tasks import trainer_class
+from det_scaling.weights import check_weights
 
 __all__ = [
     "DEFAULT_DIVERGE_FACTOR",
@@ -343,12 +344,13 @@ def launch_lr_range_test(
         "smoothing": smoothing,
         "diverge_factor": diverge_factor,
     }
-    if num_gpus == 1:
-        return lr_range_test(cfg, **settings)
     # Checked here first, so that bad settings, missing data or a GPU count that does not divide
-    # the reference batch are reported before any process starts.
+    # the reference batch are reported before any process starts or data set is generated.
     _check_sweep_arguments(**settings)
     plan_run(cfg, num_gpus, keep_reference_batch=True)
+    check_weights(cfg)
+    if num_gpus == 1:
+        return lr_range_test(cfg, **settings)
     with tempfile.TemporaryDirectory(prefix="lr_find_") as directory:
         path = Path(directory) / "result.pkl"
         launch(_worker, num_gpus, dist_url="auto", args=(cfg, settings, str(path)))
@@ -423,14 +425,17 @@ def plot_lr_find(
 def _check_sweep_arguments(
     start_lr: float, end_lr: float, num_iter: int, smoothing: float, diverge_factor: float
 ) -> None:
+    # Named as the lr-find options that set them.
     if not 0 < start_lr < end_lr or not math.isfinite(end_lr):
-        raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr:g} and {end_lr:g}")
+        raise ValueError(
+            f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start LR < end LR"
+        )
     if num_iter < 2:
-        raise ValueError(f"num_iter must be at least 2, got {num_iter}")
+        raise ValueError(f"--num-iter {num_iter}: the sweep needs at least 2 steps")
     if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing:g}")
+        raise ValueError(f"--smoothing {smoothing:g}: must be in [0, 1)")
     if not diverge_factor > 1:
-        raise ValueError(f"diverge_factor must be > 1, got {diverge_factor:g}")
+        raise ValueError(f"--diverge-factor {diverge_factor:g}: must be > 1")
 
 
 def _as_written(cfg: CfgNode, scaled: CfgNode) -> CfgNode:

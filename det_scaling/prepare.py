@@ -12,9 +12,10 @@ from detectron2.config import CfgNode
 
 from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.config import add_scaling_config
+from det_scaling.engine.checkpoint import check_retention
 from det_scaling.launch import default_device
 from det_scaling.scaling import ScalingPlan, plan_scaling
-from det_scaling.tasks import register_datasets, training_set_size
+from det_scaling.tasks import check_task, register_datasets, training_set_size
 
 __all__ = ["plan_run", "prepare_run"]
 
@@ -30,13 +31,17 @@ def plan_run(
     """``cfg`` scaled for ``world_size`` processes, with ``SCALING.DATASET_SIZE`` filled in from
     the training data (read, never written) and the run's batch schedule checked. ``no_scale``
     uses it as written (``REFERENCE_WORLD_SIZE 0``); ``device`` "cpu" moves a CUDA config to the
-    CPU. Raises ``ValueError`` naming the key or data set. ``cfg`` is not changed."""
+    CPU. Raises ``ValueError`` naming the key or data set (also for training data of the other
+    task or with more classes than the model, and a checkpoint retention that keeps no older
+    one). ``cfg`` is not changed."""
     cfg = cfg.clone()
     cfg.defrost()
     add_scaling_config(cfg)
     if device == "cpu" and cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.MODEL.DEVICE = "cpu"  # no CUDA here, or launch fell back to gloo processes
     size = training_set_size(cfg)  # also: the training data is registered and on disk
+    check_task(cfg)
+    check_retention(cfg)
     if cfg.SCALING.DATASET_SIZE == 0:
         cfg.SCALING.DATASET_SIZE = size
     if no_scale:

@@ -133,6 +133,7 @@ def plan_scaling(
     out.SCALING.RULE = rule
     out.SCALING.KEEP_REFERENCE_BATCH = keep_reference_batch
     _check_inputs(out)
+    _check_schedule(out)
 
     reference = out.SOLVER.REFERENCE_WORLD_SIZE
     plan = ScalingPlan(out, num_gpus, reference, rule, batch_ratio=1.0, lr_factor=1.0)
@@ -149,6 +150,7 @@ def plan_scaling(
         _schedule_from_epochs(plan)
     elif out.SOLVER.IMS_PER_BATCH != cfg.SOLVER.IMS_PER_BATCH:
         _rescale_schedule(plan, cfg.SOLVER.IMS_PER_BATCH)
+    _note_long_periods(plan)
     if frozen:
         out.freeze()
     return plan
@@ -173,6 +175,56 @@ def _check_inputs(cfg: CfgNode) -> None:
             f"SOLVER.REFERENCE_WORLD_SIZE ({reference}) x SCALING.GRAD_ACCUM_STEPS "
             f"({accumulation}): each GPU's micro-batch must be a whole number of images"
         )
+
+
+def _check_schedule(cfg: CfgNode) -> None:
+    """Refuses a schedule, as written, whose steps or warmup cannot take effect: STEPS not
+    increasing, a step at or past the end of the run, a warmup longer than the run (in
+    ``SCALING.EPOCHS`` when the schedule is written in epochs)."""
+    if cfg.SCALING.EPOCHS.MAX > 0:
+        prefix, epochs = "SCALING.EPOCHS.", cfg.SCALING.EPOCHS
+        length, steps, warmup = epochs.MAX, tuple(epochs.STEPS), epochs.WARMUP
+        length_key, steps_key, warmup_key = prefix + "MAX", prefix + "STEPS", prefix + "WARMUP"
+    else:
+        solver = cfg.SOLVER
+        length, steps, warmup = solver.MAX_ITER, tuple(solver.STEPS), solver.WARMUP_ITERS
+        length_key, steps_key, warmup_key = "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS"
+    for earlier, later in itertools.pairwise(steps):
+        if later <= earlier:
+            raise ValueError(
+                f"{steps_key} {_format_value(steps)}: steps must increase ({later:g} comes after "
+                f"{earlier:g}); write them in order"
+            )
+    for step in steps:
+        if step <= 0 or step >= length:
+            raise ValueError(
+                f"{steps_key}: step {step:g} is not inside the run ({length_key} {length:g}), so "
+                f"it never applies; remove it or make {length_key} longer"
+            )
+    if warmup > length:
+        raise ValueError(
+            f"{warmup_key} {warmup:g} is longer than the run ({length_key} {length:g}): the LR "
+            f"would never reach SOLVER.BASE_LR; shorten the warmup"
+        )
+
+
+def _note_long_periods(plan: ScalingPlan) -> None:
+    """Notes each period that the run never reaches: harmless (detectron2 checkpoints and
+    evaluates at the end anyway), but a crash then loses the whole run, or nothing is evaluated
+    on the way."""
+    cfg = plan.cfg
+    max_iter = cfg.SOLVER.MAX_ITER
+    consequences = {
+        "SOLVER.CHECKPOINT_PERIOD": "the only checkpoint is the final one",
+        "TEST.EVAL_PERIOD": "the only evaluation is at the end",
+    }
+    for key, consequence in consequences.items():
+        period = _lookup_value(cfg, key)
+        if period >= max_iter:
+            plan.notes.append(
+                f"{key} {period} is not shorter than the run (SOLVER.MAX_ITER {max_iter}): "
+                f"{consequence}"
+            )
 
 
 def _recorder(plan: ScalingPlan) -> Callable[[str, Any, str], None]:

@@ -6,27 +6,36 @@ that tells them apart.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from det_scaling.classification import ClassificationTrainer, register_classification_datasets
-from det_scaling.classification.data import DIGITS_SPLITS, IMAGENET_SPLITS, register_imagenet
+from det_scaling.classification.data import (
+    DIGITS_SPLITS,
+    EVALUATOR_TYPE,
+    IMAGENET_SPLITS,
+    register_imagenet,
+)
 from det_scaling.classification.digits import digits_counts
 from det_scaling.data import (
+    SYNTHETIC_CLASS_NAMES,
     count_images,
     datasets_root,
     generate_synthetic_voc,
     register_synthetic_voc,
     register_voc2007,
 )
+from det_scaling.data.classes import check_class_count
 from det_scaling.data.generated import generate_once
 from det_scaling.engine import ScalingTrainer
 
 __all__ = [
     "SYNTHETIC_VOC_SPLITS",
+    "check_task",
     "generate_synthetic_voc_for",
     "register_datasets",
     "trainer_class",
@@ -35,6 +44,14 @@ __all__ = [
 
 # Registered name -> split of the set DATASETS.SYNTHETIC_VOC generates.
 SYNTHETIC_VOC_SPLITS = {"synthetic_voc_trainval": "trainval", "synthetic_voc_test": "test"}
+# The key of each meta-architecture's number of classes.
+_NUM_CLASSES_KEYS = {
+    "ImageClassifier": "MODEL.CLASSIFIER.NUM_CLASSES",
+    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+}
+# sklearn's digits: labels 0 to 9, one class folder each.
+_DIGITS_CLASS_NAMES = tuple(str(label) for label in range(10))
 
 
 def trainer_class(cfg: CfgNode) -> type[ScalingTrainer]:
@@ -59,6 +76,45 @@ def register_datasets(cfg: CfgNode) -> None:
     register_classification_datasets(names)
 
 
+def check_task(cfg: CfgNode) -> None:
+    """Raises ``ValueError`` when a data set of ``DATASETS.TRAIN`` is of the other task than the
+    model (a detection set for ``ImageClassifier``, a classification set for a detector) or has
+    more classes than the model has outputs. Reads nothing that is not there: generated sets are
+    known from the config; call after :func:`training_set_size` (which registers the others)."""
+    classifier = cfg.MODEL.META_ARCHITECTURE == "ImageClassifier"
+    task = "classification" if classifier else "detection"
+    key = _NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
+    for name in cfg.DATASETS.TRAIN:
+        dataset_task, classes = _task_and_classes(name)
+        if dataset_task is not None and dataset_task != task:
+            raise ValueError(
+                f"DATASETS.TRAIN: {name!r} is a {dataset_task} data set but "
+                f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} is a {task} model; "
+                f"use a {task} data set, or a config written for {dataset_task}"
+            )
+        if key is not None and classes is not None:
+            outputs = functools.reduce(lambda node, part: node[part], key.split("."), cfg)
+            check_class_count(key, outputs, name, classes)
+
+
+def _task_and_classes(name: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """The task ("detection", "classification" or None: unknown) and classes of a data set."""
+    if name in SYNTHETIC_VOC_SPLITS:
+        return "detection", SYNTHETIC_CLASS_NAMES
+    if name in DIGITS_SPLITS:
+        return "classification", _DIGITS_CLASS_NAMES
+    if name not in DatasetCatalog.list():
+        return None, None
+    meta = MetadataCatalog.get(name)
+    evaluator = getattr(meta, "evaluator_type", None)
+    classes = getattr(meta, "thing_classes", None)
+    if evaluator is None:
+        task = None
+    else:
+        task = "classification" if evaluator == EVALUATOR_TYPE else "detection"
+    return task, tuple(classes) if classes is not None else None
+
+
 def training_set_size(cfg: CfgNode) -> int:
     """Images in ``DATASETS.TRAIN``, without writing anything: generated sets from their
     parameters, the others read from disk. Raises ``ValueError`` naming the data sets when they
@@ -70,8 +126,8 @@ def training_set_size(cfg: CfgNode) -> int:
         size = sum(_size(cfg, name) for name in names)
     except (FileNotFoundError, NotADirectoryError) as error:
         raise ValueError(
-            f"cannot load the training data {names}: {error} (data sets are read from "
-            f"{datasets_root()}, $DETECTRON2_DATASETS)"
+            f"cannot load the training data {names}: {error}; put the data set under "
+            f"{datasets_root()} or point $DETECTRON2_DATASETS at the folder that holds it"
         ) from error
     if size == 0:
         raise ValueError(f"DATASETS.TRAIN: the training data {names} has no images")

@@ -2,9 +2,12 @@
 ``det-scaling train`` run.
 
 :func:`launch_training` checks the config for the run's world size in the launching process (a
-bad config is one ``ValueError`` before any worker starts, nothing written), then runs
+bad config, an OUTPUT_DIR that cannot be written or MODEL.WEIGHTS that cannot initialise the
+model is one ``ValueError`` before any worker starts, nothing written), then runs
 :func:`train_process` in every process: the per-process setup (:func:`det_scaling.prepare.
-prepare_run`), the plan logged and saved beside the config, then the task's trainer.
+prepare_run`), the plan logged and saved beside the config, then the task's trainer. A failing
+process is reported once (:mod:`det_scaling.failures`); under torchrun a restarted worker group
+resumes by itself (:func:`resume_requested`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import logging
 import os
 from typing import Any
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
@@ -23,12 +25,27 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from det_scaling.config import load_cfg
-from det_scaling.launch import launch, planned_world_size
+from det_scaling.engine import SafeCheckpointer
+from det_scaling.failures import keep_tracebacks_off_the_console
+from det_scaling.launch import (
+    launch,
+    planned_world_size,
+    torchrun_restart_count,
+    under_torchrun,
+)
 from det_scaling.prepare import plan_run, prepare_run
 from det_scaling.scaling import ScalingPlan
 from det_scaling.tasks import trainer_class
+from det_scaling.weights import check_weights
 
-__all__ = ["PLAN_FILE", "launch_training", "save_plan", "setup_process", "train_process"]
+__all__ = [
+    "PLAN_FILE",
+    "launch_training",
+    "resume_requested",
+    "save_plan",
+    "setup_process",
+    "train_process",
+]
 
 logger = logging.getLogger("det_scaling.train")
 
@@ -38,13 +55,25 @@ PLAN_FILE = "scaling_plan.json"
 def launch_training(args: argparse.Namespace) -> None:
     """Checks the config for the run's world size here, then trains (or evaluates) in every
     process of the run; ``args`` as ``det-scaling train`` parses them. Raises ``ValueError``
-    before starting any process when the config, its data or the GPU count cannot make a run."""
+    before starting any process when the config, its data, OUTPUT_DIR, MODEL.WEIGHTS or the GPU
+    count cannot make a run, and :class:`~det_scaling.failures.RankFailedError` when a process
+    of the run fails."""
     if args.num_gpus < 1 or args.num_machines < 1:
-        raise ValueError("--num-gpus and --num-machines must be >= 1")
+        raise ValueError(
+            f"--num-gpus {args.num_gpus} --num-machines {args.num_machines}: both must be >= 1"
+        )
     if not 0 <= args.machine_rank < args.num_machines:
         raise ValueError(f"--machine-rank must be in [0, {args.num_machines - 1}]")
     cfg = load_cfg(args.config_file, args.opts)
     plan_run(cfg, planned_world_size(args.num_gpus, args.num_machines), no_scale=args.no_scale)
+    check_output_dir(cfg.OUTPUT_DIR)
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
+        raise ValueError(
+            "--eval-only evaluates MODEL.WEIGHTS, which is empty: set MODEL.WEIGHTS to a "
+            "checkpoint (e.g. OUTPUT_DIR/model_final.pth), or add --resume for OUTPUT_DIR's last"
+        )
+    if not _resumes_from_output_dir(args, cfg.OUTPUT_DIR):
+        check_weights(cfg)  # else detectron2 loads OUTPUT_DIR's checkpoint, not MODEL.WEIGHTS
     launch(
         train_process,
         args.num_gpus,
@@ -52,23 +81,85 @@ def launch_training(args: argparse.Namespace) -> None:
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args, cfg),
+        timeout=args.dist_timeout,
+        log_dir=cfg.OUTPUT_DIR,
     )
 
 
 def train_process(args: argparse.Namespace, cfg: CfgNode) -> dict[str, Any]:
     """Runs in every process: the evaluation results with ``--eval-only``, else the training
     summary."""
+    resume = resume_requested(args, cfg.OUTPUT_DIR)  # before setup_process saves this run's plan
     cfg = setup_process(args, cfg)
+    if comm.get_world_size() > 1:
+        resume = comm.all_gather(resume)[0]  # the main process decides, for every process
+    if resume and not args.resume:
+        logger.info(
+            "torchrun restarted the worker group (restart %d, world size %d): resuming from the "
+            "last checkpoint in %s",
+            torchrun_restart_count(),
+            comm.get_world_size(),
+            cfg.OUTPUT_DIR,
+        )
     trainer_cls = trainer_class(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=resume
         )
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=resume)
     return trainer.train()
+
+
+def resume_requested(args: argparse.Namespace, output_dir: str) -> bool:
+    """Whether this process resumes from OUTPUT_DIR's last checkpoint: with ``--resume``, or in a
+    worker group that torchrun restarted: after a failure (``TORCHELASTIC_RESTART_COUNT`` > 0),
+    or for a change of membership, which torchrun does not count; that one is told by OUTPUT_DIR's
+    saved plan, written by the same torchrun job (``TORCHELASTIC_RUN_ID``, torchrun's
+    ``--rdzv-id``; not with its default id "none", which every job shares)."""
+    if args.resume:
+        return True
+    if not under_torchrun():
+        return False
+    if torchrun_restart_count() > 0:
+        return True
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return run_id != "none" and _saved_plan(output_dir).get("torchelastic_run_id") == run_id
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Raises ``ValueError`` naming OUTPUT_DIR when it cannot be created or written (checked
+    without writing: on the nearest existing directory above it)."""
+    path = os.path.abspath(output_dir)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(
+            f"OUTPUT_DIR {output_dir}: {existing} is a file, so the directory cannot be made; "
+            "choose another OUTPUT_DIR"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"OUTPUT_DIR {output_dir}: {existing} is not writable; choose another OUTPUT_DIR or "
+            "fix its permissions"
+        )
+
+
+def _resumes_from_output_dir(args: argparse.Namespace, output_dir: str) -> bool:
+    # What detectron2's resume_or_load does: OUTPUT_DIR's checkpoint when it has one.
+    has_checkpoint = os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
+    return has_checkpoint and resume_requested(args, output_dir)
+
+
+def _saved_plan(output_dir: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(output_dir, PLAN_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def setup_process(args: argparse.Namespace, cfg: CfgNode) -> CfgNode:
@@ -78,6 +169,7 @@ def setup_process(args: argparse.Namespace, cfg: CfgNode) -> CfgNode:
     plan = prepare_run(cfg, world_size, no_scale=args.no_scale)
     default_setup(plan.cfg, args)
     setup_logger(plan.cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="det_scaling")
+    keep_tracebacks_off_the_console("detectron2", "fvcore", "det_scaling")
     if comm.is_main_process():
         logger.info(
             "Scaling plan for %d process(es)%s:\n%s",
@@ -96,6 +188,8 @@ def save_plan(args: argparse.Namespace, plan: ScalingPlan) -> None:
         "overrides": list(args.opts),
         "world_size": plan.num_gpus,
         "no_scale": args.no_scale,
+        # Tells a torchrun restart of this job from a new job (resume_requested).
+        "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID") if under_torchrun() else None,
         **plan.to_dict(),
     }
     path = os.path.join(plan.cfg.OUTPUT_DIR, PLAN_FILE)

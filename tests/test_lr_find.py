@@ -218,11 +218,11 @@ def test_more_processes_than_the_reference_batch_has_micro_batches_is_refused(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"start_lr": 1.0, "end_lr": 1.0}, "need 0 < start_lr < end_lr"),
-        ({"start_lr": 0.0}, "need 0 < start_lr < end_lr"),
-        ({"num_iter": 1}, "num_iter must be at least 2"),
-        ({"smoothing": 1.0}, r"smoothing must be in \[0, 1\)"),
-        ({"diverge_factor": 1.0}, "diverge_factor must be > 1"),
+        ({"start_lr": 1.0, "end_lr": 1.0}, "need 0 < start LR < end LR"),
+        ({"start_lr": 0.0}, "need 0 < start LR < end LR"),
+        ({"num_iter": 1}, "--num-iter 1: the sweep needs at least 2 steps"),
+        ({"smoothing": 1.0}, r"--smoothing 1: must be in \[0, 1\)"),
+        ({"diverge_factor": 1.0}, "--diverge-factor 1: must be > 1"),
     ],
 )
 def test_bad_sweep_settings_are_refused_before_anything_runs(arguments: dict, message: str) -> None:

@@ -118,7 +118,7 @@ def test_prepare_run_registers_the_data_and_freezes_the_scaled_config(datasets):
     ("text", "message"),
     [
         ("SOLVER:\n  BASE_LRR: 0.1\n", "SOLVER.BASE_LRR: no such config key; did you mean "),
-        ("SOLVER:\n  MAX_ITER: many\n", "Type mismatch"),
+        ("SOLVER:\n  MAX_ITER: many\n", "SOLVER.MAX_ITER: expected int (like 40000), got str"),
         ("- just\n- a list\n", "not a detectron2 YAML config"),
         ("SOLVER: [unclosed\n", "not a detectron2 YAML config"),
         ('_BASE_: "missing.yaml"\n', "not a detectron2 YAML config"),

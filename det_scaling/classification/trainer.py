@@ -7,8 +7,6 @@ checkpoints with resume at another GPU count, hooks, writers and the summary are
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -19,36 +17,23 @@ from det_scaling.classification.data import (
     build_classification_train_loader,
 )
 from det_scaling.classification.evaluation import ClassificationEvaluator
+from det_scaling.data.classes import check_class_count
 from det_scaling.engine import ScalingTrainer
 
 __all__ = ["ClassificationTrainer", "check_num_classes"]
 
-logger = logging.getLogger(__name__)
-
 
 def check_num_classes(cfg: CfgNode) -> None:
-    """Raises ``ValueError`` when the registered ``DATASETS.TRAIN`` have more classes than
-    ``MODEL.CLASSIFIER.NUM_CLASSES`` (labels past the last output would fail in the loss); warns
-    when they have fewer. Unregistered data sets (e.g. evaluation only) are not checked."""
-    num_outputs = cfg.MODEL.CLASSIFIER.NUM_CLASSES
+    """:func:`~det_scaling.data.classes.check_class_count` of ``MODEL.CLASSIFIER.NUM_CLASSES``
+    against each registered data set of ``DATASETS.TRAIN`` (unregistered ones, e.g. evaluation
+    only, are not checked)."""
     for name in cfg.DATASETS.TRAIN:
         if name not in DatasetCatalog.list():
             continue
         classes = getattr(MetadataCatalog.get(name), "thing_classes", None)
-        if classes is None:
-            continue
-        if len(classes) > num_outputs:
-            raise ValueError(
-                f"MODEL.CLASSIFIER.NUM_CLASSES is {num_outputs} but data set {name!r} has "
-                f"{len(classes)} classes: set MODEL.CLASSIFIER.NUM_CLASSES {len(classes)}"
-            )
-        if len(classes) < num_outputs:
-            logger.warning(
-                "Data set %r has %d classes; the model has %d outputs (MODEL.CLASSIFIER."
-                "NUM_CLASSES), the others are never trained",
-                name,
-                len(classes),
-                num_outputs,
+        if classes is not None:
+            check_class_count(
+                "MODEL.CLASSIFIER.NUM_CLASSES", cfg.MODEL.CLASSIFIER.NUM_CLASSES, name, classes
             )
 
 

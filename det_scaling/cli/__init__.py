@@ -3,7 +3,9 @@
 A command module holds its arguments and output only: ``add_parser(subparsers)`` adds its
 sub-parser and sets ``func`` (called with the parsed arguments, returning the exit code); the work
 is in the library module of the same name (``det_scaling.plan``, ``.diff``, ``.lr_plot``,
-``.lr_find``, ``.train``). A ``ValueError`` is a bad input: one line, exit status 2.
+``.lr_find``, ``.train``). A ``ValueError`` is a bad input: one line, exit status 2. A process
+of a run that failed (:class:`~det_scaling.failures.RankFailedError`) is one line too, naming the
+rank and the cause: exit status 1.
 """
 
 from __future__ import annotations
@@ -12,15 +14,25 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from det_scaling.cli._common import split_overrides
+from det_scaling.failures import RankFailedError
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
 COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "train")
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other bad input (argparse
+    prints the usage first); ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="det-scaling",
         description="Scale detectron2 configs across GPU counts, and show what changes.",
     )
@@ -50,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # bad config or arguments: one clear line, no traceback
         print(f"det-scaling {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RankFailedError as error:  # the traceback is in the rank's log, or printed after
+        print(f"det-scaling {args.command}: error: {error}", file=sys.stderr)
+        if error.failure.traceback:
+            print(error.failure.traceback, file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 from collections.abc import Sequence
 
@@ -51,6 +52,7 @@ def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
         "opts",
         metavar="KEY VALUE",
         nargs="*",
+        default=[],  # else argparse names it among the missing arguments of a usage error
         help="config overrides, anywhere on the line (e.g. SOLVER.BASE_LR 0.01)",
     )
 
@@ -79,3 +81,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def check_image_file(path: str, option: str) -> None:
+    """:func:`check_output_file`, and a file type matplotlib can write (.png when none)."""
+    check_output_file(path, option)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = os.path.splitext(path)[1][1:].lower()
+    if suffix and suffix not in FigureCanvasBase.get_supported_filetypes():
+        raise ValueError(f"{option} {path}: cannot write .{suffix} images; use .png, .pdf or .svg")
+
+
+def check_output_file(path: str, option: str) -> None:
+    """Raises ``ValueError`` naming ``option`` when ``path`` cannot be written: its folder is
+    missing or not writable, or it is a folder itself. Checked before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: no such directory {folder}; create it first")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: directory {folder} is not writable")

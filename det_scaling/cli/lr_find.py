@@ -21,7 +21,12 @@ from pathlib import Path
 from detectron2.config import CfgNode
 
 from det_scaling import lr_find
-from det_scaling.cli._common import _positive_int, add_config_argument, add_overrides_argument
+from det_scaling.cli._common import (
+    _positive_int,
+    add_config_argument,
+    add_overrides_argument,
+    check_image_file,
+)
 from det_scaling.cli.plan import format_plan_table
 from det_scaling.config import load_cfg
 
@@ -94,6 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_image_file(args.output, "-o")
     cfg = load_cfg(args.config, args.opts)
     print(
         f"lr-find: {args.config}: LR {args.start_lr:g} -> {args.end_lr:g} over "

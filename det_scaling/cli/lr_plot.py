@@ -17,6 +17,7 @@ from det_scaling.cli._common import (
     add_config_argument,
     add_num_gpus_argument,
     add_overrides_argument,
+    check_image_file,
 )
 from det_scaling.config import load_cfg
 from det_scaling.lr_plot import lr_curve, plot_lr_curves
@@ -44,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_image_file(args.output, "-o")
     cfg = load_cfg(args.config, args.opts)
     curves = [lr_curve(cfg, num_gpus) for num_gpus in args.num_gpus]
     plot_lr_curves(

@@ -3,14 +3,23 @@
 Scales CONFIG to the processes of the run (batch, LR by SCALING.RULE, the schedule in images
 seen), prints and saves the plan, and trains with det_scaling's trainer; detectron2's train_net.py
 arguments. Without GPUs, --num-gpus N runs N processes on the CPU (gloo). The config is checked
-in this process first: a bad config exits 2 with one line, before any process starts.
+in this process first: a bad config exits 2 with one line, before any process starts. When a
+process of the run fails, one line names the rank and the cause (its full traceback is in
+OUTPUT_DIR/log.txt.rank<N>) and the exit status is 1. Under torchrun, a restarted worker group
+resumes from OUTPUT_DIR's last checkpoint by itself, at the new world size.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+from datetime import timedelta
 
 from det_scaling.cli._common import add_overrides_argument
+from det_scaling.launch import DEFAULT_TIMEOUT
+
+# --dist-timeout units.
+_SECONDS_PER = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,8 +65,25 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "port on one machine)",
     )
     parser.add_argument(
+        "--dist-timeout",
+        type=_duration,
+        default=DEFAULT_TIMEOUT,
+        metavar="TIME",
+        help="longest wait in a collective, e.g. for a peer that died (seconds, or with s/m/h: "
+        "90, 5m; default 30m). With NCCL see the README (TORCH_NCCL_ASYNC_ERROR_HANDLING)",
+    )
+    parser.add_argument(
         "--no-scale",
         action="store_true",
         help="use the config as written for whatever GPU count runs it (sets "
         "SOLVER.REFERENCE_WORLD_SIZE 0: SOLVER.IMS_PER_BATCH is then the total batch)",
     )
+
+
+def _duration(text: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", text)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"not a positive duration: {text!r} (seconds, or a number with s, m or h: 90, 5m)"
+        )
+    return timedelta(seconds=float(match.group(1)) * _SECONDS_PER[match.group(2)])

@@ -6,10 +6,12 @@
 * :class:`AccumulatingTrainer`: the step with gradient accumulation;
 * :mod:`.hooks`: progress in images, periods in images, reduce-on-plateau;
 * :mod:`.resume`: the one conversion from a checkpoint to this run's step;
+* :class:`SafeCheckpointer`: atomic checkpoints, resume from the newest readable one;
 * :class:`SolverMixin`: det_scaling's optimizers and schedules in any ``DefaultTrainer``.
 """
 
 from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
+from det_scaling.engine.checkpoint import SafeCheckpointer, UnreadableCheckpointError
 from det_scaling.engine.hooks import (
     ImagePeriodHook,
     PlateauHook,
@@ -25,9 +27,11 @@ __all__ = [
     "ImagePeriodHook",
     "PlateauHook",
     "ResumePoint",
+    "SafeCheckpointer",
     "ScalingProgress",
     "ScalingTrainer",
     "SolverMixin",
+    "UnreadableCheckpointError",
     "add_plateau_hook",
     "check_scaled",
     "format_summary",

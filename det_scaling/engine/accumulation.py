@@ -9,17 +9,25 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.failures import ConsequenceOfAnotherRank
 
-__all__ = ["AccumulatingTrainer", "micro_batch_cfg"]
+__all__ = ["AccumulatingTrainer", "NonFiniteLossOnAnotherRank", "micro_batch_cfg"]
+
+
+class NonFiniteLossOnAnotherRank(FloatingPointError, ConsequenceOfAnotherRank):
+    """The main process's mean loss is not finite, though its own loss is: another rank's loss
+    is not finite, and that rank says so itself."""
 
 
 def micro_batch_cfg(cfg: CfgNode, schedule: BatchSchedule) -> CfgNode:
@@ -96,6 +104,29 @@ class AccumulatingTrainer(SimpleTrainer):
         else:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
+
+    def _write_metrics(
+        self, loss_dict: Mapping[str, torch.Tensor], data_time: float, prefix: str = ""
+    ) -> None:
+        """detectron2's, which raises ``FloatingPointError`` on the main process when the mean
+        loss over the processes is not finite. Here a process whose own loss is not finite raises
+        too, naming its rank, at the same point (after detectron2's gather, so every process
+        leaves the collectives together), and the main process, when its own loss is finite,
+        raises :class:`NonFiniteLossOnAnotherRank`: the failure reported is that rank's."""
+        local = {name: float(value) for name, value in loss_dict.items()}
+        finite_here = all(math.isfinite(value) for value in local.values())
+        try:
+            super()._write_metrics(loss_dict, data_time, prefix)
+        except FloatingPointError as error:
+            if finite_here:
+                raise NonFiniteLossOnAnotherRank(
+                    f"{error}\n(the mean over processes; this process's losses are finite)"
+                ) from error
+        if not finite_here:
+            rank = f" on rank {comm.get_rank()}" if comm.get_world_size() > 1 else ""
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration={self.iter}{rank}!\nloss_dict = {local}"
+            )
 
     def _sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager:
         if not sync and isinstance(self.model, DistributedDataParallel):

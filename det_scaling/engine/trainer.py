@@ -12,7 +12,8 @@ What it changes in ``DefaultTrainer``, and why:
 * the optimizer and LR scheduler come from det_scaling's registries (:class:`SolverMixin`);
 * checkpoints also hold the optimizer state (v0.6's ``DefaultTrainer`` leaves it out) and the
   images seen with the geometry, so ``resume_or_load`` continues at the same images seen on
-  another GPU count (:mod:`det_scaling.engine.resume`);
+  another GPU count (:mod:`det_scaling.engine.resume`); they are written atomically, and resume
+  skips an unreadable one for the newest readable (:mod:`det_scaling.engine.checkpoint`);
 * a non-finite loss raises ``FloatingPointError`` with scaling advice (:func:`nan_advice`);
 * ``train()`` ends with a summary, logged and written to ``OUTPUT_DIR/summary.json``.
 
@@ -31,7 +32,6 @@ import weakref
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
@@ -46,6 +46,7 @@ from det_scaling import compat
 from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.config import add_scaling_config
 from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
+from det_scaling.engine.checkpoint import SafeCheckpointer, periodic_checkpointer
 from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
 from det_scaling.engine.resume import place_scheduler, resume_point
 from det_scaling.engine.solver_mixin import SolverMixin
@@ -152,9 +153,7 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         # This run's base LR of each param group: a checkpoint of another GPU count carries its
         # own, which resume must not bring back. torch schedulers keep it as initial_lr.
         self._base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = self.batch_schedule.total_iterations
         self.cfg = cfg
@@ -237,7 +236,7 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             precise_bn,  # before the checkpointer: it changes the model that is saved
         ]
         if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(periodic_checkpointer(self.checkpointer, cfg))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
         if comm.is_main_process():
             # Last, so that evaluation results of the step are written too.
@@ -280,8 +279,10 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         try:
             self._trainer.run_step()
         except FloatingPointError as error:
-            # detectron2 raises it (on the main process) when the logged losses are not finite.
-            raise FloatingPointError(f"{error}\n{nan_advice(self.cfg, self.world_size)}") from error
+            # The step raises it when a loss is not finite; the same class (the failure report
+            # tells a rank's own loss from another's by it), with the advice added.
+            advice = nan_advice(self.cfg, self.world_size)
+            raise type(error)(f"{error}\n{advice}") from error
 
     def _enter_stage(self) -> None:
         """Sets this step's accumulation from the batch schedule (a function of the iteration, so

@@ -1,0 +1,209 @@
+"""Checkpoints that survive a crash: on disk whole or not at all, and resume skips a bad one.
+
+detectron2's checkpointer writes ``torch.save`` straight into the final file, then points
+``last_checkpoint`` at it: a machine lost or a disk filled while saving leaves a truncated
+checkpoint that ``--resume`` cannot read, and the good ones beside it are ignored.
+:class:`SafeCheckpointer` (used by the trainer for every checkpoint it writes or resumes from):
+
+* writes a checkpoint, and then the ``last_checkpoint`` pointer, to a temporary file in the same
+  directory, flushed and fsynced, then renamed over the final name (atomic on POSIX);
+* on resume, reads the checkpoint the pointer names and, when that fails, the trainer's other
+  checkpoints newest first (by modification time: iteration numbers of runs at other GPU counts
+  do not compare), each one skipped with a warning naming it and why;
+* with ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` (:func:`periodic_checkpointer`) at least 2 checkpoints
+  are kept, and the oldest is deleted only once the newest is safely written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable
+from typing import IO, Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import hooks
+from detectron2.utils import comm
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "READ_ERRORS",
+    "SafeCheckpointer",
+    "UnreadableCheckpointError",
+    "check_retention",
+    "periodic_checkpointer",
+    "write_atomically",
+]
+
+logger = logging.getLogger(__name__)
+
+# The trainer's checkpoints are <prefix>_<7-digit iteration>.pth and <prefix>_final.pth.
+CHECKPOINT_PREFIX = "model"
+_PARTIAL_SUFFIX = ".partial"
+# What torch.load raises for a file cut short or damaged (a truncated zip archive, a pickle
+# stream that ends early or is garbage), or one that cannot be read at all.
+READ_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """No checkpoint of OUTPUT_DIR can be read, though ``last_checkpoint`` says there is one."""
+
+
+def write_atomically(path: str, write: Callable[[IO[bytes]], Any]) -> None:
+    """Calls ``write`` on a temporary file beside ``path``, flushes it to disk and renames it to
+    ``path``: a reader finds the old file or the whole new one, never a part of it."""
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=_PARTIAL_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+    _fsync_directory(directory)  # the rename itself survives a power loss
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` whose saves are atomic and whose resume falls back to the newest
+    readable checkpoint (see the module). A ``save_dir`` that is not a local path (a PathManager
+    URI) is written as detectron2 writes it."""
+
+    def __init__(self, model: torch.nn.Module, save_dir: str = "", **kwargs: Any) -> None:
+        super().__init__(model, save_dir, **kwargs)
+        self._preloaded: tuple[str, dict[str, Any]] | None = None
+
+    # ---- writing ----
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not _is_local(self.save_dir):
+            super().save(name, **kwargs)
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        write_atomically(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not _is_local(self.save_dir):
+            super().tag_last_checkpoint(last_filename_basename)
+            return
+        write_atomically(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode()),
+        )
+
+    # ---- resuming ----
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """As detectron2's: with ``resume`` and a ``last_checkpoint``, the newest readable of the
+        trainer's checkpoints with everything in it; else only the model from ``path``."""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        if comm.is_main_process() and _is_local(self.save_dir):
+            self._remove_partial_files()
+        chosen, data = self._newest_readable()
+        self._preloaded = (chosen, data)
+        try:
+            return self.load(chosen)
+        finally:
+            self._preloaded = None
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        if self._preloaded is not None and self._preloaded[0] == filename:
+            return self._preloaded[1]  # read once already, when it was chosen
+        return super()._load_file(filename)
+
+    def resume_candidates(self) -> list[str]:
+        """The checkpoints resume tries, in order: the one ``last_checkpoint`` names, then the
+        trainer's others (``model_<iteration>.pth``, ``model_final.pth``), newest first."""
+        pointed = self.get_checkpoint_file()
+        pattern = re.compile(rf"{CHECKPOINT_PREFIX}_(\d+|final)\.pth$")
+        others = [
+            path
+            for path in self.get_all_checkpoint_files()
+            if pattern.match(os.path.basename(path)) and path != pointed
+        ]
+        others.sort(key=lambda p: (os.path.getmtime(p), os.path.basename(p)), reverse=True)
+        return [pointed, *others]
+
+    def _newest_readable(self) -> tuple[str, dict[str, Any]]:
+        skipped = []
+        for candidate in self.resume_candidates():
+            if not os.path.isfile(candidate):
+                reason = "missing"
+            else:
+                try:
+                    return candidate, super()._load_file(candidate)
+                except READ_ERRORS as error:
+                    reason = " ".join(str(error).split()) or type(error).__name__
+            self.logger.warning("Skipping unreadable checkpoint %s: %s", candidate, reason)
+            skipped.append(candidate)
+        raise UnreadableCheckpointError(
+            f"no readable checkpoint in {self.save_dir} (tried {', '.join(skipped)}): remove "
+            "them (and last_checkpoint) to start afresh, or point MODEL.WEIGHTS at a good one "
+            "and train without --resume"
+        )
+
+    def _remove_partial_files(self) -> None:
+        # Left by a crash while writing: never read, possibly as large as a checkpoint.
+        for partial in glob.glob(os.path.join(self.save_dir, f".*{_PARTIAL_SUFFIX}")):
+            self.logger.info("Removing %s, left by a checkpoint write that did not finish", partial)
+            with contextlib.suppress(OSError):
+                os.remove(partial)
+
+
+def check_retention(cfg: CfgNode) -> None:
+    """Raises ``ValueError`` unless ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` is 0 (keep all) or >= 2."""
+    keep = cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
+    if keep < 0 or keep == 1:
+        raise ValueError(
+            f"SOLVER.CHECKPOINT_MAX_TO_KEEP is {keep}: use 0 to keep every checkpoint, or 2 or "
+            "more so that an older one is there when the newest cannot be read"
+        )
+
+
+def periodic_checkpointer(
+    checkpointer: DetectionCheckpointer, cfg: CfgNode
+) -> hooks.PeriodicCheckpointer:
+    """detectron2's periodic checkpoint hook, keeping ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` of them
+    (0: all). fvcore's hook deletes the oldest after the save returns, so with
+    :class:`SafeCheckpointer` the newest is complete on disk first."""
+    check_retention(cfg)
+    keep = cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
+    return hooks.PeriodicCheckpointer(
+        checkpointer,
+        cfg.SOLVER.CHECKPOINT_PERIOD,
+        max_to_keep=keep or None,
+        file_prefix=CHECKPOINT_PREFIX,
+    )
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the rename is done anyway
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,101 @@
+"""``MODEL.WEIGHTS`` checked before a run starts: there, readable, and a checkpoint of this model.
+
+detectron2 loads the weights in every process once training starts. A missing file is then an
+``AssertionError`` in each of them; a checkpoint of another architecture is worse: each key that
+does not match is skipped with a warning, and the run trains from random weights. Here the file is
+read once in the launching process and compared with the config's model, built on PyTorch's meta
+device (shapes only: no memory, no compute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.utils.file_io import PathManager
+
+from det_scaling.engine.checkpoint import READ_ERRORS
+from det_scaling.tasks import trainer_class
+
+__all__ = ["check_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_weights(cfg: CfgNode) -> None:
+    """Raises ``ValueError`` naming ``MODEL.WEIGHTS`` when it is set and the file cannot be
+    fetched or read, or none of the model's parameters is in it (by name, after detectron2's
+    name conversions, and shape)."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        return
+    path = _local_path(weights)
+    model = _meta_model(cfg)
+    # detectron2's reader: its formats (.pth, Detectron .pkl, pycls .pyth) and name conversions.
+    checkpointer = DetectionCheckpointer(model if model is not None else torch.nn.Module())
+    try:
+        checkpoint = checkpointer._load_file(path)
+    except (*READ_ERRORS, ValueError, KeyError, AssertionError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(
+            f"MODEL.WEIGHTS {weights}: cannot be read as a checkpoint ({reason}); point it at a "
+            "whole checkpoint, or set it to '' to train from scratch"
+        ) from None
+    if model is None:
+        return
+    num_tensors = len(checkpoint.get("model", {}))
+    with warnings.catch_warnings():
+        # Loading into meta tensors copies nothing, on purpose; torch warns for each one.
+        warnings.simplefilter("ignore")
+        incompatible = checkpointer._load_model(checkpoint)
+    unmatched = set(incompatible.missing_keys) | {key for key, *_ in incompatible.incorrect_shapes}
+    parameters = [name for name, _ in model.named_parameters()]
+    if not set(parameters) - unmatched:
+        raise ValueError(
+            f"MODEL.WEIGHTS {weights}: none of its {num_tensors} tensors matches a parameter of "
+            f"the model ({cfg.MODEL.META_ARCHITECTURE}, {len(parameters)} parameters, by name and "
+            "shape): it is a checkpoint of another model; use one of this model, or set "
+            "MODEL.WEIGHTS '' to train from scratch"
+        )
+
+
+def _local_path(weights: str) -> str:
+    """The local file behind ``weights`` (a URL such as detectron2://... is downloaded once into
+    detectron2's cache, where the processes of the run then find it)."""
+    output = io.StringIO()
+    try:
+        # iopath prints a progress bar and its own failure lines; the error below says it all.
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            path = PathManager.get_local_path(weights)
+    except Exception as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(
+            f"MODEL.WEIGHTS {weights}: cannot be fetched ({reason}); download it and set "
+            "MODEL.WEIGHTS to the file, or to '' to train from scratch"
+        ) from None
+    if not PathManager.isfile(path):
+        raise ValueError(
+            f"MODEL.WEIGHTS {weights}: no such file; set it to a checkpoint, or to '' to train "
+            "from scratch"
+        )
+    return path
+
+
+def _meta_model(cfg: CfgNode) -> torch.nn.Module | None:
+    """The config's model with meta tensors, or None when its code cannot be built that way (then
+    only the file's readability is checked)."""
+    meta_cfg = cfg.clone()
+    meta_cfg.defrost()
+    meta_cfg.MODEL.DEVICE = "meta"
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return trainer_class(meta_cfg).build_model(meta_cfg)
+    except Exception as error:  # a model whose construction needs real tensors
+        logger.info("MODEL.WEIGHTS not compared with the model: %s", error)
+        return None
