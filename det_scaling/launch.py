@@ -1,10 +1,12 @@
 """Start the processes of a run: spawned on one or several machines, or under ``torchrun``.
 
 :func:`launch` has the signature and meaning of ``detectron2.engine.launch`` and adds what
-detectron2 v0.6 lacks (upstream main has some of it; see the notes on each function):
+detectron2 lacks (see the notes on each function):
 
 * a CPU path: without enough GPUs the ``num_gpus_per_machine`` processes run on the CPU with the
-  gloo backend (v0.6 asserts CUDA; upstream main falls back to gloo too);
+  gloo backend. Without any GPU, upstream main's launch does this and starts the processes;
+  v0.6's asserts CUDA, and with fewer GPUs than processes so does upstream's, so those cases
+  are started here;
 * ``torchrun``: when its environment variables are set, the process group is initialised from
   them and ``main_func`` runs in this process instead of spawning;
 * :func:`create_ddp_model`, which passes ``device_ids`` only for CUDA models (detectron2's, in
@@ -94,6 +96,22 @@ def launch(
             if not torch.cuda.is_available()
             else f"only {torch.cuda.device_count()} GPU(s) for {num_gpus_per_machine} processes",
         )
+    if _detectron2_launch_runs_on_cpu():
+        from detectron2.engine.launch import launch as detectron2_launch
+
+        detectron2_launch(
+            _main_in_launched_process,
+            num_gpus_per_machine,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=(main_func, tuple(args), num_gpus_per_machine),
+            timeout=timeout,
+        )
+        return
+    # Started here: without GPUs on v0.6 (its launch asserts CUDA); with fewer GPUs than
+    # processes (every detectron2's launch asserts); with NCCL, to bind each process to its GPU
+    # before init_process_group (detectron2's launch binds it after).
     mp.spawn(
         _distributed_worker,
         nprocs=num_gpus_per_machine,
@@ -158,6 +176,30 @@ def create_ddp_model(
     return ddp
 
 
+def _detectron2_launch_runs_on_cpu() -> bool:
+    """Whether ``detectron2.engine.launch`` starts CPU processes with gloo on this machine: upstream
+    main's does when CUDA is unavailable (added 2023-01-06), v0.6's asserts CUDA. Told apart by
+    ``comm.create_local_process_group``, which upstream added twelve days later and which that
+    launch calls (upstream still reports version 0.6)."""
+    return hasattr(comm, "create_local_process_group") and not torch.cuda.is_available()
+
+
+def _main_in_launched_process(
+    main_func: Callable[..., Any], args: tuple[Any, ...], processes_per_machine: int
+) -> None:
+    """Runs in a CPU process that detectron2's launch started (process group, local group and
+    first barrier done): this module's additions around ``main_func``."""
+    _limit_cpu_threads(processes_per_machine)
+    _run_main(main_func, args)
+
+
+def _limit_cpu_threads(processes_per_machine: int) -> None:
+    # CPU processes share the cores; each taking all of them (torch's default) oversubscribes
+    # the machine. torchrun sets OMP_NUM_THREADS=1 for the same reason.
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes_per_machine))
+
+
 def _distributed_worker(
     local_rank: int,
     main_func: Callable[..., Any],
@@ -173,10 +215,8 @@ def _distributed_worker(
     if backend == "nccl":
         # Before init_process_group, so NCCL binds this process to its own GPU.
         torch.cuda.set_device(local_rank)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        # CPU processes share the cores; each taking all of them (torch's default) oversubscribes
-        # the machine. torchrun sets OMP_NUM_THREADS=1 for the same reason.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
+    else:
+        _limit_cpu_threads(num_gpus_per_machine)
     try:
         dist.init_process_group(
             backend=backend,
@@ -209,6 +249,10 @@ def _run_in_process_group(
     # A barrier right after init: a rank that is slow to start otherwise times out in its first
     # collective (maskrcnn-benchmark issue 172, which detectron2's launch cites).
     comm.synchronize()
+    _run_main(main_func, args)
+
+
+def _run_main(main_func: Callable[..., Any], args: tuple[Any, ...]) -> None:
     main_func(*args)
     # Only after a clean return: after a failure the other ranks may be gone, and tearing down
     # (NCCL) could wait for them; the process exits anyway. The barrier first: a rank that tears
@@ -220,11 +264,12 @@ def _run_in_process_group(
 
 def _create_local_process_group(processes_per_machine: int) -> None:
     """Sets detectron2's group of the processes on this machine (``comm.get_local_rank`` needs
-    it). Version-dependent: upstream main has ``comm.create_local_process_group``; v0.6's launch
-    builds the groups inline and stores this machine's in ``comm._LOCAL_PROCESS_GROUP``."""
+    it): upstream main's ``comm.create_local_process_group`` where it exists."""
     if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
         comm.create_local_process_group(processes_per_machine)
         return
+    # v0.6 gap: no such function; its launch builds the groups inline and stores this machine's
+    # in comm._LOCAL_PROCESS_GROUP, as done here.
     world_size, rank = dist.get_world_size(), dist.get_rank()
     if world_size % processes_per_machine:
         raise ValueError(

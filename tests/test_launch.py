@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from detectron2.config import get_cfg
 from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -27,11 +29,24 @@ from det_scaling.launch import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# Upstream main (which still says version 0.6) is told from v0.6 by its features.
+UPSTREAM_MAIN = "RESCALE_INTERVAL" in get_cfg().SOLVER
+
+
+def _started_by_detectron2_launch() -> bool:
+    """Whether detectron2's own launch worker is on this process's call stack."""
+    # The module, not the function detectron2.engine re-exports under the same name.
+    worker = importlib.import_module("detectron2.engine.launch")._distributed_worker.__code__
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code is worker:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _report_worker(out_dir: str) -> None:
     """Runs in each launched process: all-reduces, trains one DDP step, reports what it saw."""
-    torch.set_num_threads(1)
     rank = comm.get_rank()
     total = torch.tensor([rank + 1.0])
     dist.all_reduce(total)
@@ -46,6 +61,8 @@ def _report_worker(out_dir: str) -> None:
         "sum": total.item(),
         "ddp": isinstance(model, DistributedDataParallel),
         "grad": model.module.weight.grad.tolist(),
+        "threads": torch.get_num_threads(),
+        "by_detectron2": _started_by_detectron2_launch(),
     }
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(report))
 
@@ -56,10 +73,15 @@ def read_reports(out_dir: Path, world_size: int) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
-def test_two_cpu_processes_all_reduce_and_know_their_ranks(tmp_path):
+def test_two_cpu_processes_all_reduce_and_know_their_ranks(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     launch(_report_worker, 2, dist_url="auto", args=(str(tmp_path),))
     reports = read_reports(tmp_path, 2)
     for rank, report in enumerate(reports):
+        # Upstream main's launch starts CPU processes itself; v0.6's cannot (it asserts CUDA).
+        assert report["by_detectron2"] == UPSTREAM_MAIN
+        # Either way each process takes its share of the cores, not all of them.
+        assert report["threads"] == max(1, (os.cpu_count() or 1) // 2)
         assert report["world_size"] == 2
         assert report["local_rank"] == rank
         assert report["local_size"] == 2
