@@ -59,7 +59,10 @@ def test_detectron2_layers_and_evaluation_import():
 
 def test_missing_compiled_op_raises_a_clear_error():
     if "placeholder_c_ops" not in compat.applied_fixes():
-        pytest.skip("detectron2 here has its compiled ops")
+        pytest.skip(
+            "needs a detectron2 without compiled ops (the registry's v0.6, pure Python); this "
+            "one has detectron2._C (a source build such as upstream main)"
+        )
     import torch
     from detectron2.layers.rotated_boxes import pairwise_iou_rotated
 
@@ -95,3 +98,9 @@ def test_missing_detectron2_gives_install_instructions():
     result = _python("import sys; sys.modules['detectron2'] = None; import det_scaling")
     assert result.returncode != 0
     assert "tools/install_detectron2.py" in result.stderr
+
+
+def test_test_loader_gives_every_item_once_in_batches_of_the_size_asked():
+    items = [{"value": v} for v in range(7)]
+    loader = compat.build_test_loader(items, lambda item: item["value"] * 10, batch_size=3)
+    assert list(loader) == [[0, 10, 20], [30, 40, 50], [60]]
