@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html.parser
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -153,7 +154,15 @@ def install_from_sdist(sdist: Path) -> None:
         build = Path(tmp) / "build"
         shutil.copytree(source, build / "detectron2")
         (build / "pyproject.toml").write_text(_PYPROJECT)
-        _pip("install", "--no-deps", "--no-build-isolation", str(build))
+        try:
+            _pip("install", "--quiet", "--no-deps", "--no-build-isolation", str(build))
+        except subprocess.CalledProcessError as error:
+            raise InstallError(
+                f"installing detectron2 v0.6 from {sdist} failed (pip exit {error.returncode}; "
+                "its output is above). It is packaged by this environment's setuptools "
+                "(--no-build-isolation), which needs version 70.1 or later (or the wheel "
+                "package): pip install 'setuptools>=70.1,<81', then rerun"
+            ) from error
 
 
 def _checkout_in(root: Path) -> Path:
@@ -225,23 +234,26 @@ def fetch_upstream(url: str = UPSTREAM_ARCHIVE_URL, timeout: float = UPSTREAM_TI
 
 
 def describe_installed() -> str:
-    """What a fresh interpreter imports as detectron2: version, place, compiled ops or not."""
-    probe = (
-        "import importlib.util, os, detectron2; "
-        "ops = importlib.util.find_spec('detectron2._C') is not None; "
-        "print(detectron2.__version__, os.path.dirname(detectron2.__file__), ops)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
+    """What ``import detectron2`` finds: version, kind, compiled ops or not, and place. Read from
+    its files, not imported, so it works before detectron2's own dependencies are installed."""
+    importlib.invalidate_caches()
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
         raise InstallError(
-            "detectron2 was installed but does not import:\n"
-            f"{result.stderr.strip()}\nrerun with --force, or report the error above"
+            "pip reported success but detectron2 is not importable from this Python "
+            f"({sys.executable}); check that pip and this Python are the same environment"
         )
-    version, location, ops = result.stdout.split()
-    compiled = "with its compiled ops" if ops == "True" else "pure Python, no compiled ops"
-    return f"detectron2 {version} ({compiled}) at {location}"
+    package = Path(next(iter(spec.submodule_search_locations)))
+    try:
+        version = importlib.metadata.version("detectron2")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(no version metadata)"
+    # Upstream main still says 0.6: tell it by a config key v0.6 lacks.
+    defaults = package / "config" / "defaults.py"
+    upstream = defaults.is_file() and "RESCALE_INTERVAL" in defaults.read_text(encoding="utf-8")
+    kind = "upstream main" if upstream else "v0.6"
+    ops = "with its compiled ops" if any(package.glob("_C.*")) else "pure Python, no compiled ops"
+    return f"detectron2 {version} ({kind}, {ops}) at {package}"
 
 
 def _install(args: argparse.Namespace) -> str:
