@@ -11,7 +11,8 @@ fix                       what it does, and when
 ========================  ===================================================================
 ``pil_linear``            Pillow 10 removed ``Image.LINEAR``; v0.6 uses it as a default argument
                           in ``detectron2/data/transforms/transform.py`` at import time. Adds
-                          ``PIL.Image.LINEAR = PIL.Image.BILINEAR`` (the same filter) when absent.
+                          ``PIL.Image.LINEAR = PIL.Image.BILINEAR`` (the same filter) when Pillow
+                          lacks it and that file uses it (upstream main does not).
 ``placeholder_c_ops``     v0.6 imports ``detectron2._C`` at module level in ``layers`` and
                           ``evaluation`` although Faster R-CNN never calls it. When no compiled
                           ``_C`` exists, registers a placeholder module whose functions raise
@@ -42,6 +43,7 @@ import builtins
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import types
@@ -130,10 +132,24 @@ def _pil_linear_needed(image_module: types.ModuleType) -> bool:
     return not hasattr(image_module, "LINEAR")
 
 
+def _detectron2_uses_pil_linear() -> bool:
+    """Whether detectron2's transforms use ``Image.LINEAR``; read from the file, since importing
+    it is what fails."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for location in spec.submodule_search_locations:
+        transform = os.path.join(location, "data", "transforms", "transform.py")
+        if os.path.isfile(transform):
+            with open(transform, encoding="utf-8") as f:
+                return "Image.LINEAR" in f.read()
+    return False
+
+
 def _fix_pil_linear() -> bool:
     from PIL import Image
 
-    if not _pil_linear_needed(Image):
+    if not (_pil_linear_needed(Image) and _detectron2_uses_pil_linear()):
         return False
     Image.LINEAR = Image.BILINEAR
     return True

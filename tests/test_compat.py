@@ -19,6 +19,16 @@ def test_pil_linear_fix_applies_only_when_pillow_lacks_it():
     assert not compat._pil_linear_needed(types.SimpleNamespace(LINEAR=2))
 
 
+def test_pil_linear_fix_applies_only_to_a_detectron2_that_uses_it():
+    # v0.6 uses Image.LINEAR; upstream main (told by a feature: it still says 0.6) does not.
+    from detectron2.config import get_cfg
+
+    upstream_main = "RESCALE_INTERVAL" in get_cfg().SOLVER
+    assert compat._detectron2_uses_pil_linear() == (not upstream_main)
+    if upstream_main:
+        assert "pil_linear" not in compat.applied_fixes()
+
+
 def test_extent_transform_default_interpolation_is_bilinear():
     from detectron2.data.transforms import ExtentTransform
 
