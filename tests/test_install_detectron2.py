@@ -25,6 +25,8 @@ def installer(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "CACHE_DIR", tmp_path / "cache")
+    # `make test-upstream` runs the suite with DETECTRON2_SOURCE set; here it would build that.
+    monkeypatch.delenv("DETECTRON2_SOURCE", raising=False)
     return module
 
 
@@ -91,6 +93,12 @@ def test_keeps_an_installed_detectron2(installer, capsys):
 def test_source_must_be_a_detectron2_checkout(installer, tmp_path, capsys):
     assert installer.main(["--force", "--source", str(tmp_path)]) == 1
     assert "no setup.py there" in capsys.readouterr().out
+
+
+def test_source_defaults_to_the_environment(installer, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DETECTRON2_SOURCE", str(tmp_path))
+    assert installer.main(["--force"]) == 1
+    assert f"{tmp_path}: no setup.py there" in capsys.readouterr().out
 
 
 def test_a_source_archive_must_hold_a_checkout(installer, tmp_path, capsys):
