@@ -93,10 +93,10 @@ def _log(msg: str) -> None:
     print(f"[install_detectron2] {msg}", flush=True)
 
 
-def _pip(*args: str) -> None:
+def _pip(*args: str, env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "pip", *args]
     _log(" ".join(cmd))
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=env)
 
 
 def _sha256(path: Path) -> str:
@@ -207,8 +207,11 @@ def build_from_source(source: Path, origin: str) -> str:
 
 def _build(checkout: Path, origin: str) -> None:
     _log(f"building detectron2 from {origin} (compiles its C++ ops: minutes)")
+    # Without debug information, unless CFLAGS asks otherwise: the same ops in about 40% less
+    # time (vision.cpp on these 2 cores: 373 s with Python's default -g, 221 s with -g0).
+    env = {**os.environ, "CFLAGS": os.environ.get("CFLAGS", "-g0")}
     try:
-        _pip("install", "--quiet", "--no-build-isolation", str(checkout))
+        _pip("install", "--quiet", "--no-build-isolation", str(checkout), env=env)
     except subprocess.CalledProcessError as error:
         raise InstallError(
             f"building detectron2 from {origin} failed (pip exit {error.returncode}; its output "
