@@ -8,6 +8,13 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.det-scaling-setup
+# Passed to tools/install_detectron2.py, which also reads $$DETECTRON2_SOURCE (a detectron2
+# checkout or source .tar.gz to build instead of the default order; see README "Installing").
+INSTALL_FLAGS ?=
+DETECTRON2_SOURCE ?=
+# make test-upstream: the suite against upstream detectron2 main built from DETECTRON2_SOURCE,
+# in its own environment (same torch pins), beside the v0.6 one in $(VENV).
+UPSTREAM_VENV ?= .venv-upstream
 
 # The embedded default: no download. Faster R-CNN trained from scratch on a generated VOC-layout
 # data set (datasets/synthetic_voc), on 2 processes (gloo on the CPU, NCCL on GPUs).
@@ -15,16 +22,19 @@ DEMO_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.yaml
 DEMO_GPUS ?= 2
 CLS_CONFIG ?= configs/ImageNet-Classification/resnet50_digits.yaml
 
-.PHONY: setup demo demo-cls test lint clean-venv
+.PHONY: setup demo demo-cls test test-upstream lint clean-venv
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/install_detectron2.py Makefile
+# A new source snapshot (DETECTRON2_SOURCE) also redoes the set-up.
+$(STAMP): pyproject.toml tools/install_detectron2.py Makefile $(wildcard $(DETECTRON2_SOURCE))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install $(TORCH_SPEC))
 	$(PY) -m pip install -e '.[test]'
-	$(PY) tools/install_detectron2.py
-	$(PY) -c "import det_scaling, detectron2, torch; print('det_scaling ready: detectron2', detectron2.__version__, '/ torch', torch.__version__)"
+	$(PY) tools/install_detectron2.py $(INSTALL_FLAGS)
+	$(PY) -c "import det_scaling, detectron2, torch; from detectron2.config import get_cfg; \
+	  kind = 'upstream main' if 'RESCALE_INTERVAL' in get_cfg().SOLVER else 'v0.6'; \
+	  print('det_scaling ready: detectron2', detectron2.__version__, f'({kind})', '/ torch', torch.__version__)"
 	touch $@
 
 demo: setup
@@ -41,5 +51,11 @@ test: setup lint
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# The same set-up, lint and suite in $(UPSTREAM_VENV), with detectron2 built (--force: always
+# this source, never a detectron2 found there) from DETECTRON2_SOURCE.
+test-upstream:
+	@test -n "$(DETECTRON2_SOURCE)" || { echo "make test-upstream: set DETECTRON2_SOURCE to an upstream detectron2 checkout or source .tar.gz, e.g. make test-upstream DETECTRON2_SOURCE=../shared/vendor/detectron2-02b5c4e295e9.tar.gz" >&2; exit 2; }
+	$(MAKE) test VENV=$(UPSTREAM_VENV) INSTALL_FLAGS=--force DETECTRON2_SOURCE="$(abspath $(DETECTRON2_SOURCE))"
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(UPSTREAM_VENV)

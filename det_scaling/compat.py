@@ -11,7 +11,8 @@ fix                       what it does, and when
 ========================  ===================================================================
 ``pil_linear``            Pillow 10 removed ``Image.LINEAR``; v0.6 uses it as a default argument
                           in ``detectron2/data/transforms/transform.py`` at import time. Adds
-                          ``PIL.Image.LINEAR = PIL.Image.BILINEAR`` (the same filter) when absent.
+                          ``PIL.Image.LINEAR = PIL.Image.BILINEAR`` (the same filter) when Pillow
+                          lacks it and that file uses it (upstream main does not).
 ``placeholder_c_ops``     v0.6 imports ``detectron2._C`` at module level in ``layers`` and
                           ``evaluation`` although Faster R-CNN never calls it. When no compiled
                           ``_C`` exists, registers a placeholder module whose functions raise
@@ -25,8 +26,15 @@ fix                       what it does, and when
 ========================  ===================================================================
 
 Handled elsewhere rather than patched: ``pkg_resources`` (used by ``detectron2.model_zoo``) by
-requiring ``setuptools<81``; the CUDA-only ``detectron2.engine.launch`` and ``create_ddp_model``
-by :mod:`det_scaling.launch` and the trainer, which support the gloo backend on CPU.
+requiring ``setuptools<81``; v0.6's CUDA-only ``detectron2.engine.launch`` by
+:mod:`det_scaling.launch` (which lets upstream main's launch start CPU processes when it can);
+``create_ddp_model``, which passes ``device_ids`` that DDP rejects for CPU models in every
+version, by :mod:`det_scaling.launch` and the trainer.
+
+Pieces upstream main has and v0.6 lacks, used from detectron2 when it has them (told by feature:
+upstream still reports version 0.6), composed here for v0.6:
+
+* :func:`build_test_loader`: ``build_detection_test_loader``'s ``batch_size``.
 """
 
 from __future__ import annotations
@@ -34,15 +42,21 @@ from __future__ import annotations
 import builtins
 import importlib
 import importlib.util
+import inspect
+import os
 import re
 import sys
 import types
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
-__all__ = ["MissingCompiledOpsError", "applied_fixes", "apply"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["MissingCompiledOpsError", "applied_fixes", "apply", "build_test_loader"]
 
 # Aliases numpy removed in 1.24 (``np.bool`` came back in 2.0 as ``np.bool_``).
 _NUMPY_REMOVED_ALIASES = {
@@ -118,10 +132,24 @@ def _pil_linear_needed(image_module: types.ModuleType) -> bool:
     return not hasattr(image_module, "LINEAR")
 
 
+def _detectron2_uses_pil_linear() -> bool:
+    """Whether detectron2's transforms use ``Image.LINEAR``; read from the file, since importing
+    it is what fails."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for location in spec.submodule_search_locations:
+        transform = os.path.join(location, "data", "transforms", "transform.py")
+        if os.path.isfile(transform):
+            with open(transform, encoding="utf-8") as f:
+                return "Image.LINEAR" in f.read()
+    return False
+
+
 def _fix_pil_linear() -> bool:
     from PIL import Image
 
-    if not _pil_linear_needed(Image):
+    if not (_pil_linear_needed(Image) and _detectron2_uses_pil_linear()):
         return False
     Image.LINEAR = Image.BILINEAR
     return True
@@ -195,3 +223,35 @@ def apply() -> list[str]:
 def applied_fixes() -> list[str]:
     """Names of the fixes :func:`apply` has applied in this process."""
     return list(_applied)
+
+
+def build_test_loader(
+    dataset: Sequence[dict[str, Any]],
+    mapper: Callable[[dict[str, Any]], Any],
+    batch_size: int,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """detectron2's test loader: every item of ``dataset`` once, mapped by ``mapper``, split
+    among the processes by its ``InferenceSampler``, in lists of ``batch_size`` items.
+
+    Upstream main's ``build_detection_test_loader`` takes ``batch_size`` and is used."""
+    from detectron2.data import build_detection_test_loader
+
+    if "batch_size" in inspect.signature(build_detection_test_loader).parameters:
+        return build_detection_test_loader(
+            list(dataset), mapper=mapper, batch_size=batch_size, num_workers=num_workers
+        )
+    # v0.6 gap: its build_detection_test_loader has 1 item a batch; the same loader otherwise.
+    import torch
+    from detectron2.data import DatasetFromList, MapDataset
+    from detectron2.data.build import trivial_batch_collator
+    from detectron2.data.samplers import InferenceSampler
+
+    mapped = MapDataset(DatasetFromList(list(dataset), copy=False), mapper)
+    return torch.utils.data.DataLoader(
+        mapped,
+        batch_size=batch_size,
+        sampler=InferenceSampler(len(mapped)),
+        num_workers=num_workers,
+        collate_fn=trivial_batch_collator,
+    )

@@ -93,10 +93,21 @@ def add_scaling_config(cfg: CfgNode) -> None:
     cfg.DATASETS.SYNTHETIC_VOC.OBJECT_SIZE = (0.15, 0.4)
 
     # ---- solver: optimizers and schedules, chosen by name from the registries ----
-    # The LR that cosine and poly decay towards. Upstream detectron2 added this key after v0.6;
-    # it is added here, with upstream's default, when the installed detectron2 lacks it.
+    # Upstream detectron2 added the next three keys after v0.6; each is added here, with
+    # upstream's default and meaning, only when the installed detectron2 lacks it, so configs
+    # written for upstream load and train the same under v0.6.
+    # The LR that cosine and poly decay towards.
     if "BASE_LR_END" not in cfg.SOLVER:
         cfg.SOLVER.BASE_LR_END = 0.0
+    # WarmupStepWithFixedGammaLR: the LR is multiplied by GAMMA NUM_DECAYS times, at equal
+    # intervals of the run.
+    if "NUM_DECAYS" not in cfg.SOLVER:
+        cfg.SOLVER.NUM_DECAYS = 3
+    # False: after warmup the schedule continues where it is at WARMUP_ITERS (warmup joins it
+    # there). True: the whole schedule runs after warmup, over MAX_ITER - WARMUP_ITERS
+    # iterations (warmup joins its start). For every schedule and WARMUP_METHOD.
+    if "RESCALE_INTERVAL" not in cfg.SOLVER:
+        cfg.SOLVER.RESCALE_INTERVAL = False
     # OPTIMIZER_REGISTRY name: "SGD" (detectron2's), "LARS", "LARC" (LARS with apex's clipping),
     # "AdamW".
     cfg.SOLVER.OPTIMIZER = "SGD"

@@ -4,7 +4,8 @@
 detectron2 v0.6 lacks (upstream main has some of it; see the notes on each function):
 
 * a CPU path: without enough GPUs the ``num_gpus_per_machine`` processes run on the CPU with the
-  gloo backend (v0.6 asserts CUDA; upstream main falls back to gloo too);
+  gloo backend (v0.6 asserts CUDA; upstream main falls back to gloo when there is no GPU at all,
+  but it is not used even there: its workers cannot leave the failure records below);
 * ``torchrun``: when its environment variables are set, the process group is initialised from
   them and ``main_func`` runs in this process instead of spawning;
 * :func:`create_ddp_model`, which passes ``device_ids`` only for CUDA models (detectron2's, in
@@ -343,11 +344,12 @@ def _run_in_process_group(
 
 def _create_local_process_group(processes_per_machine: int) -> None:
     """Sets detectron2's group of the processes on this machine (``comm.get_local_rank`` needs
-    it). Version-dependent: upstream main has ``comm.create_local_process_group``; v0.6's launch
-    builds the groups inline and stores this machine's in ``comm._LOCAL_PROCESS_GROUP``."""
+    it): upstream main's ``comm.create_local_process_group`` where it exists."""
     if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
         comm.create_local_process_group(processes_per_machine)
         return
+    # v0.6 gap: no such function; its launch builds the groups inline and stores this machine's
+    # in comm._LOCAL_PROCESS_GROUP, as done here.
     world_size, rank = dist.get_world_size(), dist.get_rank()
     if world_size % processes_per_machine:
         raise ValueError(

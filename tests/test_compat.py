@@ -19,6 +19,16 @@ def test_pil_linear_fix_applies_only_when_pillow_lacks_it():
     assert not compat._pil_linear_needed(types.SimpleNamespace(LINEAR=2))
 
 
+def test_pil_linear_fix_applies_only_to_a_detectron2_that_uses_it():
+    # v0.6 uses Image.LINEAR; upstream main (told by a feature: it still says 0.6) does not.
+    from detectron2.config import get_cfg
+
+    upstream_main = "RESCALE_INTERVAL" in get_cfg().SOLVER
+    assert compat._detectron2_uses_pil_linear() == (not upstream_main)
+    if upstream_main:
+        assert "pil_linear" not in compat.applied_fixes()
+
+
 def test_extent_transform_default_interpolation_is_bilinear():
     from detectron2.data.transforms import ExtentTransform
 
@@ -59,7 +69,10 @@ def test_detectron2_layers_and_evaluation_import():
 
 def test_missing_compiled_op_raises_a_clear_error():
     if "placeholder_c_ops" not in compat.applied_fixes():
-        pytest.skip("detectron2 here has its compiled ops")
+        pytest.skip(
+            "needs a detectron2 without compiled ops (the registry's v0.6, pure Python); this "
+            "one has detectron2._C (a source build such as upstream main)"
+        )
     import torch
     from detectron2.layers.rotated_boxes import pairwise_iou_rotated
 
@@ -95,3 +108,9 @@ def test_missing_detectron2_gives_install_instructions():
     result = _python("import sys; sys.modules['detectron2'] = None; import det_scaling")
     assert result.returncode != 0
     assert "tools/install_detectron2.py" in result.stderr
+
+
+def test_test_loader_gives_every_item_once_in_batches_of_the_size_asked():
+    items = [{"value": v} for v in range(7)]
+    loader = compat.build_test_loader(items, lambda item: item["value"] * 10, batch_size=3)
+    assert list(loader) == [[0, 10, 20], [30, 40, 50], [60]]

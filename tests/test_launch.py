@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _report_worker(out_dir: str) -> None:
     """Runs in each launched process: all-reduces, trains one DDP step, reports what it saw."""
-    torch.set_num_threads(1)
     rank = comm.get_rank()
     total = torch.tensor([rank + 1.0])
     dist.all_reduce(total)
@@ -46,6 +45,7 @@ def _report_worker(out_dir: str) -> None:
         "sum": total.item(),
         "ddp": isinstance(model, DistributedDataParallel),
         "grad": model.module.weight.grad.tolist(),
+        "threads": torch.get_num_threads(),
     }
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(report))
 
@@ -56,10 +56,13 @@ def read_reports(out_dir: Path, world_size: int) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
-def test_two_cpu_processes_all_reduce_and_know_their_ranks(tmp_path):
+def test_two_cpu_processes_all_reduce_and_know_their_ranks(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     launch(_report_worker, 2, dist_url="auto", args=(str(tmp_path),))
     reports = read_reports(tmp_path, 2)
     for rank, report in enumerate(reports):
+        # Each process takes its share of the cores, not all of them.
+        assert report["threads"] == max(1, (os.cpu_count() or 1) // 2)
         assert report["world_size"] == 2
         assert report["local_rank"] == rank
         assert report["local_size"] == 2

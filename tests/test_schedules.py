@@ -113,11 +113,24 @@ def test_exponential_warmup_grows_geometrically_into_the_schedule() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["WarmupMultiStepLR", "WarmupCosineLR", "WarmupPolyLR", "WarmupInverseTimeLR"]
+    "name",
+    [
+        "WarmupMultiStepLR",
+        "WarmupCosineLR",
+        "WarmupStepWithFixedGammaLR",
+        "WarmupPolyLR",
+        "WarmupInverseTimeLR",
+    ],
 )
+@pytest.mark.parametrize("rescale_interval", [False, True], ids=["fixed", "rescaled"])
 @pytest.mark.parametrize("num_gpus", [2, 8])
-def test_scaled_schedules_are_the_same_curve_in_epoch_space(name: str, num_gpus: int) -> None:
-    cfg = det_scaling.load_cfg(str(VOC_CONFIG), ["SOLVER.LR_SCHEDULER_NAME", name])
+def test_scaled_schedules_are_the_same_curve_in_epoch_space(
+    name: str, rescale_interval: bool, num_gpus: int
+) -> None:
+    cfg = det_scaling.load_cfg(
+        str(VOC_CONFIG),
+        ["SOLVER.LR_SCHEDULER_NAME", name, "SOLVER.RESCALE_INTERVAL", str(rescale_interval)],
+    )
     one = det_scaling.plan_scaling(cfg, 1)
     many = det_scaling.plan_scaling(cfg, num_gpus)
     assert many.cfg.SOLVER.MAX_ITER * num_gpus == one.cfg.SOLVER.MAX_ITER

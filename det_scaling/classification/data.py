@@ -9,9 +9,9 @@ layout of ImageNet once unpacked, and of the embedded digits (:mod:`.digits`).
 The loaders are detectron2's: :func:`build_classification_train_loader` is
 ``build_detection_train_loader`` with :class:`ClassificationDatasetMapper` (detectron2's
 sampler, ``SOLVER.IMS_PER_BATCH / world size`` images per process and batch, workers), and
-:func:`build_classification_test_loader` composes detectron2's ``InferenceSampler`` and dataset
-wrappers as ``build_detection_test_loader`` does, with ``TEST.CLS_IMS_PER_PROCESS`` images a batch
-instead of v0.6's fixed 1.
+:func:`build_classification_test_loader` is ``build_detection_test_loader`` with
+``TEST.CLS_IMS_PER_PROCESS`` images a batch (:func:`det_scaling.compat.build_test_loader`: v0.6's
+has 1 image a batch).
 
 Nothing is registered at import. The standard names the configs use (``digits_train``,
 ``digits_val``, ``imagenet_train``, ``imagenet_val``) are registered by
@@ -30,18 +30,15 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import (
     DatasetCatalog,
-    DatasetFromList,
-    MapDataset,
     MetadataCatalog,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.data.build import trivial_batch_collator
 from detectron2.data.detection_utils import read_image
-from detectron2.data.samplers import InferenceSampler
 from torchvision.transforms import v2
 
 from det_scaling.classification.digits import export_digits
+from det_scaling.compat import build_test_loader
 from det_scaling.data import datasets_root
 from det_scaling.data.generated import generate_once
 
@@ -288,14 +285,9 @@ def build_classification_test_loader(
 ) -> torch.utils.data.DataLoader:
     """The images of ``dataset_name`` once each, split among the processes by detectron2's
     ``InferenceSampler``, in batches of ``TEST.CLS_IMS_PER_PROCESS`` (lists of mapped dicts)."""
-    dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
-    dataset = MapDataset(
-        DatasetFromList(dicts, copy=False), ClassificationDatasetMapper(cfg, False)
-    )
-    return torch.utils.data.DataLoader(
-        dataset,
+    return build_test_loader(
+        get_detection_dataset_dicts([dataset_name], filter_empty=False),
+        ClassificationDatasetMapper(cfg, False),
         batch_size=cfg.TEST.CLS_IMS_PER_PROCESS,
-        sampler=InferenceSampler(len(dataset)),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=trivial_batch_collator,
     )

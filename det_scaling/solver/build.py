@@ -6,8 +6,9 @@
 * ``SOLVER.LR_SCHEDULER_NAME`` names an :data:`LR_SCHEDULER_REGISTRY` entry, a function
   ``(cfg) -> ParamScheduler`` giving the multiplier of ``BASE_LR`` as a function of progress in
   [0, 1] *after* warmup; :func:`build_lr_multiplier` adds ``SOLVER.WARMUP_*`` to any entry.
-  Registered: detectron2's "WarmupMultiStepLR" and "WarmupCosineLR" (same meaning), and
-  "WarmupPolyLR", "WarmupExponentialLR", "WarmupInverseTimeLR", "WarmupConstantLR".
+  Registered: detectron2's "WarmupMultiStepLR", "WarmupCosineLR" and (upstream main's)
+  "WarmupStepWithFixedGammaLR", with the same meaning, and "WarmupPolyLR",
+  "WarmupExponentialLR", "WarmupInverseTimeLR", "WarmupConstantLR".
 
 Users add entries with a decorator::
 
@@ -47,6 +48,7 @@ from det_scaling.solver.lars import LARS
 from det_scaling.solver.lr_scheduler import ProgressLRScheduler
 from det_scaling.solver.plateau import Plateau
 from det_scaling.solver.schedules import (
+    FixedGammaStepParamScheduler,
     FlatParamScheduler,
     InverseTimeParamScheduler,
     PolynomialParamScheduler,
@@ -120,7 +122,8 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
 def build_lr_multiplier(cfg: CfgNode) -> ParamScheduler:
     """The LR multiplier as a function of progress (``iteration / MAX_ITER``): the schedule named
     by ``cfg.SOLVER.LR_SCHEDULER_NAME`` after ``SOLVER.WARMUP_ITERS`` of ``SOLVER.WARMUP_METHOD``
-    warmup, as detectron2 composes them. It excludes the plateau reduction."""
+    warmup, as detectron2 composes them (with upstream's ``SOLVER.RESCALE_INTERVAL``). It
+    excludes the plateau reduction."""
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     schedule = _lookup(LR_SCHEDULER_REGISTRY, name, "SOLVER.LR_SCHEDULER_NAME")(cfg)
     if not isinstance(schedule, ParamScheduler):
@@ -129,7 +132,13 @@ def build_lr_multiplier(cfg: CfgNode) -> ParamScheduler:
             f"got {type(schedule).__name__}"
         )
     warmup_length = min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0)
-    return with_warmup(schedule, cfg.SOLVER.WARMUP_FACTOR, warmup_length, cfg.SOLVER.WARMUP_METHOD)
+    return with_warmup(
+        schedule,
+        cfg.SOLVER.WARMUP_FACTOR,
+        warmup_length,
+        cfg.SOLVER.WARMUP_METHOD,
+        rescale_interval=cfg.SOLVER.RESCALE_INTERVAL,
+    )
 
 
 def build_lr_scheduler(
@@ -300,6 +309,21 @@ def _multistep(cfg: CfgNode) -> ParamScheduler:
 def _cosine(cfg: CfgNode) -> ParamScheduler:
     """detectron2's half cosine from 1 to BASE_LR_END / BASE_LR (0 by default, as in v0.6)."""
     return CosineParamScheduler(1.0, _end_ratio(cfg))
+
+
+@LR_SCHEDULER_REGISTRY.register(name="WarmupStepWithFixedGammaLR")
+def _step_with_fixed_gamma(cfg: CfgNode) -> ParamScheduler:
+    """upstream detectron2's: GAMMA ** k on the k-th of NUM_DECAYS + 1 equal parts of the run."""
+    num_decays, gamma = cfg.SOLVER.NUM_DECAYS, cfg.SOLVER.GAMMA
+    if isinstance(num_decays, bool) or not isinstance(num_decays, int) or num_decays < 1:
+        raise ValueError(f"SOLVER.NUM_DECAYS must be a positive integer, got {num_decays!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
+        raise ValueError(
+            f"SOLVER.GAMMA must be a positive number for WarmupStepWithFixedGammaLR, got {gamma!r}"
+        )
+    return FixedGammaStepParamScheduler(
+        base_value=1.0, num_decays=num_decays, gamma=gamma, num_updates=cfg.SOLVER.MAX_ITER
+    )
 
 
 @LR_SCHEDULER_REGISTRY.register(name="WarmupPolyLR")
