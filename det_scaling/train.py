@@ -16,13 +16,13 @@ import os
 from typing import Any
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from det_scaling.config import load_cfg
+from det_scaling.formats import config_format
 from det_scaling.launch import launch, planned_world_size
 from det_scaling.prepare import plan_run, prepare_run
 from det_scaling.scaling import ScalingPlan
@@ -51,19 +51,21 @@ def launch_training(args: argparse.Namespace) -> None:
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args, cfg),
+        args=(args,),
     )
 
 
-def train_process(args: argparse.Namespace, cfg: CfgNode) -> dict[str, Any]:
-    """Runs in every process: the evaluation results with ``--eval-only``, else the training
-    summary."""
-    cfg = setup_process(args, cfg)
+def train_process(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs in every process: loads the config (as detectron2's tools do in each process; a
+    LazyConfig may hold what cannot be sent to a spawned process), then returns the evaluation
+    results with ``--eval-only``, else the training summary."""
+    cfg = setup_process(args, load_cfg(args.config_file, args.opts))
     trainer_cls = trainer_class(cfg)
     if args.eval_only:
+        settings = config_format(cfg).run_settings()
         model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
+        DetectionCheckpointer(model, save_dir=settings.output_dir).resume_or_load(
+            settings.weights, resume=args.resume
         )
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)
@@ -71,13 +73,15 @@ def train_process(args: argparse.Namespace, cfg: CfgNode) -> dict[str, Any]:
     return trainer.train()
 
 
-def setup_process(args: argparse.Namespace, cfg: CfgNode) -> CfgNode:
+def setup_process(args: argparse.Namespace, cfg: Any) -> Any:
     """This process's scaled config (:func:`~det_scaling.prepare.prepare_run`), with detectron2's
-    ``default_setup`` (loggers, OUTPUT_DIR/config.yaml, seeds) and the plan logged and saved."""
+    ``default_setup`` (loggers, config.yaml in the output directory, seeds) and the plan logged
+    and saved."""
     world_size = comm.get_world_size()
     plan = prepare_run(cfg, world_size, no_scale=args.no_scale)
     default_setup(plan.cfg, args)
-    setup_logger(plan.cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="det_scaling")
+    output_dir = config_format(plan.cfg).run_settings().output_dir
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="det_scaling")
     if comm.is_main_process():
         logger.info(
             "Scaling plan for %d process(es)%s:\n%s",
@@ -90,7 +94,8 @@ def setup_process(args: argparse.Namespace, cfg: CfgNode) -> CfgNode:
 
 
 def save_plan(args: argparse.Namespace, plan: ScalingPlan) -> None:
-    """Writes the provenance of OUTPUT_DIR/config.yaml: source config, overrides, the plan."""
+    """Writes the provenance of the output directory's config.yaml: source config, overrides,
+    the plan."""
     record = {
         "config_file": os.path.abspath(args.config_file),
         "overrides": list(args.opts),
@@ -98,7 +103,7 @@ def save_plan(args: argparse.Namespace, plan: ScalingPlan) -> None:
         "no_scale": args.no_scale,
         **plan.to_dict(),
     }
-    path = os.path.join(plan.cfg.OUTPUT_DIR, PLAN_FILE)
+    path = os.path.join(config_format(plan.cfg).run_settings().output_dir, PLAN_FILE)
     with PathManager.open(path, "w") as f:
         json.dump(record, f, indent=2)
     logger.info("Scaling plan saved to %s", path)

@@ -24,6 +24,7 @@ from det_scaling import lr_find
 from det_scaling.cli._common import _positive_int, add_config_argument, add_overrides_argument
 from det_scaling.cli.plan import format_plan_table
 from det_scaling.config import load_cfg
+from det_scaling.lazy_config import is_lazy_config_file
 
 # The GPU counts of the table printed with the suggestion.
 TABLE_GPU_COUNTS = [1, 2, 4, 8]
@@ -94,6 +95,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_lazy_config_file(args.config):
+        raise ValueError(f"{args.config}: lr-find takes YAML configs; LazyConfig files are not yet")
     cfg = load_cfg(args.config, args.opts)
     print(
         f"lr-find: {args.config}: LR {args.start_lr:g} -> {args.end_lr:g} over "
