@@ -321,10 +321,10 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
 
     def train(self) -> dict[str, Any]:
         """Trains from ``start_iter`` to the end of the batch schedule (evaluating as configured),
-        then logs the summary and writes it to ``OUTPUT_DIR/summary.json`` (main process);
-        returns it (see :meth:`build_summary`)."""
+        then logs the summary and writes it to ``summary.json`` in the output directory (main
+        process); returns it (see :meth:`build_summary`)."""
         start = time.perf_counter()
-        super().train()
+        self.run_loop()
         self.summary = self.build_summary(time.perf_counter() - start)
         if comm.is_main_process():
             logger.info("Training summary:\n%s", format_summary(self.summary))
@@ -334,6 +334,11 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
                 json.dump(self.summary, f, indent=2)
             logger.info("Summary saved to %s", path)
         return self.summary
+
+    def run_loop(self) -> None:
+        """detectron2's ``DefaultTrainer.train``: the steps from ``start_iter`` to ``max_iter``,
+        then the results checked against ``TEST.EXPECTED_RESULTS``."""
+        DefaultTrainer.train(self)
 
     def build_summary(self, wall_time: float) -> dict[str, Any]:
         """The run in one dict: scaled settings, progress, wall time (the whole ``train()``),

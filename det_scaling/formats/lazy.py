@@ -125,7 +125,8 @@ class LazyFormat(ConfigFormat):
         return bool(OmegaConf.is_readonly(self.cfg))
 
     def freeze(self) -> None:
-        OmegaConf.set_readonly(self.cfg, True)
+        """Nothing: detectron2's ``LazyConfig.save`` (``default_setup`` calls it) changes a deep
+        copy, which a read-only config passes on; detectron2's tools keep LazyConfigs writable."""
 
     def recipe(self) -> Recipe:
         get = self.get
