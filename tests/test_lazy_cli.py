@@ -73,3 +73,9 @@ def test_a_misspelt_key_or_a_missing_file_exits_2_in_one_line(capsys):
     )
     code, _, err = run_cli(capsys, "diff", "configs/nothere.py")
     assert (code, err) == (2, "det-scaling diff: error: configs/nothere.py: no such config file\n")
+
+
+def test_diff_refuses_configs_of_two_formats(capsys):
+    yaml = str(REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml")
+    code, _, err = run_cli(capsys, "diff", yaml, TINY)
+    assert code == 2 and "one is YAML, the other a LazyConfig (.py)" in err

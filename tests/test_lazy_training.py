@@ -46,7 +46,7 @@ from test_engine import (
 )
 
 from det_scaling import plan_scaling
-from det_scaling.engine import LazyScalingTrainer
+from det_scaling.engine import LazyScalingTrainer, nan_advice
 from det_scaling.launch import launch
 from det_scaling.lazy_config import add_lazy_scaling_keys
 
@@ -223,3 +223,17 @@ def test_train_tool_trains_a_lazyconfig_on_two_processes(tmp_path):
     assert summary["epochs_seen"] == 2.0  # 16 images of the 8 generated
     assert 0.0 <= summary["metrics"]["bbox/AP50"] <= 100.0  # the final evaluation
     assert (out / "config.yaml").exists() and (out / "model_final.pth").exists()
+
+
+def test_trainer_refuses_a_lazyconfig_written_for_another_world_size(tmp_path):
+    cfg = lazy_resume_cfg(tmp_path, 2)  # written for 2 processes; this one is alone
+    with pytest.raises(ValueError, match=r"train\.reference_world_size is 2 but .*plan_scaling"):
+        LazyScalingTrainer(cfg)
+
+
+def test_nan_advice_names_the_lazyconfig_keys(tmp_path):
+    advice = nan_advice(lazy_resume_cfg(tmp_path, 2), 2)
+    assert "this run uses optimizer.lr 0.02 on 2 process(es) with a total batch of 4" in advice
+    assert "(dataloader.train.total_batch_size, 1 micro-batch(es) per step)" in advice
+    assert "set train.reference_world_size to the GPU count it was written for" in advice
+    assert "train.scaling.rule sqrt or a longer lr_multiplier's warmup_length" in advice
