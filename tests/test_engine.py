@@ -424,6 +424,23 @@ SOLVER:
 """
 
 
+def run_train_tool(tmp_path: Path, config: Path, *overrides: str) -> str:
+    """Runs tools/train.py on 2 gloo processes, with data sets generated under ``tmp_path``;
+    returns its log (stdout and stderr), after checking that it succeeded."""
+    env = {
+        **os.environ,
+        "DETECTRON2_DATASETS": str(tmp_path / "datasets"),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, str(REPO / "tools" / "train.py"), "--config-file", str(config)]
+    command += ["--num-gpus", "2", "--dist-url", "auto", *overrides]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    return log
+
+
 @pytest.mark.slow
 def test_train_tool_scales_trains_evaluates_and_reports_on_two_cpu_processes(tmp_path):
     """tools/train.py end to end: Faster R-CNN (ResNet-18, GroupNorm, 64-pixel images) written
@@ -431,29 +448,7 @@ def test_train_tool_scales_trains_evaluates_and_reports_on_two_cpu_processes(tmp
     config = tmp_path / "tiny_rcnn.yaml"
     config.write_text(TINY_RCNN.format(base=REPO / "configs" / "Base-RCNN-FPN.yaml"))
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "DETECTRON2_DATASETS": str(tmp_path / "datasets"),
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [
-        sys.executable,
-        str(REPO / "tools" / "train.py"),
-        "--config-file",
-        str(config),
-        "--num-gpus",
-        "2",
-        "--dist-url",
-        "auto",
-        "OUTPUT_DIR",
-        str(out),
-        "SEED",
-        "3",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
+    log = run_train_tool(tmp_path, config, "OUTPUT_DIR", str(out), "SEED", "3")
 
     # The plan, before training: written for 1 GPU x 2 images, run on 2.
     assert "SOLVER.BASE_LR: 0.001 -> 0.002" in log

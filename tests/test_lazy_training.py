@@ -8,9 +8,6 @@ built from a LazyConfig as detectron2's lazyconfig_train_net builds models and l
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,6 +39,7 @@ from test_engine import (
     parameters,
     register_images,
     resume_cfg,
+    run_train_tool,
     write_images,
 )
 
@@ -187,12 +185,6 @@ def test_train_tool_trains_a_lazyconfig_on_two_processes(tmp_path):
     """tools/train.py with the `make demo-lazy` config, made small by key=value overrides:
     written for 2 processes x 1 image, run on 2, on the synthetic VOC set it generates."""
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "DETECTRON2_DATASETS": str(tmp_path / "datasets"),
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
     overrides = [
         f"train.output_dir={out}",
         "train.max_iter=8",
@@ -205,11 +197,7 @@ def test_train_tool_trains_a_lazyconfig_on_two_processes(tmp_path):
         "train.scaling.dataset_size=0",  # filled in from the generated set
     ]
     config = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.py"
-    command = [sys.executable, str(REPO / "tools" / "train.py"), "--config-file", str(config)]
-    command += ["--num-gpus", "2", "--dist-url", "auto", *overrides]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
+    log = run_train_tool(tmp_path, config, *overrides)
 
     assert "optimizer.lr: 0.01 -> 0.02" in log
     assert log.index("Scaling plan for 2 process(es)") < log.index("Starting training")
