@@ -163,11 +163,15 @@ def plan_scaling(
         plan.notes.append(f"the config is already written for {_gpus(num_gpus)}")
     else:
         _rescale_batch_and_lr(plan, out, recipe)
+    schedule_changed = True
     if recipe.epochs.max > 0:
         _schedule_from_epochs(plan, out, recipe)
     elif out.get(keys.ims_per_batch) != recipe.ims_per_batch:
         _rescale_schedule(plan, out, recipe.ims_per_batch)
-    plan.warnings += out.unclassified()
+    else:
+        schedule_changed = False
+    if schedule_changed:  # fields scaling cannot classify kept their written values
+        plan.warnings += out.unclassified()
     if written.is_frozen():
         out.freeze()
     return plan

@@ -139,11 +139,12 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             setup_logger()
         fmt = config_format(cfg)
         if not fmt.has_toolkit_keys():
-            cfg = fmt.writable_copy().cfg
+            fmt = fmt.writable_copy()
+            cfg = fmt.cfg
         self.world_size = comm.get_world_size()
         check_scaled(cfg, self.world_size)
-        self.recipe = read_recipe(cfg)
-        self.settings = config_format(cfg).run_settings()
+        self.recipe = fmt.recipe()
+        self.settings = fmt.run_settings()
         self.batch_schedule = BatchSchedule.from_cfg(cfg, self.world_size)
 
         model = self.build_model(cfg)
