@@ -118,6 +118,11 @@ def apply_lazy_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
             raise ValueError(
                 f"{override}: a LazyConfig override is key=value (e.g. train.max_iter=1000)"
             )
+        if "[" in key:
+            raise ValueError(
+                f"{override}: detectron2's key=value overrides cannot name a list item; change "
+                "it in the config file"
+            )
         if not key.startswith("+"):
             _check_override_key(cfg, key)
         plain.append(f"{key.lstrip('+')}={value}")

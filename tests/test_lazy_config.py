@@ -70,6 +70,7 @@ def test_overrides_are_detectron2s_key_value_form(config):
         (["train.max_iter"], "a LazyConfig takes key=value overrides"),
         (["SOLVER.BASE_LR", "0.1"], "a LazyConfig takes key=value overrides"),
         (["=5"], "=5: a LazyConfig override is key=value"),
+        (["a.b[0].c=1"], "a.b[0].c=1: detectron2's key=value overrides cannot name a list item"),
     ],
 )
 def test_a_bad_override_is_one_line_naming_the_key(config, overrides, message):
