@@ -43,7 +43,9 @@ from det_scaling.engine import (
     resume_point,
 )
 from det_scaling.launch import launch
+from det_scaling.lazy_config import is_lazy_config
 from det_scaling.lr_plot import scheduled_lrs
+from det_scaling.tasks import trainer_class
 from det_scaling.train import setup_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,14 +108,6 @@ def register_images(root: Path) -> None:
     MetadataCatalog.get(DATASET).set(thing_classes=["box"])
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    write_images(root)
-    return root
-
-
 def tiny_cfg(output_dir: Path, *, ims_per_batch: int, accum: int = 1, max_iter: int = 3):
     cfg = get_cfg()
     cfg.MODEL.META_ARCHITECTURE = "TinyBoxRegressor"
@@ -140,13 +134,15 @@ def tiny_cfg(output_dir: Path, *, ims_per_batch: int, accum: int = 1, max_iter: 
 
 
 def build_trainer(cfg, data_root: Path, resume: bool = False) -> ScalingTrainer:
-    """What a tool's main does in each process: data, seeds (as default_setup), the trainer."""
+    """What a tool's main does in each process: data, seeds (as default_setup), the trainer (a
+    LazyConfig's for a LazyConfig)."""
     torch.set_num_threads(1)
     register_images(data_root)
     # default_setup's seeding: rank 0's seed decides the initial weights (DDP broadcasts them)
     # and the data order (TrainingSampler's shared seed), so runs at any world size match.
-    seed_all_rng(cfg.SEED + comm.get_rank())
-    trainer = ScalingTrainer(cfg)
+    seed = cfg.train.seed if is_lazy_config(cfg) else cfg.SEED
+    seed_all_rng(seed + comm.get_rank())
+    trainer = trainer_class(cfg)(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer
 

@@ -25,8 +25,6 @@ from detectron2.data import transforms as T
 from detectron2.data.samplers import TrainingSampler
 from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
-from detectron2.utils import comm
-from detectron2.utils.env import seed_all_rng
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 from test_engine import (
@@ -35,15 +33,14 @@ from test_engine import (
     NUM_IMAGES,
     REPO,
     TinyBoxRegressor,
+    _resume_worker,
     assert_same_parameters,
     build_trainer,
     continue_from,
     lr_history,
     parameters,
-    register_images,
     resume_cfg,
     run_train_tool,
-    write_images,
 )
 
 from det_scaling import plan_scaling
@@ -113,31 +110,6 @@ def lazy_resume_cfg(output_dir: Path, world_size: int):
     return plan_scaling(cfg, world_size).cfg
 
 
-def build_lazy_trainer(cfg, data_root: Path, resume: bool = False) -> LazyScalingTrainer:
-    """What tools/train.py does in each process, as test_engine.build_trainer for yacs."""
-    torch.set_num_threads(1)
-    register_images(data_root)
-    seed_all_rng(cfg.train.seed + comm.get_rank())
-    trainer = LazyScalingTrainer(cfg)
-    trainer.resume_or_load(resume=resume)
-    return trainer
-
-
-def _lazy_worker(cfg, data_root: str, out: str, resume: bool) -> None:
-    trainer = build_lazy_trainer(cfg, Path(data_root), resume=resume)
-    summary = trainer.train()
-    if comm.is_main_process():
-        torch.save({"lr": lr_history(trainer), "summary": summary}, Path(out) / "result.pt")
-
-
-@pytest.fixture
-def data(tmp_path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    write_images(root)
-    return root
-
-
 def test_a_lazyconfig_and_its_yacs_twin_train_to_the_same_weights(tmp_path, data, monkeypatch):
     # detectron2 main seeds the YAML loader's sampler with SEED; its LazyConfig loader (and
     # v0.6's YAML one) take a shared random seed. The same data order for both: SEED (7).
@@ -146,7 +118,7 @@ def test_a_lazyconfig_and_its_yacs_twin_train_to_the_same_weights(tmp_path, data
     )
     yacs = build_trainer(resume_cfg(tmp_path / "yacs", 1), data)
     yacs_summary = yacs.train()
-    lazy = build_lazy_trainer(lazy_resume_cfg(tmp_path / "lazy", 1), data)
+    lazy = build_trainer(lazy_resume_cfg(tmp_path / "lazy", 1), data)
     lazy_summary = lazy.train()
     assert_same_parameters(parameters(yacs), parameters(lazy))
     assert lr_history(lazy) == pytest.approx(lr_history(yacs), rel=1e-12)
@@ -159,7 +131,7 @@ def test_a_lazyconfig_and_its_yacs_twin_train_to_the_same_weights(tmp_path, data
 def test_two_process_lazyconfig_run_resumed_on_one_process_continues_at_the_same_images(
     tmp_path, data
 ):
-    uninterrupted = build_lazy_trainer(lazy_resume_cfg(tmp_path / "one", 1), data)
+    uninterrupted = build_trainer(lazy_resume_cfg(tmp_path / "one", 1), data)
     reference = uninterrupted.train()
     reference_lr = lr_history(uninterrupted)
 
@@ -167,9 +139,8 @@ def test_two_process_lazyconfig_run_resumed_on_one_process_continues_at_the_same
     cfg_two = lazy_resume_cfg(tmp_path / "two", 2)
     assert (cfg_two.dataloader.train.total_batch_size, cfg_two.train.max_iter) == (4, 6)
     assert list(cfg_two.lr_multiplier.scheduler.milestones) == [3, 5]
-    launch(
-        _lazy_worker, 2, dist_url="auto", args=(cfg_two, str(data), str(tmp_path / "two"), False)
-    )
+    # (--resume in an empty output directory starts afresh.)
+    launch(_resume_worker, 2, dist_url="auto", args=(cfg_two, str(data), str(tmp_path / "two")))
     two = torch.load(tmp_path / "two" / "result.pt")
     for iteration, lr in two["lr"].items():  # the same schedule at the same images, LR x2
         assert lr == pytest.approx(2 * reference_lr[2 * iteration], rel=1e-9), iteration
@@ -179,7 +150,7 @@ def test_two_process_lazyconfig_run_resumed_on_one_process_continues_at_the_same
 
     # 1 process from the 2-process checkpoint after 4 steps = 16 images: step 8 of 12.
     continue_from(tmp_path / "two" / "model_0000003.pth", tmp_path / "again")
-    resumed = build_lazy_trainer(lazy_resume_cfg(tmp_path / "again", 1), data, resume=True)
+    resumed = build_trainer(lazy_resume_cfg(tmp_path / "again", 1), data, resume=True)
     final = resumed.train()
     assert final["start_iter"] == 8
     assert final["resumed_from"]["world_size"] == 2

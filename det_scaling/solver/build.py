@@ -166,14 +166,19 @@ def build_lr_scheduler(
     if schedule is None:
         # The LR does not depend on how the batch is split among processes.
         schedule = BatchSchedule.from_cfg(cfg, world_size=1)
-    if is_lazy_config(cfg):
-        return ProgressLRScheduler(
-            optimizer,
-            build_lr_multiplier(cfg),
-            schedule.total_iterations,
-            progress=schedule.progress_at,
-            lr_factor=schedule.lr_factor_at,
-        )
+    plateau = {} if is_lazy_config(cfg) else _plateau_options(cfg, schedule)
+    return ProgressLRScheduler(
+        optimizer,
+        build_lr_multiplier(cfg),
+        schedule.total_iterations,
+        progress=schedule.progress_at,
+        lr_factor=schedule.lr_factor_at,
+        **plateau,
+    )
+
+
+def _plateau_options(cfg: CfgNode, schedule: BatchSchedule) -> dict[str, Any]:
+    """``ProgressLRScheduler``'s reduce-on-plateau arguments from ``SOLVER.PLATEAU``."""
     plateau_cfg = cfg.SOLVER.PLATEAU
     plateau = (
         Plateau(
@@ -187,16 +192,11 @@ def build_lr_scheduler(
         if plateau_cfg.ENABLED
         else None
     )
-    return ProgressLRScheduler(
-        optimizer,
-        build_lr_multiplier(cfg),
-        schedule.total_iterations,
-        plateau=plateau,
-        warmup_iters=schedule.iteration_for_schedule_step(cfg.SOLVER.WARMUP_ITERS),
-        min_lr=plateau_cfg.MIN_LR,
-        progress=schedule.progress_at,
-        lr_factor=schedule.lr_factor_at,
-    )
+    return {
+        "plateau": plateau,
+        "warmup_iters": schedule.iteration_for_schedule_step(cfg.SOLVER.WARMUP_ITERS),
+        "min_lr": plateau_cfg.MIN_LR,
+    }
 
 
 def bias_and_norm_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Parameter]:
