@@ -178,10 +178,10 @@ def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> A
 
     A ``.py`` file is a LazyConfig: it is loaded by :func:`det_scaling.lazy_config.load_lazy_cfg`
     (``key=value`` overrides) and returned as detectron2's ``LazyConfig.load`` returns it."""
-    if config_file and config_file.endswith(".py"):
-        # Imported here: det_scaling.lazy_config takes its defaults from this module.
-        from det_scaling.lazy_config import load_lazy_cfg
+    # Imported here: det_scaling.lazy_config takes its defaults from this module.
+    from det_scaling.lazy_config import is_lazy_config_file, load_lazy_cfg
 
+    if config_file and is_lazy_config_file(config_file):
         _check_override_style(config_file, overrides, lazy=True)
         return load_lazy_cfg(config_file, overrides)
     _check_override_style(config_file or "the default config", overrides, lazy=False)
