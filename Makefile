@@ -21,8 +21,10 @@ UPSTREAM_VENV ?= .venv-upstream
 DEMO_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.yaml
 DEMO_GPUS ?= 2
 CLS_CONFIG ?= configs/ImageNet-Classification/resnet50_digits.yaml
+# The demo config's LazyConfig twin (the same network, data and schedule, as a .py config).
+LAZY_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.py
 
-.PHONY: setup demo demo-cls test test-upstream lint clean-venv
+.PHONY: setup demo demo-cls demo-lazy test test-upstream lint clean-venv
 
 setup: $(STAMP)
 
@@ -44,6 +46,11 @@ demo: setup
 # The classification baseline on the embedded data (scikit-learn's digits as image folders).
 demo-cls: setup
 	$(PY) tools/train.py --config-file $(CLS_CONFIG) --num-gpus $(DEMO_GPUS) OUTPUT_DIR output/demo-cls
+
+# The same job from the LazyConfig twin: plan, then training on 2 processes.
+demo-lazy: setup
+	$(PY) -m det_scaling plan $(LAZY_CONFIG) --num-gpus 1 2 4 8
+	$(PY) tools/train.py --config-file $(LAZY_CONFIG) --num-gpus $(DEMO_GPUS) train.output_dir=output/demo-lazy
 
 test: setup lint
 	$(PY) -m pytest

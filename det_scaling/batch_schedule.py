@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from detectron2.config import CfgNode
+from det_scaling.formats import YACS_KEYS, RecipeKeys, read_recipe
 
 __all__ = [
     "BatchSchedule",
@@ -28,15 +28,17 @@ __all__ = [
 ]
 
 
-def micro_batch(ims_per_batch: int, world_size: int, grad_accum_steps: int) -> int:
-    """Images each process loads per micro-batch; raises ``ValueError`` naming the keys when that
-    is not a whole number."""
+def micro_batch(
+    ims_per_batch: int, world_size: int, grad_accum_steps: int, keys: RecipeKeys = YACS_KEYS
+) -> int:
+    """Images each process loads per micro-batch; raises ``ValueError`` naming the keys (as
+    ``keys`` names them) when that is not a whole number."""
     if grad_accum_steps < 1:
-        raise ValueError(f"SCALING.GRAD_ACCUM_STEPS must be >= 1, got {grad_accum_steps}")
+        raise ValueError(f"{keys.grad_accum_steps} must be >= 1, got {grad_accum_steps}")
     if ims_per_batch < 1 or ims_per_batch % (world_size * grad_accum_steps):
         raise ValueError(
-            f"SOLVER.IMS_PER_BATCH ({ims_per_batch}) must be divisible by {world_size} "
-            f"process(es) x SCALING.GRAD_ACCUM_STEPS ({grad_accum_steps}): each process loads a "
+            f"{keys.ims_per_batch} ({ims_per_batch}) must be divisible by {world_size} "
+            f"process(es) x {keys.grad_accum_steps} ({grad_accum_steps}): each process loads a "
             "whole number of images per micro-batch"
         )
     return ims_per_batch // (world_size * grad_accum_steps)
@@ -87,14 +89,17 @@ class Growth:
     batch_factor: int
     lr_factor: float
     max_stages: int = 0
+    keys: RecipeKeys = YACS_KEYS  # how the config names the settings, for errors
 
     def __post_init__(self) -> None:
-        key = "SCALING.ADABATCH."
+        def key(name: str) -> str:
+            return self.keys.child(self.keys.adabatch, name)
+
         interval = self.interval_images
-        _check(key + "INTERVAL_EPOCHS", interval >= 1, interval, "(in images) must be positive")
-        _check(key + "BATCH_FACTOR", self.batch_factor >= 1, self.batch_factor, "must be >= 1")
-        _check(key + "LR_FACTOR", self.lr_factor > 0, self.lr_factor, "must be > 0")
-        _check(key + "MAX_STAGES", self.max_stages >= 0, self.max_stages, "must be >= 0")
+        _check(key("interval_epochs"), interval >= 1, interval, "(in images) must be positive")
+        _check(key("batch_factor"), self.batch_factor >= 1, self.batch_factor, "must be >= 1")
+        _check(key("lr_factor"), self.lr_factor > 0, self.lr_factor, "must be > 0")
+        _check(key("max_stages"), self.max_stages >= 0, self.max_stages, "must be >= 0")
 
 
 class BatchSchedule:
@@ -119,12 +124,14 @@ class BatchSchedule:
         world_size: int = 1,
         growth: Growth | None = None,
         dataset_size: int = 0,
+        keys: RecipeKeys = YACS_KEYS,
     ) -> None:
-        _check("SOLVER.MAX_ITER", total_images >= 1, total_images, "(in images) must be positive")
+        _check(keys.max_iter, total_images >= 1, total_images, "(in images) must be positive")
         if world_size < 1:
             raise ValueError(f"world size must be positive, got {world_size}")
+        self.keys = keys
         self.world_size = world_size
-        self.micro_batch = micro_batch(ims_per_batch, world_size, grad_accum_steps)
+        self.micro_batch = micro_batch(ims_per_batch, world_size, grad_accum_steps, keys)
         self.ims_per_batch = ims_per_batch
         self.grad_accum_steps = grad_accum_steps
         self.total_images = total_images
@@ -134,32 +141,35 @@ class BatchSchedule:
         self.stage_starts = tuple(stage.start_iter for stage in self.stages)
 
     @classmethod
-    def from_cfg(cls, cfg: CfgNode, world_size: int) -> BatchSchedule:
-        """The schedule of ``cfg``, scaled for ``world_size`` processes. Raises ``ValueError``
-        naming the key when the config does not describe a runnable schedule."""
-        adabatch = cfg.SCALING.ADABATCH
-        dataset_size = int(cfg.SCALING.DATASET_SIZE)
+    def from_cfg(cls, cfg: Any, world_size: int) -> BatchSchedule:
+        """The schedule of ``cfg`` (a CfgNode or a LazyConfig, as scaled for ``world_size``
+        processes). Raises ``ValueError`` naming the key when the config does not describe a
+        runnable schedule."""
+        recipe = read_recipe(cfg)
+        keys, adabatch, dataset_size = recipe.keys, recipe.adabatch, recipe.dataset_size
         growth = None
-        if adabatch.ENABLED:
+        if adabatch.enabled:
             if dataset_size <= 0:
                 raise ValueError(
-                    "SCALING.ADABATCH.INTERVAL_EPOCHS: growing the batch every so many epochs "
-                    "needs SCALING.DATASET_SIZE (images per epoch); set it, or let the trainer "
-                    "fill it in from the registered data set"
+                    f"{keys.child(keys.adabatch, 'interval_epochs')}: growing the batch every so "
+                    f"many epochs needs {keys.dataset_size} (images per epoch); set it, or let "
+                    "the trainer fill it in from the registered data set"
                 )
             growth = Growth(
-                interval_images=round(adabatch.INTERVAL_EPOCHS * dataset_size),
-                batch_factor=adabatch.BATCH_FACTOR,
-                lr_factor=adabatch.LR_FACTOR,
-                max_stages=adabatch.MAX_STAGES,
+                interval_images=round(adabatch.interval_epochs * dataset_size),
+                batch_factor=adabatch.batch_factor,
+                lr_factor=adabatch.lr_factor,
+                max_stages=adabatch.max_stages,
+                keys=keys,
             )
         return cls(
-            ims_per_batch=int(cfg.SOLVER.IMS_PER_BATCH),
-            grad_accum_steps=int(cfg.SCALING.GRAD_ACCUM_STEPS),
-            total_images=int(cfg.SOLVER.MAX_ITER) * int(cfg.SOLVER.IMS_PER_BATCH),
+            ims_per_batch=int(recipe.ims_per_batch),
+            grad_accum_steps=int(recipe.grad_accum_steps),
+            total_images=int(recipe.max_iter) * int(recipe.ims_per_batch),
             world_size=world_size,
             growth=growth,
             dataset_size=dataset_size,
+            keys=keys,
         )
 
     def _build_stages(self) -> tuple[Stage, ...]:
@@ -180,7 +190,7 @@ class BatchSchedule:
                     stages[-1] = _extended(stages[-1], self.total_images)
                     break
                 raise ValueError(
-                    f"SCALING.ADABATCH.INTERVAL_EPOCHS: stage {index} has "
+                    f"{self.keys.child(self.keys.adabatch, 'interval_epochs')}: stage {index} has "
                     f"{planned_end - start_images} images, less than half a step of its batch of "
                     f"{batch}; lengthen the interval or use a smaller BATCH_FACTOR or MAX_STAGES"
                 )

@@ -191,14 +191,24 @@ def get_cfg() -> CfgNode:
     return cfg
 
 
-def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> CfgNode:
+def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> Any:
     """Default config, merged with ``config_file`` (``_BASE_`` inheritance as in detectron2) and
     then with ``KEY VALUE`` ``overrides`` as detectron2's tools take them. Raises ``ValueError``
-    in one line naming the file or key (with the closest existing key for a misspelt one)."""
+    in one line naming the file or key (with the closest existing key for a misspelt one).
+
+    A ``.py`` file is a LazyConfig: it is loaded by :func:`det_scaling.lazy_config.load_lazy_cfg`
+    (``key=value`` overrides) and returned as detectron2's ``LazyConfig.load`` returns it."""
+    # Imported here: det_scaling.lazy_config takes its defaults from this module.
+    from det_scaling.lazy_config import is_lazy_config_file, load_lazy_cfg
+
+    if config_file and is_lazy_config_file(config_file):
+        _check_override_style(config_file, overrides, lazy=True)
+        return load_lazy_cfg(config_file, overrides)
+    _check_override_style(config_file or "the default config", overrides, lazy=False)
     cfg = get_cfg()
     if config_file:
         if os.path.isdir(config_file):
-            raise ValueError(f"{config_file}: is a directory; give a config file (.yaml)")
+            raise ValueError(f"{config_file}: is a directory; give a config file (.yaml or .py)")
         if not os.path.isfile(config_file):
             raise ValueError(f"{config_file}: no such config file")
         try:
@@ -249,6 +259,24 @@ def _type_mismatch(error: ValueError) -> str:
     return f"{key}: expected {expected} (like {default}), got {got} {value!r}"
 
 
+def _check_override_style(config: str, overrides: Sequence[str], *, lazy: bool) -> None:
+    """A LazyConfig takes ``key=value`` overrides, a YAML config ``KEY VALUE`` pairs."""
+    if lazy:
+        plain = [o for o in overrides if "=" not in o]
+        if plain:
+            raise ValueError(
+                f"{config}: a LazyConfig takes key=value overrides (e.g. train.max_iter=1000), "
+                f"got {plain}"
+            )
+    else:
+        key_value = [key for key in overrides[::2] if "=" in key]
+        if key_value:
+            raise ValueError(
+                f"{config}: key=value overrides are for LazyConfig (.py) files, got {key_value}; "
+                "a YAML config takes KEY VALUE pairs (e.g. SOLVER.BASE_LR 0.01)"
+            )
+
+
 def _unknown_key(cfg: CfgNode, message: str, where: str) -> ValueError:
     key = message.rsplit(":", 1)[-1].strip()
     keys = [*flatten_cfg(cfg), *(_section_keys(cfg))]
@@ -257,9 +285,14 @@ def _unknown_key(cfg: CfgNode, message: str, where: str) -> ValueError:
     return ValueError(f"{where}{key}: no such config key{hint}")
 
 
-def flatten_cfg(cfg: CfgNode, prefix: str = "") -> dict[str, Any]:
+def flatten_cfg(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """``{"SOLVER.BASE_LR": 0.02, ...}``: every leaf of ``cfg`` by its dotted key (lists as
-    tuples, so values compare alike whatever YAML made of them)."""
+    tuples, so values compare alike whatever YAML made of them). A LazyConfig is flattened by
+    :func:`det_scaling.lazy_config.flatten_lazy_cfg`."""
+    if not isinstance(cfg, CfgNode):
+        from det_scaling.lazy_config import flatten_lazy_cfg  # (see load_cfg)
+
+        return flatten_lazy_cfg(cfg)
     flat: dict[str, Any] = {}
     for key, value in cfg.items():
         if isinstance(value, CfgNode):

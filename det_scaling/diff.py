@@ -4,6 +4,7 @@ and why (what ``diff`` prints)."""
 from __future__ import annotations
 
 from det_scaling.config import flatten_cfg, load_cfg
+from det_scaling.lazy_config import is_lazy_config_file
 from det_scaling.scaling import Change, plan_scaling
 
 __all__ = ["diff_configs"]
@@ -15,7 +16,12 @@ def diff_configs(
     config: str, config_b: str | None, opts: list[str], num_gpus: int | None
 ) -> list[Change]:
     """The changes from ``config`` to ``config_b`` (or ``config``) + ``opts``, scaled to
-    ``num_gpus`` when given, sorted by key."""
+    ``num_gpus`` when given, sorted by key. YAML or LazyConfig files, both of one format."""
+    if config_b and is_lazy_config_file(config) != is_lazy_config_file(config_b):
+        raise ValueError(
+            f"{config} and {config_b}: one is YAML, the other a LazyConfig (.py); compare configs "
+            "of one format"
+        )
     left = load_cfg(config)
     right_file = config_b or config
     reasons: dict[str, str] = {}
@@ -25,7 +31,7 @@ def diff_configs(
             if flat_b.get(key, _ABSENT) != value:
                 reasons[key] = f"from {config_b}"
     right = load_cfg(right_file, opts)
-    for key in opts[::2]:
+    for key in _override_keys(opts):
         reasons[key] = "override"
     if num_gpus is not None:
         plan = plan_scaling(right, num_gpus)
@@ -40,3 +46,10 @@ def diff_configs(
         if old != new:
             changes.append(Change(key, old, new, reasons.get(key, f"from {right_file}")))
     return changes
+
+
+def _override_keys(opts: list[str]) -> list[str]:
+    """The keys of ``KEY VALUE`` pairs or of ``key=value`` tokens."""
+    if any("=" in opt for opt in opts[::2]):
+        return [opt.partition("=")[0].lstrip("+") for opt in opts]
+    return list(opts[::2])

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from detectron2.config import CfgNode
 
 from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.formats import read_recipe
 from det_scaling.scaling import plan_scaling
 from det_scaling.solver import build_lr_scheduler
 
@@ -43,18 +43,20 @@ class LRCurve:
         return [self.schedule.images_at_iteration(i) for i in range(len(self.lrs))]
 
 
-def lr_curve(cfg: CfgNode, num_gpus: int) -> LRCurve:
+def lr_curve(cfg: Any, num_gpus: int) -> LRCurve:
     """Scales ``cfg`` to ``num_gpus`` and steps the scheduler it builds through the run."""
     plan = plan_scaling(cfg, num_gpus)
     schedule = BatchSchedule.from_cfg(plan.cfg, num_gpus)
     return LRCurve(num_gpus, plan.lr_factor, schedule, scheduled_lrs(plan.cfg, schedule))
 
 
-def scheduled_lrs(cfg: CfgNode, schedule: BatchSchedule | None = None) -> list[float]:
-    """The LR of each step of the run, as the scheduler built from ``cfg`` sets it when stepped
-    once per step (``schedule``: the run's batch schedule, built from ``cfg`` when not given)."""
+def scheduled_lrs(cfg: Any, schedule: BatchSchedule | None = None) -> list[float]:
+    """The LR of each step of the run, as the scheduler built from ``cfg`` (a CfgNode or a
+    LazyConfig) sets it when stepped once per step (``schedule``: the run's batch schedule, built
+    from ``cfg`` when not given)."""
     schedule = schedule or BatchSchedule.from_cfg(cfg, world_size=1)
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.SOLVER.BASE_LR)
+    base_lr = read_recipe(cfg).base_lr
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
     scheduler = build_lr_scheduler(cfg, optimizer, schedule)
     group = optimizer.param_groups[0]
     lrs = []

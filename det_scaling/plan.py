@@ -1,30 +1,38 @@
 """The scaled schedule at several GPU counts, as one table (what ``plan`` prints).
 
-When the batch grows (AdaBatch) the table gets the run's optimizer steps over the stages, and a
-second table lists the stages at each GPU count: epochs, total batch and accumulation, LR factor
-and LR, steps.
+The columns are the config's own keys: ``BASE_LR``, ``MAX_ITER``, ``STEPS``, ``WARMUP_ITERS`` for
+a yacs config; ``optimizer.lr``, ``train.max_iter``, the milestones (in iterations of the run) and
+the warmup in iterations for a LazyConfig. When the batch grows (AdaBatch) the table gets the
+run's optimizer steps over the stages, and a second table lists the stages at each GPU count:
+epochs, total batch and accumulation, LR factor and LR, steps.
 """
 
 from __future__ import annotations
 
-from detectron2.config import CfgNode
+from typing import Any
+
 from tabulate import tabulate
 
 from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.formats import Recipe, read_recipe
 from det_scaling.scaling import plan_scaling
 
 __all__ = ["format_plan_table"]
 
 
-def format_plan_table(cfg: CfgNode, gpu_counts: list[int]) -> str:
-    """The plan for each GPU count, as a plain-text table with a header describing the reference."""
+def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
+    """The plan for each GPU count, as a plain-text table with a header describing the reference;
+    then any field scaling left as written because it cannot tell what it measures."""
     rows = []
     stage_rows = []
-    dataset_size = cfg.SCALING.DATASET_SIZE
+    written = read_recipe(cfg)
+    dataset_size = written.dataset_size
+    warnings: list[str] = []
     for num_gpus in gpu_counts:
-        scaled = plan_scaling(cfg, num_gpus).cfg
-        solver = scaled.SOLVER
-        schedule = BatchSchedule.from_cfg(scaled, num_gpus)
+        plan = plan_scaling(cfg, num_gpus)
+        warnings = plan.warnings
+        scaled = read_recipe(plan.cfg)
+        schedule = BatchSchedule.from_cfg(plan.cfg, num_gpus)
         per_gpu = schedule.micro_batch
         length = (
             f"{schedule.epochs(schedule.total_images):.2f}"
@@ -35,10 +43,10 @@ def format_plan_table(cfg: CfgNode, gpu_counts: list[int]) -> str:
             [
                 num_gpus,
                 _batch_text(schedule.ims_per_batch, per_gpu, schedule.grad_accum_steps),
-                f"{solver.BASE_LR:.6g}",
-                solver.MAX_ITER,
-                ", ".join(str(step) for step in solver.STEPS),
-                solver.WARMUP_ITERS,
+                f"{scaled.base_lr:.6g}",
+                scaled.max_iter,
+                ", ".join(str(step) for step in scaled.steps),
+                scaled.warmup_iters,
                 length,
             ]
         )
@@ -55,38 +63,43 @@ def format_plan_table(cfg: CfgNode, gpu_counts: list[int]) -> str:
                         epochs,
                         _batch_text(stage.ims_per_batch, per_gpu, stage.grad_accum_steps),
                         f"{stage.lr_factor:.6g}",
-                        f"{solver.BASE_LR * stage.lr_factor:.6g}",
+                        f"{scaled.base_lr * stage.lr_factor:.6g}",
                         f"{stage.num_iters} ({stage.start_iter}-{stage.end_iter - 1})",
                     ]
                 )
-    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    lr_column = written.keys.plan_columns[0]
+    reference = written.reference_world_size
     header = (
         f"reference: {reference} GPU{'s' if reference > 1 else ''}, "
-        f"{cfg.SOLVER.IMS_PER_BATCH} images/step, "
-        f"BASE_LR {cfg.SOLVER.BASE_LR:.6g}; rule: {cfg.SCALING.RULE}"
-        + ("; keep reference batch" if cfg.SCALING.KEEP_REFERENCE_BATCH else "")
+        f"{written.ims_per_batch} images/step, "
+        f"{lr_column} {written.base_lr:.6g}; rule: {written.rule}"
+        + ("; keep reference batch" if written.keep_reference_batch else "")
         if reference
-        else "SOLVER.REFERENCE_WORLD_SIZE is 0: the config is used as written at every GPU count"
+        else f"{written.keys.reference_world_size} is 0: the config is used as written at every "
+        "GPU count"
     )
-    columns = ["GPUs", "images/step", "BASE_LR", "MAX_ITER", "STEPS", "WARMUP_ITERS"]
+    columns = ["GPUs", "images/step", *written.keys.plan_columns]
     columns.append("epochs" if dataset_size > 0 else "images seen")
     if stage_rows:
         columns.append("AdaBatch steps")
     table = header + "\n" + tabulate(rows, headers=columns, tablefmt="github")
-    return table + "\n\n" + _format_stages(cfg, stage_rows) if stage_rows else table
+    if stage_rows:
+        table += "\n\n" + _format_stages(written, stage_rows)
+    return table + "".join(f"\nwarning: {warning}" for warning in warnings)
 
 
-def _format_stages(cfg: CfgNode, stage_rows: list[list]) -> str:
+def _format_stages(recipe: Recipe, stage_rows: list[list]) -> str:
     """The AdaBatch stages of every GPU count, under a line saying how the batch grows."""
-    adabatch = cfg.SCALING.ADABATCH
+    adabatch = recipe.adabatch
+    lr, max_iter, steps, warmup = recipe.keys.plan_columns
     header = (
-        f"AdaBatch: every {adabatch.INTERVAL_EPOCHS:g} epochs, total batch "
-        f"x{adabatch.BATCH_FACTOR} (by accumulation) and LR x{adabatch.LR_FACTOR:g}"
-        + (f", {adabatch.MAX_STAGES} stages at most" if adabatch.MAX_STAGES else "")
-        + ".\nMAX_ITER, STEPS and WARMUP_ITERS above count steps of the starting batch; the run "
+        f"AdaBatch: every {adabatch.interval_epochs:g} epochs, total batch "
+        f"x{adabatch.batch_factor} (by accumulation) and LR x{adabatch.lr_factor:g}"
+        + (f", {adabatch.max_stages} stages at most" if adabatch.max_stages else "")
+        + f".\n{max_iter}, {steps} and {warmup} above count steps of the starting batch; the run "
         "takes the AdaBatch steps."
     )
-    columns = ["GPUs", "stage", "epochs", "images/step", "LR factor", "BASE_LR x factor", "steps"]
+    columns = ["GPUs", "stage", "epochs", "images/step", "LR factor", f"{lr} x factor", "steps"]
     return header + "\n" + tabulate(stage_rows, headers=columns, tablefmt="github")
 
 

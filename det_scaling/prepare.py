@@ -8,11 +8,11 @@ process of the run, once its data sets are registered (generated sets written on
 
 from __future__ import annotations
 
-from detectron2.config import CfgNode
+from typing import Any
 
 from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.config import add_scaling_config
 from det_scaling.engine.checkpoint import check_retention
+from det_scaling.formats import config_format
 from det_scaling.launch import default_device
 from det_scaling.scaling import ScalingPlan, plan_scaling
 from det_scaling.tasks import check_task, register_datasets, training_set_size
@@ -21,38 +21,38 @@ __all__ = ["plan_run", "prepare_run"]
 
 
 def plan_run(
-    cfg: CfgNode,
+    cfg: Any,
     world_size: int,
     *,
     no_scale: bool = False,
     keep_reference_batch: bool | None = None,
     device: str | None = None,
 ) -> ScalingPlan:
-    """``cfg`` scaled for ``world_size`` processes, with ``SCALING.DATASET_SIZE`` filled in from
-    the training data (read, never written) and the run's batch schedule checked. ``no_scale``
-    uses it as written (``REFERENCE_WORLD_SIZE 0``); ``device`` "cpu" moves a CUDA config to the
-    CPU. Raises ``ValueError`` naming the key or data set (also for training data of the other
-    task or with more classes than the model, and a checkpoint retention that keeps no older
-    one). ``cfg`` is not changed."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    add_scaling_config(cfg)
-    if device == "cpu" and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"  # no CUDA here, or launch fell back to gloo processes
-    size = training_set_size(cfg)  # also: the training data is registered and on disk
-    check_task(cfg)
-    check_retention(cfg)
-    if cfg.SCALING.DATASET_SIZE == 0:
-        cfg.SCALING.DATASET_SIZE = size
+    """``cfg`` (a CfgNode or a LazyConfig) scaled for ``world_size`` processes, with its data set
+    size (``SCALING.DATASET_SIZE``, ``train.scaling.dataset_size``) filled in from the training
+    data (read, never written) and the run's batch schedule checked. ``no_scale`` uses it as
+    written (reference GPU count 0); ``device`` "cpu" moves a CUDA config to the CPU. Raises
+    ``ValueError`` naming the key or data set (also for training data of the other task or with
+    more classes than the model, and a checkpoint retention that keeps no older one). ``cfg`` is
+    not changed."""
+    fmt = config_format(cfg).writable_copy()
+    keys = fmt.keys
+    if device == "cpu" and str(fmt.get(keys.device)).startswith("cuda"):
+        fmt.set(keys.device, "cpu")  # no CUDA here, or launch fell back to gloo processes
+    size = training_set_size(fmt.cfg)  # also: the training data is registered and on disk
+    check_task(fmt.cfg)
+    check_retention(fmt.run_settings().max_to_keep, keys.checkpoints_kept)
+    if fmt.get(keys.dataset_size) == 0:
+        fmt.set(keys.dataset_size, size)
     if no_scale:
-        cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
-    plan = plan_scaling(cfg, world_size, keep_reference_batch=keep_reference_batch)
+        fmt.set(keys.reference_world_size, 0)
+    plan = plan_scaling(fmt.cfg, world_size, keep_reference_batch=keep_reference_batch)
     BatchSchedule.from_cfg(plan.cfg, world_size)  # the geometry this world size can run
     return plan
 
 
 def prepare_run(
-    cfg: CfgNode,
+    cfg: Any,
     world_size: int,
     *,
     no_scale: bool = False,
@@ -68,5 +68,5 @@ def prepare_run(
         keep_reference_batch=keep_reference_batch,
         device=default_device(),
     )
-    plan.cfg.freeze()
+    config_format(plan.cfg).freeze()
     return plan

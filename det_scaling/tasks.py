@@ -1,7 +1,9 @@
 """What a config's task needs before training: its data sets registered and sized, its trainer.
 
 Detection and classification differ only in model, data and metric; this module is the one place
-that tells them apart.
+that tells them apart. A LazyConfig builds its model, data and evaluator itself (its trainer
+instantiates them); its data sets are the names its loaders read
+(``dataloader.{train,test}.dataset.names``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
-from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from det_scaling.classification import ClassificationTrainer, register_classification_datasets
@@ -31,7 +33,9 @@ from det_scaling.data import (
 )
 from det_scaling.data.classes import check_class_count
 from det_scaling.data.generated import generate_once
-from det_scaling.engine import ScalingTrainer
+from det_scaling.engine import LazyScalingTrainer, ScalingTrainer
+from det_scaling.formats import ConfigFormat, config_format
+from det_scaling.lazy_config import is_lazy_config
 
 __all__ = [
     "SYNTHETIC_VOC_SPLITS",
@@ -54,20 +58,24 @@ _NUM_CLASSES_KEYS = {
 _DIGITS_CLASS_NAMES = tuple(str(label) for label in range(10))
 
 
-def trainer_class(cfg: CfgNode) -> type[ScalingTrainer]:
-    """The trainer for the config's task: classification for the ``ImageClassifier``
-    meta-architecture, detection otherwise."""
+def trainer_class(cfg: Any) -> type[ScalingTrainer]:
+    """The trainer for the config's task: a LazyConfig's, classification for the
+    ``ImageClassifier`` meta-architecture, detection otherwise."""
+    if is_lazy_config(cfg):
+        return LazyScalingTrainer
     if cfg.MODEL.META_ARCHITECTURE == "ImageClassifier":
         return ClassificationTrainer
     return ScalingTrainer
 
 
-def register_datasets(cfg: CfgNode) -> None:
+def register_datasets(cfg: Any) -> None:
     """Registers the data sets the config names, under ``$DETECTRON2_DATASETS`` (``./datasets``):
     ``voc_2007_*`` from ``VOC2007/``; ``synthetic_voc_*``, generated on first use from
-    ``DATASETS.SYNTHETIC_VOC``; ``digits_*`` (exported on first use) and ``imagenet_*``. Generated
-    sets are written once per machine (:func:`~det_scaling.data.generated.generate_once`)."""
-    names = (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
+    ``DATASETS.SYNTHETIC_VOC`` (``dataloader.synthetic_voc``); ``digits_*`` (exported on first
+    use) and ``imagenet_*``. Generated sets are written once per machine
+    (:func:`~det_scaling.data.generated.generate_once`)."""
+    train, test = config_format(cfg).dataset_names()
+    names = (*train, *test)
     register_voc2007()
     if set(names) & set(SYNTHETIC_VOC_SPLITS):
         root = datasets_root() / "synthetic_voc"
@@ -76,11 +84,14 @@ def register_datasets(cfg: CfgNode) -> None:
     register_classification_datasets(names)
 
 
-def check_task(cfg: CfgNode) -> None:
+def check_task(cfg: Any) -> None:
     """Raises ``ValueError`` when a data set of ``DATASETS.TRAIN`` is of the other task than the
     model (a detection set for ``ImageClassifier``, a classification set for a detector) or has
     more classes than the model has outputs. Reads nothing that is not there: generated sets are
-    known from the config; call after :func:`training_set_size` (which registers the others)."""
+    known from the config; call after :func:`training_set_size` (which registers the others).
+    A LazyConfig's model is known only once instantiated, so it is not checked here."""
+    if is_lazy_config(cfg):
+        return
     classifier = cfg.MODEL.META_ARCHITECTURE == "ImageClassifier"
     task = "classification" if classifier else "detection"
     key = _NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
@@ -115,29 +126,32 @@ def _task_and_classes(name: str) -> tuple[str | None, tuple[str, ...] | None]:
     return task, tuple(classes) if classes is not None else None
 
 
-def training_set_size(cfg: CfgNode) -> int:
-    """Images in ``DATASETS.TRAIN``, without writing anything: generated sets from their
-    parameters, the others read from disk. Raises ``ValueError`` naming the data sets when they
-    are not registered, not on disk or empty."""
-    names = list(cfg.DATASETS.TRAIN)
+def training_set_size(cfg: Any) -> int:
+    """Images in the training data sets (``DATASETS.TRAIN``, ``dataloader.train.dataset.names``),
+    without writing anything: generated sets from their parameters, the others read from disk.
+    Raises ``ValueError`` naming the data sets when they are not registered, not on disk or
+    empty."""
+    fmt = config_format(cfg)
+    key = fmt.keys.train_datasets
+    names = list(fmt.dataset_names()[0])
     if not names:
-        raise ValueError("DATASETS.TRAIN is empty: training needs a data set")
+        raise ValueError(f"{key} is empty: training needs a data set")
     try:
-        size = sum(_size(cfg, name) for name in names)
+        size = sum(_size(fmt, name) for name in names)
     except (FileNotFoundError, NotADirectoryError) as error:
         raise ValueError(
             f"cannot load the training data {names}: {error}; put the data set under "
             f"{datasets_root()} or point $DETECTRON2_DATASETS at the folder that holds it"
         ) from error
     if size == 0:
-        raise ValueError(f"DATASETS.TRAIN: the training data {names} has no images")
+        raise ValueError(f"{key}: the training data {names} has no images")
     return size
 
 
-def _size(cfg: CfgNode, name: str) -> int:
+def _size(fmt: ConfigFormat, name: str) -> int:
     if name in SYNTHETIC_VOC_SPLITS:
-        spec = cfg.DATASETS.SYNTHETIC_VOC
-        return spec.NUM_TRAINVAL if SYNTHETIC_VOC_SPLITS[name] == "trainval" else spec.NUM_TEST
+        split = SYNTHETIC_VOC_SPLITS[name]
+        return fmt.synthetic_voc()["num_trainval" if split == "trainval" else "num_test"]
     if name in DIGITS_SPLITS:
         return digits_counts()[DIGITS_SPLITS[name]]
     register_voc2007()
@@ -145,22 +159,23 @@ def _size(cfg: CfgNode, name: str) -> int:
         register_imagenet()
     if name not in DatasetCatalog.list():
         raise ValueError(
-            f"DATASETS.TRAIN: data set {name!r} is not registered; use a registered name or "
-            "register it with detectron2's DatasetCatalog first"
+            f"{fmt.keys.train_datasets}: data set {name!r} is not registered; use a registered "
+            "name or register it with detectron2's DatasetCatalog first"
         )
     return count_images(name)
 
 
-def generate_synthetic_voc_for(cfg: CfgNode, root: str | os.PathLike) -> Path:
+def generate_synthetic_voc_for(cfg: Any, root: str | os.PathLike) -> Path:
     """Generates (or finds already made) the synthetic VOC-layout set that
-    ``DATASETS.SYNTHETIC_VOC`` describes, under ``root``; returns ``root`` as a Path."""
-    spec = cfg.DATASETS.SYNTHETIC_VOC
+    ``DATASETS.SYNTHETIC_VOC`` (``dataloader.synthetic_voc``) describes, under ``root``; returns
+    ``root`` as a Path."""
+    spec = config_format(cfg).synthetic_voc()
     return generate_synthetic_voc(
         root,
-        spec.NUM_TRAINVAL,
-        spec.NUM_TEST,
-        spec.IMAGE_SIZE,
-        spec.SEED,
-        objects_per_image=tuple(spec.OBJECTS_PER_IMAGE),
-        object_size=tuple(spec.OBJECT_SIZE),
+        spec["num_trainval"],
+        spec["num_test"],
+        spec["image_size"],
+        spec["seed"],
+        objects_per_image=tuple(spec["objects_per_image"]),
+        object_size=tuple(spec["object_size"]),
     )

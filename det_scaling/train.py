@@ -4,8 +4,10 @@
 :func:`launch_training` checks the config for the run's world size in the launching process (a
 bad config, an OUTPUT_DIR that cannot be written or MODEL.WEIGHTS that cannot initialise the
 model is one ``ValueError`` before any worker starts, nothing written), then runs
-:func:`train_process` in every process: the per-process setup (:func:`det_scaling.prepare.
-prepare_run`), the plan logged and saved beside the config, then the task's trainer. A failing
+:func:`train_process` in every process: the config loaded again (as detectron2's tools do: a
+LazyConfig may hold what cannot be sent to a spawned process), the per-process setup
+(:func:`det_scaling.prepare.prepare_run`), the plan logged and saved beside the config, then the
+task's trainer. A failing
 process is reported once (:mod:`det_scaling.failures`); under torchrun a restarted worker group
 resumes by itself (:func:`resume_requested`).
 """
@@ -18,7 +20,6 @@ import logging
 import os
 from typing import Any
 
-from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -27,6 +28,7 @@ from detectron2.utils.logger import setup_logger
 from det_scaling.config import load_cfg
 from det_scaling.engine import SafeCheckpointer
 from det_scaling.failures import keep_tracebacks_off_the_console
+from det_scaling.formats import config_format
 from det_scaling.launch import (
     launch,
     planned_world_size,
@@ -66,30 +68,34 @@ def launch_training(args: argparse.Namespace) -> None:
         raise ValueError(f"--machine-rank must be in [0, {args.num_machines - 1}]")
     cfg = load_cfg(args.config_file, args.opts)
     plan_run(cfg, planned_world_size(args.num_gpus, args.num_machines), no_scale=args.no_scale)
-    check_output_dir(cfg.OUTPUT_DIR)
-    if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
+    fmt = config_format(cfg)
+    keys, settings = fmt.keys, fmt.run_settings()
+    check_output_dir(settings.output_dir, keys.output_dir)
+    if args.eval_only and not settings.weights and not args.resume:
         raise ValueError(
-            "--eval-only evaluates MODEL.WEIGHTS, which is empty: set MODEL.WEIGHTS to a "
-            "checkpoint (e.g. OUTPUT_DIR/model_final.pth), or add --resume for OUTPUT_DIR's last"
+            f"--eval-only evaluates {keys.weights}, which is empty: set it to a checkpoint (e.g. "
+            f"model_final.pth in {keys.output_dir}), or add --resume for {keys.output_dir}'s last"
         )
-    if not _resumes_from_output_dir(args, cfg.OUTPUT_DIR):
-        check_weights(cfg)  # else detectron2 loads OUTPUT_DIR's checkpoint, not MODEL.WEIGHTS
+    if not _resumes_from_output_dir(args, settings.output_dir):
+        check_weights(cfg)  # else detectron2 loads the output directory's checkpoint
     launch(
         train_process,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args, cfg),
+        args=(args,),
         timeout=args.dist_timeout,
-        log_dir=cfg.OUTPUT_DIR,
+        log_dir=settings.output_dir,
     )
 
 
-def train_process(args: argparse.Namespace, cfg: CfgNode) -> dict[str, Any]:
-    """Runs in every process: the evaluation results with ``--eval-only``, else the training
-    summary."""
-    resume = resume_requested(args, cfg.OUTPUT_DIR)  # before setup_process saves this run's plan
+def train_process(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs in every process: loads the config, then returns the evaluation results with
+    ``--eval-only``, else the training summary."""
+    cfg = load_cfg(args.config_file, args.opts)
+    output_dir = config_format(cfg).run_settings().output_dir
+    resume = resume_requested(args, output_dir)  # before setup_process saves this run's plan
     cfg = setup_process(args, cfg)
     if comm.get_world_size() > 1:
         resume = comm.all_gather(resume)[0]  # the main process decides, for every process
@@ -99,13 +105,14 @@ def train_process(args: argparse.Namespace, cfg: CfgNode) -> dict[str, Any]:
             "last checkpoint in %s",
             torchrun_restart_count(),
             comm.get_world_size(),
-            cfg.OUTPUT_DIR,
+            output_dir,
         )
     trainer_cls = trainer_class(cfg)
     if args.eval_only:
+        settings = config_format(cfg).run_settings()
         model = trainer_cls.build_model(cfg)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=resume
+        SafeCheckpointer(model, save_dir=settings.output_dir).resume_or_load(
+            settings.weights, resume=resume
         )
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)
@@ -129,22 +136,22 @@ def resume_requested(args: argparse.Namespace, output_dir: str) -> bool:
     return run_id != "none" and _saved_plan(output_dir).get("torchelastic_run_id") == run_id
 
 
-def check_output_dir(output_dir: str) -> None:
-    """Raises ``ValueError`` naming OUTPUT_DIR when it cannot be created or written (checked
-    without writing: on the nearest existing directory above it)."""
+def check_output_dir(output_dir: str, key: str = "OUTPUT_DIR") -> None:
+    """Raises ``ValueError`` naming ``key`` when ``output_dir`` cannot be created or written
+    (checked without writing: on the nearest existing directory above it)."""
     path = os.path.abspath(output_dir)
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise ValueError(
-            f"OUTPUT_DIR {output_dir}: {existing} is a file, so the directory cannot be made; "
-            "choose another OUTPUT_DIR"
+            f"{key} {output_dir}: {existing} is a file, so the directory cannot be made; "
+            f"choose another {key}"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(
-            f"OUTPUT_DIR {output_dir}: {existing} is not writable; choose another OUTPUT_DIR or "
-            "fix its permissions"
+            f"{key} {output_dir}: {existing} is not writable; choose another {key} or fix its "
+            "permissions"
         )
 
 
@@ -162,13 +169,15 @@ def _saved_plan(output_dir: str) -> dict[str, Any]:
         return {}
 
 
-def setup_process(args: argparse.Namespace, cfg: CfgNode) -> CfgNode:
+def setup_process(args: argparse.Namespace, cfg: Any) -> Any:
     """This process's scaled config (:func:`~det_scaling.prepare.prepare_run`), with detectron2's
-    ``default_setup`` (loggers, OUTPUT_DIR/config.yaml, seeds) and the plan logged and saved."""
+    ``default_setup`` (loggers, config.yaml in the output directory, seeds) and the plan logged
+    and saved."""
     world_size = comm.get_world_size()
     plan = prepare_run(cfg, world_size, no_scale=args.no_scale)
     default_setup(plan.cfg, args)
-    setup_logger(plan.cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="det_scaling")
+    output_dir = config_format(plan.cfg).run_settings().output_dir
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="det_scaling")
     keep_tracebacks_off_the_console("detectron2", "fvcore", "det_scaling")
     if comm.is_main_process():
         logger.info(
@@ -182,7 +191,8 @@ def setup_process(args: argparse.Namespace, cfg: CfgNode) -> CfgNode:
 
 
 def save_plan(args: argparse.Namespace, plan: ScalingPlan) -> None:
-    """Writes the provenance of OUTPUT_DIR/config.yaml: source config, overrides, the plan."""
+    """Writes the provenance of the output directory's config.yaml: source config, overrides,
+    the plan."""
     record = {
         "config_file": os.path.abspath(args.config_file),
         "overrides": list(args.opts),
@@ -192,7 +202,7 @@ def save_plan(args: argparse.Namespace, plan: ScalingPlan) -> None:
         "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID") if under_torchrun() else None,
         **plan.to_dict(),
     }
-    path = os.path.join(plan.cfg.OUTPUT_DIR, PLAN_FILE)
+    path = os.path.join(config_format(plan.cfg).run_settings().output_dir, PLAN_FILE)
     with PathManager.open(path, "w") as f:
         json.dump(record, f, indent=2)
     logger.info("Scaling plan saved to %s", path)

@@ -1,4 +1,5 @@
-"""``MODEL.WEIGHTS`` checked before a run starts: there, readable, and a checkpoint of this model.
+"""``MODEL.WEIGHTS`` (``train.init_checkpoint``) checked before a run starts: there, readable,
+and a checkpoint of this model.
 
 detectron2 loads the weights in every process once training starts. A missing file is then an
 ``AssertionError`` in each of them; a checkpoint of another architecture is worse: each key that
@@ -13,13 +14,14 @@ import contextlib
 import io
 import logging
 import warnings
+from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 
 from det_scaling.engine.checkpoint import READ_ERRORS
+from det_scaling.formats import config_format
 from det_scaling.tasks import trainer_class
 
 __all__ = ["check_weights"]
@@ -27,14 +29,15 @@ __all__ = ["check_weights"]
 logger = logging.getLogger(__name__)
 
 
-def check_weights(cfg: CfgNode) -> None:
-    """Raises ``ValueError`` naming ``MODEL.WEIGHTS`` when it is set and the file cannot be
-    fetched or read, or none of the model's parameters is in it (by name, after detectron2's
-    name conversions, and shape)."""
-    weights = cfg.MODEL.WEIGHTS
+def check_weights(cfg: Any) -> None:
+    """Raises ``ValueError`` naming ``MODEL.WEIGHTS`` (``train.init_checkpoint``) when it is set
+    and the file cannot be fetched or read, or none of the model's parameters is in it (by name,
+    after detectron2's name conversions, and shape)."""
+    fmt = config_format(cfg)
+    key, weights = fmt.keys.weights, fmt.run_settings().weights
     if not weights:
         return
-    path = _local_path(weights)
+    path = _local_path(weights, key)
     model = _meta_model(cfg)
     # detectron2's reader: its formats (.pth, Detectron .pkl, pycls .pyth) and name conversions.
     checkpointer = DetectionCheckpointer(model if model is not None else torch.nn.Module())
@@ -43,8 +46,8 @@ def check_weights(cfg: CfgNode) -> None:
     except (*READ_ERRORS, ValueError, KeyError, AssertionError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(
-            f"MODEL.WEIGHTS {weights}: cannot be read as a checkpoint ({reason}); point it at a "
-            "whole checkpoint, or set it to '' to train from scratch"
+            f"{key} {weights}: cannot be read as a checkpoint ({reason}); point it at a whole "
+            "checkpoint, or set it to '' to train from scratch"
         ) from None
     if model is None:
         return
@@ -57,14 +60,14 @@ def check_weights(cfg: CfgNode) -> None:
     parameters = [name for name, _ in model.named_parameters()]
     if not set(parameters) - unmatched:
         raise ValueError(
-            f"MODEL.WEIGHTS {weights}: none of its {num_tensors} tensors matches a parameter of "
-            f"the model ({cfg.MODEL.META_ARCHITECTURE}, {len(parameters)} parameters, by name and "
-            "shape): it is a checkpoint of another model; use one of this model, or set "
-            "MODEL.WEIGHTS '' to train from scratch"
+            f"{key} {weights}: none of its {num_tensors} tensors matches a parameter of the "
+            f"model ({type(model).__name__}, {len(parameters)} parameters, by name and shape): it "
+            f"is a checkpoint of another model; use one of this model, or set {key} '' to train "
+            "from scratch"
         )
 
 
-def _local_path(weights: str) -> str:
+def _local_path(weights: str, key: str) -> str:
     """The local file behind ``weights`` (a URL such as detectron2://... is downloaded once into
     detectron2's cache, where the processes of the run then find it)."""
     output = io.StringIO()
@@ -75,23 +78,23 @@ def _local_path(weights: str) -> str:
     except Exception as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(
-            f"MODEL.WEIGHTS {weights}: cannot be fetched ({reason}); download it and set "
-            "MODEL.WEIGHTS to the file, or to '' to train from scratch"
+            f"{key} {weights}: cannot be fetched ({reason}); download it and set {key} to the "
+            "file, or to '' to train from scratch"
         ) from None
     if not PathManager.isfile(path):
         raise ValueError(
-            f"MODEL.WEIGHTS {weights}: no such file; set it to a checkpoint, or to '' to train "
-            "from scratch"
+            f"{key} {weights}: no such file; set it to a checkpoint, or to '' to train from "
+            "scratch"
         )
     return path
 
 
-def _meta_model(cfg: CfgNode) -> torch.nn.Module | None:
+def _meta_model(cfg: Any) -> torch.nn.Module | None:
     """The config's model with meta tensors, or None when its code cannot be built that way (then
     only the file's readability is checked)."""
-    meta_cfg = cfg.clone()
-    meta_cfg.defrost()
-    meta_cfg.MODEL.DEVICE = "meta"
+    fmt = config_format(cfg).writable_copy()
+    fmt.set(fmt.keys.device, "meta")
+    meta_cfg = fmt.cfg
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")

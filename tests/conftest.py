@@ -16,3 +16,14 @@ VOC07_CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_R_50_FPN.yaml
 def voc07_cfg():
     """The VOC07 Faster R-CNN config, written for 1 GPU x 2 images (the tutorial's reference)."""
     return det_scaling.load_cfg(str(VOC07_CONFIG))
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A folder with test_engine's 8 images, the data of its tiny box regressor."""
+    from test_engine import write_images
+
+    root = tmp_path / "data"
+    root.mkdir()
+    write_images(root)
+    return root

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 import torch
-from test_engine import build_trainer, data, lr_history, tiny_cfg  # noqa: F401  (data: fixture)
+from test_engine import build_trainer, lr_history, tiny_cfg
 
 from det_scaling.engine import SafeCheckpointer, UnreadableCheckpointError
 from det_scaling.engine.checkpoint import check_retention, write_atomically
@@ -65,7 +65,7 @@ def test_a_failed_write_removes_its_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_checkpoints_and_pointer_are_written_whole(tmp_path, data):  # noqa: F811
+def test_checkpoints_and_pointer_are_written_whole(tmp_path, data):
     build_trainer(checkpoint_cfg(tmp_path / "run"), data).train()
     out = tmp_path / "run"
     names = sorted(p.name for p in out.glob("*.pth"))
@@ -76,7 +76,7 @@ def test_checkpoints_and_pointer_are_written_whole(tmp_path, data):  # noqa: F81
     assert saved["iteration"] == 3 and "model" in saved
 
 
-def test_resume_skips_a_truncated_last_checkpoint_for_the_one_before(tmp_path, data, caplog):  # noqa: F811
+def test_resume_skips_a_truncated_last_checkpoint_for_the_one_before(tmp_path, data, caplog):
     uninterrupted = build_trainer(checkpoint_cfg(tmp_path / "whole"), data)
     reference = uninterrupted.train()
 
@@ -107,7 +107,7 @@ def test_resume_skips_a_truncated_last_checkpoint_for_the_one_before(tmp_path, d
     torch.load(crashed / "model_final.pth", weights_only=False)  # whole again
 
 
-def test_resume_with_no_readable_checkpoint_says_what_to_do(tmp_path, data):  # noqa: F811
+def test_resume_with_no_readable_checkpoint_says_what_to_do(tmp_path, data):
     out = tmp_path / "run"
     build_trainer(checkpoint_cfg(out, CHECKPOINT_PERIOD=4), data).train()
     for path in out.glob("*.pth"):
@@ -127,7 +127,7 @@ def test_resume_candidates_put_the_pointer_first_then_newest_first(tmp_path):
     assert names == ["model_0000009.pth", "model_0000019.pth", "model_final.pth"]
 
 
-def test_retention_keeps_an_older_checkpoint_and_the_final_one(tmp_path, data):  # noqa: F811
+def test_retention_keeps_an_older_checkpoint_and_the_final_one(tmp_path, data):
     out = tmp_path / "run"
     build_trainer(checkpoint_cfg(out, CHECKPOINT_PERIOD=1, CHECKPOINT_MAX_TO_KEEP=2), data).train()
     names = sorted(p.name for p in out.glob("*.pth"))
@@ -135,7 +135,8 @@ def test_retention_keeps_an_older_checkpoint_and_the_final_one(tmp_path, data): 
 
 
 @pytest.mark.parametrize("keep", [-1, 1])
-def test_retention_of_fewer_than_two_is_refused(tmp_path, keep):
-    cfg = checkpoint_cfg(tmp_path, CHECKPOINT_MAX_TO_KEEP=keep)
+def test_retention_of_fewer_than_two_is_refused(keep):
     with pytest.raises(ValueError, match=r"SOLVER\.CHECKPOINT_MAX_TO_KEEP is"):
-        check_retention(cfg)
+        check_retention(keep, "SOLVER.CHECKPOINT_MAX_TO_KEEP")
+    check_retention(0, "SOLVER.CHECKPOINT_MAX_TO_KEEP")  # all
+    check_retention(2, "SOLVER.CHECKPOINT_MAX_TO_KEEP")

@@ -43,7 +43,9 @@ from det_scaling.engine import (
     resume_point,
 )
 from det_scaling.launch import launch
+from det_scaling.lazy_config import is_lazy_config
 from det_scaling.lr_plot import scheduled_lrs
+from det_scaling.tasks import trainer_class
 from det_scaling.train import setup_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,14 +108,6 @@ def register_images(root: Path) -> None:
     MetadataCatalog.get(DATASET).set(thing_classes=["box"])
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    write_images(root)
-    return root
-
-
 def tiny_cfg(output_dir: Path, *, ims_per_batch: int, accum: int = 1, max_iter: int = 3):
     cfg = get_cfg()
     cfg.MODEL.META_ARCHITECTURE = "TinyBoxRegressor"
@@ -140,13 +134,15 @@ def tiny_cfg(output_dir: Path, *, ims_per_batch: int, accum: int = 1, max_iter: 
 
 
 def build_trainer(cfg, data_root: Path, resume: bool = False) -> ScalingTrainer:
-    """What a tool's main does in each process: data, seeds (as default_setup), the trainer."""
+    """What a tool's main does in each process: data, seeds (as default_setup), the trainer (a
+    LazyConfig's for a LazyConfig)."""
     torch.set_num_threads(1)
     register_images(data_root)
     # default_setup's seeding: rank 0's seed decides the initial weights (DDP broadcasts them)
     # and the data order (TrainingSampler's shared seed), so runs at any world size match.
-    seed_all_rng(cfg.SEED + comm.get_rank())
-    trainer = ScalingTrainer(cfg)
+    seed = cfg.train.seed if is_lazy_config(cfg) else cfg.SEED
+    seed_all_rng(seed + comm.get_rank())
+    trainer = trainer_class(cfg)(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer
 
@@ -424,6 +420,23 @@ SOLVER:
 """
 
 
+def run_train_tool(tmp_path: Path, config: Path, *overrides: str) -> str:
+    """Runs tools/train.py on 2 gloo processes, with data sets generated under ``tmp_path``;
+    returns its log (stdout and stderr), after checking that it succeeded."""
+    env = {
+        **os.environ,
+        "DETECTRON2_DATASETS": str(tmp_path / "datasets"),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, str(REPO / "tools" / "train.py"), "--config-file", str(config)]
+    command += ["--num-gpus", "2", "--dist-url", "auto", *overrides]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    return log
+
+
 @pytest.mark.slow
 def test_train_tool_scales_trains_evaluates_and_reports_on_two_cpu_processes(tmp_path):
     """tools/train.py end to end: Faster R-CNN (ResNet-18, GroupNorm, 64-pixel images) written
@@ -431,29 +444,7 @@ def test_train_tool_scales_trains_evaluates_and_reports_on_two_cpu_processes(tmp
     config = tmp_path / "tiny_rcnn.yaml"
     config.write_text(TINY_RCNN.format(base=REPO / "configs" / "Base-RCNN-FPN.yaml"))
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "DETECTRON2_DATASETS": str(tmp_path / "datasets"),
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [
-        sys.executable,
-        str(REPO / "tools" / "train.py"),
-        "--config-file",
-        str(config),
-        "--num-gpus",
-        "2",
-        "--dist-url",
-        "auto",
-        "OUTPUT_DIR",
-        str(out),
-        "SEED",
-        "3",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
+    log = run_train_tool(tmp_path, config, "OUTPUT_DIR", str(out), "SEED", "3")
 
     # The plan, before training: written for 1 GPU x 2 images, run on 2.
     assert "SOLVER.BASE_LR: 0.001 -> 0.002" in log

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import build_trainer, data, tiny_cfg  # noqa: F401  (data: fixture)
+from test_engine import build_trainer, tiny_cfg
 from test_failures import TINY_RUN, free_port, tiny_run_setup
 
 from det_scaling import plan_scaling
@@ -93,7 +93,7 @@ def run_tiny(arguments: list[str], env: dict, timeout: float = 400) -> subproces
 
 
 @pytest.mark.slow
-def test_a_run_killed_with_sigkill_resumes_at_the_same_and_at_another_gpu_count(tmp_path, data):  # noqa: F811
+def test_a_run_killed_with_sigkill_resumes_at_the_same_and_at_another_gpu_count(tmp_path, data):
     # Written for 1 GPU x 2 images: 24 steps, a checkpoint every 4, LR steps at 12 and 20.
     solver = {"CHECKPOINT_PERIOD": 4, "STEPS": (12, 20)}
     config, env = tiny_run_setup(tmp_path, max_iter=24, **solver)

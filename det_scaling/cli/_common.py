@@ -1,4 +1,7 @@
-"""Arguments shared by the commands: a config file, KEY VALUE overrides, GPU counts."""
+"""Arguments shared by the commands: a config file, its overrides, GPU counts.
+
+Overrides stand anywhere on the line: ``KEY VALUE`` pairs for a YAML config (detectron2's
+``train_net.py``), ``key=value`` tokens for a LazyConfig (its ``lazyconfig_train_net.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from collections.abc import Sequence
 # detectron2 config keys are upper-case dotted paths (SOLVER.BASE_LR, MODEL.RPN.NMS_THRESH), or a
 # top-level key of the default config (OUTPUT_DIR, SEED).
 _DOTTED_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+# A LazyConfig override: a dotted key (list items as key[i]; + to add a key), "=", a value.
+_KEY_EQUALS_VALUE = re.compile(r"^\+?[A-Za-z_][\w.\[\]]*=")
 
 
 @functools.cache
@@ -25,14 +30,18 @@ def _is_config_key(token: str) -> bool:
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separates ``KEY VALUE`` config overrides from the other arguments, wherever they stand, so
+    """Separates config overrides from the other arguments, wherever they stand, so
     ``plan CFG --num-gpus 1 2 SOLVER.BASE_LR 0.01`` and ``plan CFG SOLVER.BASE_LR 0.01
-    --num-gpus 1 2`` mean the same. Returns (other arguments, overrides)."""
+    --num-gpus 1 2`` mean the same (and ``plan CFG.py optimizer.lr=0.01 --num-gpus 2``).
+    Returns (other arguments, overrides): ``KEY VALUE`` pairs and ``key=value`` tokens as given;
+    the config loader checks that they suit the config."""
     rest: list[str] = []
     overrides: list[str] = []
     tokens = iter(argv)
     for token in tokens:
-        if _is_config_key(token):
+        if _KEY_EQUALS_VALUE.match(token):
+            overrides.append(token)
+        elif _is_config_key(token):
             value = next(tokens, None)
             if value is None:
                 raise ValueError(f"config override {token} has no value")
@@ -43,7 +52,11 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="detectron2 YAML config (_BASE_ allowed)")
+    parser.add_argument(
+        "config",
+        metavar="CONFIG",
+        help="detectron2 config: YAML (_BASE_ allowed) or a LazyConfig .py file",
+    )
 
 
 def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +66,8 @@ def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
         metavar="KEY VALUE",
         nargs="*",
         default=[],  # else argparse names it among the missing arguments of a usage error
-        help="config overrides, anywhere on the line (e.g. SOLVER.BASE_LR 0.01)",
+        help="config overrides, anywhere on the line: KEY VALUE for YAML (e.g. SOLVER.BASE_LR "
+        "0.01), key=value for a LazyConfig (e.g. optimizer.lr=0.01)",
     )
 
 

@@ -29,6 +29,7 @@ from det_scaling.cli._common import (
 )
 from det_scaling.cli.plan import format_plan_table
 from det_scaling.config import load_cfg
+from det_scaling.lazy_config import is_lazy_config_file
 
 # The GPU counts of the table printed with the suggestion.
 TABLE_GPU_COUNTS = [1, 2, 4, 8]
@@ -100,6 +101,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_image_file(args.output, "-o")
+    if is_lazy_config_file(args.config):
+        raise ValueError(f"{args.config}: lr-find takes YAML configs; LazyConfig files are not yet")
     cfg = load_cfg(args.config, args.opts)
     print(
         f"lr-find: {args.config}: LR {args.start_lr:g} -> {args.end_lr:g} over "

@@ -1,9 +1,10 @@
 """``lr-plot CONFIG [--num-gpus 1 2 4 8] [-o lr.png] [KEY VALUE ...]``: the LR at each GPU count.
 
 CONFIG (with the overrides) is scaled to each GPU count as ``plan`` does, and the LR scheduler
-training would build for it is stepped through the run. Two panels: the LR against iterations,
-and against epochs (images seen / SCALING.DATASET_SIZE; images seen when that is 0). In the
-second panel the scaled schedules are one curve, times the LR factor of SCALING.RULE;
+training would build for it is stepped through the run (a LazyConfig's lr_multiplier, or the
+YAML config's SOLVER schedule). Two panels: the LR against iterations, and against epochs
+(images seen / SCALING.DATASET_SIZE or train.scaling.dataset_size; images seen when that is
+0). In the second panel the scaled schedules are one curve, times the LR factor of SCALING.RULE;
 --relative divides each by its factor so that they overlap. Reduce-on-plateau (SOLVER.PLATEAU)
 is not drawn: it depends on evaluation results. When the batch grows (AdaBatch), a third panel
 draws the total batch against epochs.
@@ -20,6 +21,7 @@ from det_scaling.cli._common import (
     check_image_file,
 )
 from det_scaling.config import load_cfg
+from det_scaling.formats import read_recipe
 from det_scaling.lr_plot import lr_curve, plot_lr_curves
 
 
@@ -47,12 +49,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_image_file(args.output, "-o")
     cfg = load_cfg(args.config, args.opts)
+    recipe = read_recipe(cfg)
     curves = [lr_curve(cfg, num_gpus) for num_gpus in args.num_gpus]
     plot_lr_curves(
         curves,
         args.output,
-        dataset_size=cfg.SCALING.DATASET_SIZE,
-        title=f"{args.config} ({cfg.SOLVER.LR_SCHEDULER_NAME}, {cfg.SCALING.RULE} rule)",
+        dataset_size=recipe.dataset_size,
+        title=f"{args.config} ({recipe.lr_schedule}, {recipe.rule} rule)",
         relative=args.relative,
     )
     print(f"wrote {args.output}")

@@ -2,11 +2,13 @@
 
 Scales CONFIG to the processes of the run (batch, LR by SCALING.RULE, the schedule in images
 seen), prints and saves the plan, and trains with det_scaling's trainer; detectron2's train_net.py
-arguments. Without GPUs, --num-gpus N runs N processes on the CPU (gloo). The config is checked
-in this process first: a bad config exits 2 with one line, before any process starts. When a
-process of the run fails, one line names the rank and the cause (its full traceback is in
-OUTPUT_DIR/log.txt.rank<N>) and the exit status is 1. Under torchrun, a restarted worker group
-resumes from OUTPUT_DIR's last checkpoint by itself, at the new world size.
+arguments. CONFIG is a YAML config (KEY VALUE overrides) or a LazyConfig .py file (key=value
+overrides, as detectron2's lazyconfig_train_net.py). Without GPUs, --num-gpus N runs N processes
+on the CPU (gloo). The config is checked in this process first: a bad config exits 2 with one
+line, before any process starts. When a process of the run fails, one line names the rank and the
+cause (its full traceback is in OUTPUT_DIR/log.txt.rank<N>) and the exit status is 1. Under
+torchrun, a restarted worker group resumes from OUTPUT_DIR's last checkpoint by itself, at the
+new world size.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-scale",
         action="store_true",
         help="use the config as written for whatever GPU count runs it (sets "
-        "SOLVER.REFERENCE_WORLD_SIZE 0: SOLVER.IMS_PER_BATCH is then the total batch)",
+        "SOLVER.REFERENCE_WORLD_SIZE, or train.reference_world_size, 0: the batch written is "
+        "then the total batch)",
     )
 
 

@@ -3,6 +3,7 @@
 * :class:`ScalingTrainer`: ``DefaultTrainer`` for scaled configs (CPU/gloo or CUDA/NCCL, the batch
   schedule, det_scaling's optimizers and schedules, resume at another GPU count, NaN advice, a
   final summary);
+* :class:`LazyScalingTrainer`: the same for detectron2's LazyConfig (``.py``) configs;
 * :class:`AccumulatingTrainer`: the step with gradient accumulation;
 * :mod:`.hooks`: progress in images, periods in images, reduce-on-plateau;
 * :mod:`.resume`: the one conversion from a checkpoint to this run's step;
@@ -18,6 +19,7 @@ from det_scaling.engine.hooks import (
     ScalingProgress,
     add_plateau_hook,
 )
+from det_scaling.engine.lazy_trainer import LazyScalingTrainer
 from det_scaling.engine.resume import ResumePoint, place_scheduler, resume_point
 from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.engine.trainer import ScalingTrainer, check_scaled, format_summary, nan_advice
@@ -25,6 +27,7 @@ from det_scaling.engine.trainer import ScalingTrainer, check_scaled, format_summ
 __all__ = [
     "AccumulatingTrainer",
     "ImagePeriodHook",
+    "LazyScalingTrainer",
     "PlateauHook",
     "ResumePoint",
     "SafeCheckpointer",

@@ -12,15 +12,16 @@ import contextlib
 import math
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
-from detectron2.config import CfgNode
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.failures import ConsequenceOfAnotherRank
+from det_scaling.formats import config_format
 
 __all__ = ["AccumulatingTrainer", "NonFiniteLossOnAnotherRank", "micro_batch_cfg"]
 
@@ -30,20 +31,20 @@ class NonFiniteLossOnAnotherRank(FloatingPointError, ConsequenceOfAnotherRank):
     is not finite, and that rank says so itself."""
 
 
-def micro_batch_cfg(cfg: CfgNode, schedule: BatchSchedule) -> CfgNode:
-    """A copy of ``cfg`` for building the training loader: its ``SOLVER.IMS_PER_BATCH`` is one
-    micro-batch over all processes, so loaders that follow detectron2's convention
-    (``IMS_PER_BATCH / world size`` per process) load micro-batches. ``cfg`` itself when that is
-    already so."""
+def micro_batch_cfg(cfg: Any, schedule: BatchSchedule) -> Any:
+    """A copy of ``cfg`` for building the training loader: its total batch
+    (``SOLVER.IMS_PER_BATCH``, ``dataloader.train.total_batch_size``) is one micro-batch over all
+    processes, so loaders that follow detectron2's convention (total / world size per process)
+    load micro-batches. ``cfg`` itself when that is already so."""
     images = schedule.micro_batch * schedule.world_size
-    if cfg.SOLVER.IMS_PER_BATCH == images:
+    fmt = config_format(cfg)
+    if fmt.get(fmt.keys.ims_per_batch) == images:
         return cfg
-    out = cfg.clone()
-    out.defrost()
-    out.SOLVER.IMS_PER_BATCH = images
-    if cfg.is_frozen():
+    out = fmt.writable_copy()
+    out.set(out.keys.ims_per_batch, images)
+    if fmt.is_frozen():
         out.freeze()
-    return out
+    return out.cfg
 
 
 class AccumulatingTrainer(SimpleTrainer):

@@ -10,8 +10,9 @@ checkpoint that ``--resume`` cannot read, and the good ones beside it are ignore
 * on resume, reads the checkpoint the pointer names and, when that fails, the trainer's other
   checkpoints newest first (by modification time: iteration numbers of runs at other GPU counts
   do not compare), each one skipped with a warning naming it and why;
-* with ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` (:func:`periodic_checkpointer`) at least 2 checkpoints
-  are kept, and the oldest is deleted only once the newest is safely written.
+* with ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` (``train.checkpointer.max_to_keep``;
+  :func:`periodic_checkpointer`) at least 2 checkpoints are kept, and the oldest is deleted only
+  once the newest is safely written.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import IO, Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode
 from detectron2.engine import hooks
 from detectron2.utils import comm
 
@@ -169,29 +169,23 @@ class SafeCheckpointer(DetectionCheckpointer):
                 os.remove(partial)
 
 
-def check_retention(cfg: CfgNode) -> None:
-    """Raises ``ValueError`` unless ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` is 0 (keep all) or >= 2."""
-    keep = cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
+def check_retention(keep: int, key: str) -> None:
+    """Raises ``ValueError`` naming ``key`` unless ``keep`` checkpoints is 0 (all) or >= 2."""
     if keep < 0 or keep == 1:
         raise ValueError(
-            f"SOLVER.CHECKPOINT_MAX_TO_KEEP is {keep}: use 0 to keep every checkpoint, or 2 or "
-            "more so that an older one is there when the newest cannot be read"
+            f"{key} is {keep}: use 0 to keep every checkpoint, or 2 or more so that an older one "
+            "is there when the newest cannot be read"
         )
 
 
 def periodic_checkpointer(
-    checkpointer: DetectionCheckpointer, cfg: CfgNode
+    checkpointer: DetectionCheckpointer, period: int, max_to_keep: int
 ) -> hooks.PeriodicCheckpointer:
-    """detectron2's periodic checkpoint hook, keeping ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` of them
-    (0: all). fvcore's hook deletes the oldest after the save returns, so with
-    :class:`SafeCheckpointer` the newest is complete on disk first."""
-    check_retention(cfg)
-    keep = cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
+    """detectron2's periodic checkpoint hook, keeping ``max_to_keep`` checkpoints (0: all).
+    fvcore's hook deletes the oldest after the save returns, so with :class:`SafeCheckpointer`
+    the newest is complete on disk first."""
     return hooks.PeriodicCheckpointer(
-        checkpointer,
-        cfg.SOLVER.CHECKPOINT_PERIOD,
-        max_to_keep=keep or None,
-        file_prefix=CHECKPOINT_PREFIX,
+        checkpointer, period, max_to_keep=max_to_keep or None, file_prefix=CHECKPOINT_PREFIX
     )
 
 

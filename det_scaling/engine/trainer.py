@@ -17,8 +17,11 @@ What it changes in ``DefaultTrainer``, and why:
 * a non-finite loss raises ``FloatingPointError`` with scaling advice (:func:`nan_advice`);
 * ``train()`` ends with a summary, logged and written to ``OUTPUT_DIR/summary.json``.
 
-A task other than detection overrides ``build_model``, ``build_train_loader``,
-``build_test_loader`` and ``build_evaluator`` only.
+It reads the config through its format (:mod:`det_scaling.formats`): the recipe and the run
+settings (output directory, periods, AMP, DDP options) of a yacs config or a LazyConfig. A task
+other than detection overrides ``build_model``, ``build_train_loader``, ``build_test_loader`` and
+``build_evaluator`` only; a LazyConfig's trainer (:mod:`.lazy_trainer`) overrides
+``build_model``, ``build_train_loader`` and ``test``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, default_writers, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
@@ -44,12 +47,12 @@ from fvcore.nn.precise_bn import get_bn_modules
 
 from det_scaling import compat
 from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.config import add_scaling_config
 from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
 from det_scaling.engine.checkpoint import SafeCheckpointer, periodic_checkpointer
 from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
 from det_scaling.engine.resume import place_scheduler, resume_point
 from det_scaling.engine.solver_mixin import SolverMixin
+from det_scaling.formats import config_format, read_recipe
 from det_scaling.launch import create_ddp_model
 
 __all__ = ["ScalingTrainer", "check_scaled", "format_summary", "nan_advice"]
@@ -57,38 +60,37 @@ __all__ = ["ScalingTrainer", "check_scaled", "format_summary", "nan_advice"]
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
-# Iterations between two writes of metrics.json / tensorboard / the console line (detectron2's).
-WRITER_PERIOD = 20
 
 
-def check_scaled(cfg: CfgNode, world_size: int) -> None:
-    """Raises ``ValueError`` unless ``cfg`` is written for ``world_size`` processes
-    (``SOLVER.REFERENCE_WORLD_SIZE`` equal to it, or 0: "as written, whatever the count")."""
-    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+def check_scaled(cfg: Any, world_size: int) -> None:
+    """Raises ``ValueError`` unless ``cfg`` is written for ``world_size`` processes (its
+    reference GPU count, ``SOLVER.REFERENCE_WORLD_SIZE`` or ``train.reference_world_size``, equal
+    to it, or 0: "as written, whatever the count")."""
+    recipe = read_recipe(cfg)
+    key, reference = recipe.keys.reference_world_size, recipe.reference_world_size
     if reference not in (0, world_size):
         raise ValueError(
-            f"SOLVER.REFERENCE_WORLD_SIZE is {reference} but this run has {world_size} "
-            f"process(es): scale the config first with det_scaling.plan_scaling(cfg, "
-            f"{world_size}) (tools/train.py does), or set SOLVER.REFERENCE_WORLD_SIZE 0 to use "
-            "it as written"
+            f"{key} is {reference} but this run has {world_size} process(es): scale the config "
+            f"first with det_scaling.plan_scaling(cfg, {world_size}) (tools/train.py does), or "
+            f"set {key} 0 to use it as written"
         )
 
 
-def nan_advice(cfg: CfgNode, world_size: int) -> str:
+def nan_advice(cfg: Any, world_size: int) -> str:
     """What to tell a user whose losses became NaN or infinite with ``cfg`` on ``world_size``
-    processes: the scaled settings and the fixes."""
-    solver, scaling = cfg.SOLVER, cfg.SCALING
-    rule = scaling.RULE
+    processes: the scaled settings and the fixes, under the config's own keys."""
+    recipe = read_recipe(cfg)
+    keys = recipe.keys
     advice = (
-        f"det_scaling: this run uses SOLVER.BASE_LR {solver.BASE_LR:g} on {world_size} "
-        f"process(es) with a total batch of {solver.IMS_PER_BATCH} (SOLVER.IMS_PER_BATCH, "
-        f"{scaling.GRAD_ACCUM_STEPS} micro-batch(es) per step), scaling rule {rule!r} "
-        "(SCALING.RULE). The config may be written for more GPUs: set "
-        "SOLVER.REFERENCE_WORLD_SIZE to the GPU count it was written for so det_scaling "
-        "rescales it, or lower SOLVER.BASE_LR"
+        f"det_scaling: this run uses {keys.base_lr} {recipe.base_lr:g} on {world_size} "
+        f"process(es) with a total batch of {recipe.ims_per_batch} ({keys.ims_per_batch}, "
+        f"{recipe.grad_accum_steps} micro-batch(es) per step), scaling rule {recipe.rule!r} "
+        f"({keys.rule}). The config may be written for more GPUs: set "
+        f"{keys.reference_world_size} to the GPU count it was written for so det_scaling "
+        f"rescales it, or lower {keys.base_lr}"
     )
-    if rule == "linear":
-        advice += "; for a large batch, SCALING.RULE sqrt or a longer SOLVER.WARMUP_ITERS"
+    if recipe.rule == "linear":
+        advice += f"; for a large batch, {keys.rule} sqrt or a longer {keys.warmup}"
     return advice + "."
 
 
@@ -130,34 +132,39 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
     It works on CUDA (NCCL) and on the CPU (``MODEL.DEVICE cpu``, gloo processes).
     """
 
-    def __init__(self, cfg: CfgNode) -> None:
+    def __init__(self, cfg: Any) -> None:
         # DefaultTrainer.__init__ is skipped on purpose: it calls auto_scale_workers and builds
         # DDP with device_ids. The rest follows it, in its order.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        if "SCALING" not in cfg:
-            cfg = cfg.clone()
-            add_scaling_config(cfg)
+        fmt = config_format(cfg)
+        if not fmt.has_toolkit_keys():
+            fmt = fmt.writable_copy()
+            cfg = fmt.cfg
         self.world_size = comm.get_world_size()
         check_scaled(cfg, self.world_size)
+        self.recipe = fmt.recipe()
+        self.settings = fmt.run_settings()
         self.batch_schedule = BatchSchedule.from_cfg(cfg, self.world_size)
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(micro_batch_cfg(cfg, self.batch_schedule))
-        model = create_ddp_model(model, broadcast_buffers=False)
+        model = create_ddp_model(model, **self.settings.ddp)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # This run's base LR of each param group: a checkpoint of another GPU count carries its
         # own, which resume must not bring back. torch schedulers keep it as initial_lr.
         self._base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(
+            model, self.settings.output_dir, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = self.batch_schedule.total_iterations
         self.cfg = cfg
-        self.progress = ScalingProgress(self.batch_schedule, cfg.SOLVER.BASE_LR)
+        self.progress = ScalingProgress(self.batch_schedule, self.recipe.base_lr)
         self.summary: dict[str, Any] | None = None
         self.register_hooks(self.build_hooks())
 
@@ -192,20 +199,21 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
     @classmethod
     def build_step_trainer(
         cls,
-        cfg: CfgNode,
+        cfg: Any,
         model: torch.nn.Module,
         data_loader,
         optimizer: torch.optim.Optimizer,
     ) -> AccumulatingTrainer:
         """The object that runs one optimizer step over ``SCALING.GRAD_ACCUM_STEPS``
         micro-batches (the trainer sets the count of each step from the batch schedule), under
-        AMP with ``SOLVER.AMP.ENABLED``."""
+        AMP with ``SOLVER.AMP.ENABLED`` (``train.amp.enabled``)."""
+        amp = config_format(cfg).run_settings().amp
         return AccumulatingTrainer(
             model,
             data_loader,
             optimizer,
-            cfg.SCALING.GRAD_ACCUM_STEPS,
-            grad_scaler=_cuda_grad_scaler() if cfg.SOLVER.AMP.ENABLED else None,
+            read_recipe(cfg).grad_accum_steps,
+            grad_scaler=_cuda_grad_scaler() if amp else None,
         )
 
     def build_hooks(self) -> list[hooks.HookBase]:
@@ -213,16 +221,17 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         writers) with :class:`ScalingProgress` before the checkpointer, PreciseBN reading
         micro-batches, the plateau hook after the evaluation when ``SOLVER.PLATEAU.ENABLED``,
         and every periodic hook counting its period in images (:class:`ImagePeriodHook`)."""
-        cfg = self.cfg.clone()
-        cfg.defrost()
-        cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's own loader: save memory and time
+        settings = self.settings
         precise_bn = None
-        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+        if settings.precise_bn_iters and get_bn_modules(self.model):
+            cfg = self.cfg.clone()  # PreciseBN is a yacs setting (TEST.PRECISE_BN)
+            cfg.defrost()
+            cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's own loader: save memory and time
             precise_bn = hooks.PreciseBN(
-                cfg.TEST.EVAL_PERIOD,
+                settings.eval_period,
                 self.model,
                 self.build_train_loader(micro_batch_cfg(cfg, self.batch_schedule)),
-                cfg.TEST.PRECISE_BN.NUM_ITER,
+                settings.precise_bn_iters,
             )
 
         def test_and_save_results() -> dict:
@@ -236,13 +245,24 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             precise_bn,  # before the checkpointer: it changes the model that is saved
         ]
         if comm.is_main_process():
-            ret.append(periodic_checkpointer(self.checkpointer, cfg))
-        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+            ret.append(
+                periodic_checkpointer(
+                    self.checkpointer, settings.checkpoint_period, settings.max_to_keep
+                )
+            )
+        ret.append(hooks.EvalHook(settings.eval_period, test_and_save_results))
         if comm.is_main_process():
             # Last, so that evaluation results of the step are written too.
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=WRITER_PERIOD))
-        ret = add_plateau_hook(self.cfg, [h for h in ret if h is not None])
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=settings.writer_period))
+        ret = [h for h in ret if h is not None]
+        if settings.plateau:
+            ret = add_plateau_hook(self.cfg, ret)
         return [ImagePeriodHook(h, self.batch_schedule) if is_periodic(h) else h for h in ret]
+
+    def build_writers(self) -> list[Any]:
+        """detectron2's default writers (console, metrics.json, tensorboard) in the output
+        directory."""
+        return default_writers(self.settings.output_dir, self.max_iter)
 
     # ---- checkpoints and resume ----
     def state_dict(self) -> dict[str, Any]:
@@ -260,7 +280,7 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         """As ``DefaultTrainer.resume_or_load``; the step to continue at is computed once, from
         the images seen and this run's batch schedule (:func:`resume_point`), and the LR schedule
         is placed there with this run's base LRs."""
-        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        self.checkpointer.resume_or_load(self.settings.weights, resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             return
         # detectron2 restored ``iter``, the last step done.
@@ -305,25 +325,30 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
 
     def train(self) -> dict[str, Any]:
         """Trains from ``start_iter`` to the end of the batch schedule (evaluating as configured),
-        then logs the summary and writes it to ``OUTPUT_DIR/summary.json`` (main process);
-        returns it (see :meth:`build_summary`)."""
+        then logs the summary and writes it to ``summary.json`` in the output directory (main
+        process); returns it (see :meth:`build_summary`)."""
         start = time.perf_counter()
-        super().train()
+        self.run_loop()
         self.summary = self.build_summary(time.perf_counter() - start)
         if comm.is_main_process():
             logger.info("Training summary:\n%s", format_summary(self.summary))
-            PathManager.mkdirs(self.cfg.OUTPUT_DIR)
-            path = os.path.join(self.cfg.OUTPUT_DIR, SUMMARY_FILE)
+            PathManager.mkdirs(self.settings.output_dir)
+            path = os.path.join(self.settings.output_dir, SUMMARY_FILE)
             with PathManager.open(path, "w") as f:
                 json.dump(self.summary, f, indent=2)
             logger.info("Summary saved to %s", path)
         return self.summary
 
+    def run_loop(self) -> None:
+        """detectron2's ``DefaultTrainer.train``: the steps from ``start_iter`` to ``max_iter``,
+        then the results checked against ``TEST.EXPECTED_RESULTS``."""
+        DefaultTrainer.train(self)
+
     def build_summary(self, wall_time: float) -> dict[str, Any]:
         """The run in one dict: scaled settings, progress, wall time (the whole ``train()``),
         training time and images/s (up to the last step), final LR, evaluation metrics
         (flattened, e.g. ``bbox/AP50``; empty when nothing was evaluated) and the batch stages."""
-        cfg, progress, schedule = self.cfg, self.progress, self.batch_schedule
+        progress, schedule = self.progress, self.batch_schedule
         images_this_run = progress.images_seen - progress.images_at_start
         results = getattr(self, "_last_eval_results", None)
         histories = self.storage.histories()
@@ -332,8 +357,8 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             "ims_per_batch": schedule.ims_per_batch,
             "grad_accum_steps": schedule.grad_accum_steps,
             "micro_batch_per_process": schedule.micro_batch,
-            "base_lr": cfg.SOLVER.BASE_LR,
-            "scaling_rule": cfg.SCALING.RULE,
+            "base_lr": self.recipe.base_lr,
+            "scaling_rule": self.recipe.rule,
             "max_iter": self.max_iter,
             "start_iter": progress.start_iter,
             "iterations_done": progress.iterations_done,

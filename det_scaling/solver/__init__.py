@@ -14,6 +14,7 @@ from det_scaling.solver.build import (
     build_lr_scheduler,
     build_optimizer,
     lars_param_groups,
+    lars_params,
 )
 from det_scaling.solver.lars import LARS
 from det_scaling.solver.lr_scheduler import ProgressLRScheduler
@@ -30,4 +31,5 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "lars_param_groups",
+    "lars_params",
 ]

@@ -23,12 +23,13 @@ The builders work on any ``torch.nn.Module`` and optimizer, with or without a de
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, instantiate
 from detectron2.solver import build_optimizer as _detectron2_build_optimizer
 from detectron2.solver.build import (
     get_default_optimizer_params,
@@ -42,8 +43,10 @@ from fvcore.common.param_scheduler import (
     MultiStepParamScheduler,
     ParamScheduler,
 )
+from omegaconf import OmegaConf
 
 from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.lazy_config import is_lazy_config
 from det_scaling.solver.lars import LARS
 from det_scaling.solver.lr_scheduler import ProgressLRScheduler
 from det_scaling.solver.plateau import Plateau
@@ -65,6 +68,7 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "lars_param_groups",
+    "lars_params",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,23 +118,32 @@ NORM_MODULE_TYPES: tuple[type[torch.nn.Module], ...] = (
 )
 
 
-def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.SOLVER.OPTIMIZER``, over ``model``'s trainable parameters."""
+def build_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.SOLVER.OPTIMIZER``, over ``model``'s trainable parameters.
+
+    For a LazyConfig, ``cfg.optimizer`` instantiated with ``optimizer.params.model`` set to
+    ``model``, as detectron2's ``lazyconfig_train_net`` does (the config is not changed)."""
+    if is_lazy_config(cfg):
+        optimizer_cfg = copy.deepcopy(cfg.optimizer)
+        OmegaConf.set_readonly(optimizer_cfg, False)
+        optimizer_cfg.params.model = model
+        return instantiate(optimizer_cfg)
     return _lookup(OPTIMIZER_REGISTRY, cfg.SOLVER.OPTIMIZER, "SOLVER.OPTIMIZER")(cfg, model)
 
 
-def build_lr_multiplier(cfg: CfgNode) -> ParamScheduler:
+def build_lr_multiplier(cfg: Any) -> ParamScheduler:
     """The LR multiplier as a function of progress (``iteration / MAX_ITER``): the schedule named
     by ``cfg.SOLVER.LR_SCHEDULER_NAME`` after ``SOLVER.WARMUP_ITERS`` of ``SOLVER.WARMUP_METHOD``
     warmup, as detectron2 composes them (with upstream's ``SOLVER.RESCALE_INTERVAL``). It
-    excludes the plateau reduction."""
+    excludes the plateau reduction.
+
+    For a LazyConfig, ``cfg.lr_multiplier`` instantiated (any fvcore ``ParamScheduler``, the
+    schedules of :mod:`det_scaling.solver.schedules` included)."""
+    if is_lazy_config(cfg):
+        return _param_scheduler(instantiate(cfg.lr_multiplier), "lr_multiplier")
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     schedule = _lookup(LR_SCHEDULER_REGISTRY, name, "SOLVER.LR_SCHEDULER_NAME")(cfg)
-    if not isinstance(schedule, ParamScheduler):
-        raise TypeError(
-            f"LR_SCHEDULER_REGISTRY entry {name!r} must return an fvcore ParamScheduler, "
-            f"got {type(schedule).__name__}"
-        )
+    _param_scheduler(schedule, f"LR_SCHEDULER_REGISTRY entry {name!r}")
     warmup_length = min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0)
     return with_warmup(
         schedule,
@@ -141,8 +154,14 @@ def build_lr_multiplier(cfg: CfgNode) -> ParamScheduler:
     )
 
 
+def _param_scheduler(schedule: Any, what: str) -> ParamScheduler:
+    if not isinstance(schedule, ParamScheduler):
+        raise TypeError(f"{what} must be an fvcore ParamScheduler, got {type(schedule).__name__}")
+    return schedule
+
+
 def build_lr_scheduler(
-    cfg: CfgNode, optimizer: torch.optim.Optimizer, schedule: BatchSchedule | None = None
+    cfg: Any, optimizer: torch.optim.Optimizer, schedule: BatchSchedule | None = None
 ) -> ProgressLRScheduler:
     """The scheduler for ``optimizer``: :func:`build_lr_multiplier`'s schedule, reduced on
     plateau when ``SOLVER.PLATEAU.ENABLED`` (feed it with ``.observe(metric)``). Step it once per
@@ -151,10 +170,24 @@ def build_lr_scheduler(
     The multiplier is evaluated at the fraction of the run's images seen and multiplied by the
     batch stage's LR factor (:class:`~det_scaling.batch_schedule.BatchSchedule`; built from
     ``cfg`` when not given). With a fixed batch that is ``iteration / MAX_ITER`` and 1; when the
-    batch grows (AdaBatch), warmup, STEPS and decay keep their epochs."""
+    batch grows (AdaBatch), warmup, STEPS and decay keep their epochs. A LazyConfig's
+    ``lr_multiplier`` is evaluated the same way (it has no plateau)."""
     if schedule is None:
         # The LR does not depend on how the batch is split among processes.
         schedule = BatchSchedule.from_cfg(cfg, world_size=1)
+    plateau = {} if is_lazy_config(cfg) else _plateau_options(cfg, schedule)
+    return ProgressLRScheduler(
+        optimizer,
+        build_lr_multiplier(cfg),
+        schedule.total_iterations,
+        progress=schedule.progress_at,
+        lr_factor=schedule.lr_factor_at,
+        **plateau,
+    )
+
+
+def _plateau_options(cfg: CfgNode, schedule: BatchSchedule) -> dict[str, Any]:
+    """``ProgressLRScheduler``'s reduce-on-plateau arguments from ``SOLVER.PLATEAU``."""
     plateau_cfg = cfg.SOLVER.PLATEAU
     plateau = (
         Plateau(
@@ -168,16 +201,11 @@ def build_lr_scheduler(
         if plateau_cfg.ENABLED
         else None
     )
-    return ProgressLRScheduler(
-        optimizer,
-        build_lr_multiplier(cfg),
-        schedule.total_iterations,
-        plateau=plateau,
-        warmup_iters=schedule.iteration_for_schedule_step(cfg.SOLVER.WARMUP_ITERS),
-        min_lr=plateau_cfg.MIN_LR,
-        progress=schedule.progress_at,
-        lr_factor=schedule.lr_factor_at,
-    )
+    return {
+        "plateau": plateau,
+        "warmup_iters": schedule.iteration_for_schedule_step(cfg.SOLVER.WARMUP_ITERS),
+        "min_lr": plateau_cfg.MIN_LR,
+    }
 
 
 def bias_and_norm_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Parameter]:
@@ -196,8 +224,25 @@ def lars_param_groups(cfg: CfgNode, model: torch.nn.Module) -> list[dict[str, An
     """detectron2's parameter groups (``get_default_optimizer_params``: norm weight decay, bias
     LR and weight decay), with biases and normalization parameters moved to groups with
     ``lars_exclude=True`` and no weight decay when ``SOLVER.LARS.EXCLUDE_BIAS_AND_NORM``."""
-    groups = _default_param_groups(cfg, model)
-    if cfg.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM:
+    return lars_params(
+        model,
+        exclude_bias_and_norm=cfg.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM,
+        **_default_param_options(cfg),
+    )
+
+
+def lars_params(
+    model: torch.nn.Module, *, exclude_bias_and_norm: bool = True, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """``get_default_optimizer_params(model, **kwargs)`` (detectron2's parameter groups) with,
+    when ``exclude_bias_and_norm``, biases and normalization parameters in groups with
+    ``lars_exclude=True`` and no weight decay. In a LazyConfig::
+
+        optimizer = L(LARS)(params=L(lars_params)(weight_decay_norm=0.0), lr=0.02, clip=True)
+
+    (the trainer sets ``optimizer.params.model``, as detectron2's ``lazyconfig_train_net``)."""
+    groups = get_default_optimizer_params(model, **kwargs)
+    if exclude_bias_and_norm:
         # Later entries override earlier ones per parameter; reduce_param_groups then merges the
         # parameters that share hyper-parameters into as few groups as possible.
         excluded = [
@@ -212,13 +257,18 @@ def lars_param_groups(cfg: CfgNode, model: torch.nn.Module) -> list[dict[str, An
 
 
 def _default_param_groups(cfg: CfgNode, model: torch.nn.Module) -> list[dict[str, Any]]:
-    return get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-    )
+    return get_default_optimizer_params(model, **_default_param_options(cfg))
+
+
+def _default_param_options(cfg: CfgNode) -> dict[str, Any]:
+    """``get_default_optimizer_params``'s options from ``SOLVER``."""
+    solver = cfg.SOLVER
+    return {
+        "base_lr": solver.BASE_LR,
+        "weight_decay_norm": solver.WEIGHT_DECAY_NORM,
+        "bias_lr_factor": solver.BIAS_LR_FACTOR,
+        "weight_decay_bias": solver.WEIGHT_DECAY_BIAS,
+    }
 
 
 def _lookup(registry: Registry, name: str, key: str) -> Callable[..., Any]:
