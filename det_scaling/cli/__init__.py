@@ -3,7 +3,8 @@
 A command module holds its arguments and output only: ``add_parser(subparsers)`` adds its
 sub-parser and sets ``func`` (called with the parsed arguments, returning the exit code); the work
 is in the library module of the same name (``det_scaling.plan``, ``.diff``, ``.lr_plot``,
-``.lr_find``, ``.train``). A ``ValueError`` is a bad input: one line, exit status 2.
+``.lr_find``, ``.noise_scale``, ``.train``). A ``ValueError`` is a bad input: one line, exit
+status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from det_scaling.cli._common import split_overrides
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
-COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "train")
+COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "noise_scale", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
