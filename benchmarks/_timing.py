@@ -1,12 +1,22 @@
 """Side-by-side iteration timing shared by the benchmark scripts: two trainers built in one process,
-their loops driven by hand in alternating chunks, so that both see the same machine load."""
+their loops driven by hand in alternating chunks, so that both see the same machine load; and
+the machine the figures come from."""
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
+import torch
+
+import det_scaling  # noqa: F401  (first: the detectron2 compatibility layer)
+
+# isort: split
+import detectron2
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
@@ -86,4 +96,22 @@ def format_comparison(result: dict[str, Any], what: str) -> str:
         f"ratio {first} / {second}: {result['ratio']:.3f} (median of {result['iterations']} "
         f"iterations each, {what}, chunks of {result['chunk']} alternating, after "
         f"{result['warmup']} untimed)"
+    )
+
+
+def machine_description(threads: int, device: str) -> str:
+    """CPU model and cores, torch and detectron2 versions, threads, device, load average."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    return (
+        f"CPU: {cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, detectron2 "
+        f"{detectron2.__version__}; {threads} torch thread(s) per process; device {device}{load}"
     )

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
-from _timing import Stepper, compare, format_comparison
+from _timing import Stepper, compare, format_comparison, machine_description
 
 import det_scaling  # first: applies the detectron2 compatibility layer
 
@@ -84,19 +83,6 @@ def _worker(config: str, processes: int, accumulation: int, args: dict[str, Any]
         (output / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    load = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-    return (
-        f"CPU: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; device "
-        f"{default_device()}; load average {load}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
@@ -107,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    print(machine(), flush=True)
+    print(machine_description(args.threads, default_device()), flush=True)
     start, cpu_start = time.perf_counter(), os.times()
     results = []
     for processes, accumulation in ((1, 2), (2, 1)):
@@ -128,13 +114,13 @@ def main() -> None:
     record = {
         "config": str(args.config),
         "args": settings,
-        "machine": machine(),
+        "machine": machine_description(args.threads, default_device()),
         "wall_time_s": time.perf_counter() - start,
         "cpu_time_s": cpu,
         "results": results,
     }
     (args.output_dir / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\n{record['wall_time_s']:.0f} s wall, {cpu:.0f} s CPU; {machine()}")
+    print(f"\n{record['wall_time_s']:.0f} s wall, {cpu:.0f} s CPU; {record['machine']}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -54,12 +53,11 @@ from typing import Any
 
 import torch
 from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
-from _timing import Stepper, compare, format_comparison
+from _timing import Stepper, compare, format_comparison, machine_description
 
 import det_scaling  # first: applies the detectron2 compatibility layer
 
 # isort: split
-import detectron2
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
@@ -368,24 +366,6 @@ def format_overhead(result: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ output ----
-def machine_description(threads: int, device: str) -> str:
-    """CPU model and cores, torch and detectron2 versions, threads, device, load average."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-    return (
-        f"CPU: {cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, detectron2 "
-        f"{detectron2.__version__}; {threads} torch thread(s) per process; device {device}{load}"
-    )
-
-
 def plot(
     rows: list[dict[str, Any]], path: Path, title: str, noise_scale: float | None, per_gpu: int
 ) -> None:

@@ -71,6 +71,19 @@ def add_num_gpus_argument(parser: argparse.ArgumentParser, *, multiple: bool) ->
         )
 
 
+def add_processes_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--num-gpus N`` of a command that runs on the config's reference batch: the processes to
+    ``what`` on, gradient accumulation making up the rest of the batch."""
+    parser.add_argument(
+        "--num-gpus",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=f"processes to {what} on (GPUs, or CPU processes without them); gradient "
+        "accumulation makes up the rest of the reference batch (default: 1)",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -21,7 +21,12 @@ from pathlib import Path
 from detectron2.config import CfgNode
 
 from det_scaling import lr_find
-from det_scaling.cli._common import _positive_int, add_config_argument, add_overrides_argument
+from det_scaling.cli._common import (
+    _positive_int,
+    add_config_argument,
+    add_overrides_argument,
+    add_processes_argument,
+)
 from det_scaling.cli.plan import format_plan_table
 from det_scaling.config import load_cfg
 
@@ -37,14 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_argument(parser)
-    parser.add_argument(
-        "--num-gpus",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="processes to run the sweep on (GPUs, or CPU processes without them); gradient "
-        "accumulation makes up the rest of the reference batch (default: 1)",
-    )
+    add_processes_argument(parser, "run the sweep")
     parser.add_argument(
         "-o",
         "--output",

@@ -16,7 +16,12 @@ import argparse
 from tabulate import tabulate
 
 from det_scaling import noise_scale
-from det_scaling.cli._common import _positive_int, add_config_argument, add_overrides_argument
+from det_scaling.cli._common import (
+    _positive_int,
+    add_config_argument,
+    add_overrides_argument,
+    add_processes_argument,
+)
 from det_scaling.config import load_cfg
 
 # The GPU counts of the table printed with the limit.
@@ -31,14 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_argument(parser)
-    parser.add_argument(
-        "--num-gpus",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="processes to measure on (GPUs, or CPU processes without them); gradient "
-        "accumulation makes up the rest of the reference batch (default: 1)",
-    )
+    add_processes_argument(parser, "measure")
     parser.add_argument(
         "--num-iter",
         type=_positive_int,
