@@ -115,15 +115,23 @@ def processes_for(gpus: int, max_processes: int) -> int:
     return max(p for p in range(1, min(gpus, max_processes) + 1) if gpus % p == 0)
 
 
-def plan_rows(gpu_counts: list[int], max_processes: int, larc_gpus: list[int]) -> list[Row]:
+def plan_rows(
+    gpu_counts: list[int],
+    max_processes: int,
+    larc_gpus: list[int],
+    series_shown: tuple[str, ...] = tuple(SERIES),
+) -> list[Row]:
     """The linear rule at every count; the kept and the square-root LR at every count but 1 (at
-    1 GPU every rule gives the 1-GPU LR: the same run); LARC at ``larc_gpus``."""
+    1 GPU every rule gives the 1-GPU LR: the same run); LARC at ``larc_gpus``; only the series
+    in ``series_shown`` (the linear rule's 1-GPU run always: every series is compared to it)."""
     rows = []
     for series in SERIES:
         for gpus in gpu_counts:
             if (series in ("none", "sqrt") and gpus == 1) or (
                 series == "larc" and gpus not in larc_gpus
             ):
+                continue
+            if series not in series_shown and (series, gpus) != ("linear", 1):
                 continue
             processes = processes_for(gpus, max_processes)
             rows.append(Row(gpus, series, processes, gpus // processes))
@@ -470,6 +478,9 @@ def main() -> None:
     parser.add_argument(
         "--larc-gpus", type=int, nargs="*", default=[8, 16], help="GPU counts of the LARC rows"
     )
+    parser.add_argument(
+        "--series", nargs="+", choices=list(SERIES), default=list(SERIES), help="rows to run"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="SEED of each run")
     parser.add_argument(
         "--max-epochs",
@@ -542,7 +553,7 @@ def main() -> None:
         )
         print(f"\nOverhead, 1 process:\n{format_overhead(overhead)}", flush=True)
 
-    rows = plan_rows(args.gpus, args.processes, args.larc_gpus)
+    rows = plan_rows(args.gpus, args.processes, args.larc_gpus, tuple(args.series))
     runs = [
         (row, seed, row_cfg(one_gpu, row, seed, args.output_dir))
         for row in rows

@@ -84,6 +84,8 @@ def test_plan_rows(bench):
     ]
     assert len({r.name for r in rows}) == len(rows)
     assert {r.rule for r in rows if r.series == "larc"} == {"linear"}
+    only_kept = bench.plan_rows([1, 2], 2, [], ("none",))
+    assert [(r.gpus, r.series) for r in only_kept] == [(1, "linear"), (2, "none")]
 
 
 def test_epoch_schedule(bench, cfg):
