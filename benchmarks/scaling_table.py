@@ -1,45 +1,50 @@
-"""The seeds' VOC07 scaling table in shape: AP50 and images/s at 1, 2, 4, 8 simulated GPUs,
-with the LR scaled by the linear rule and with the 1-GPU LR kept (not scaled).
+"""The seeds' VOC07 scaling table, second edition: AP50 at 1, 2, 4, 8 and 16 simulated GPUs with
+the LR scaled by the linear rule, kept (rule "none") and by the square-root rule, and LARC at 8
+and 16, each row over several seeds (mean and spread), with the gradient noise scale measured in
+the same runs.
 
-The seeds' table (Faster R-CNN on VOC07, MXNet) shows that scaling the LR with the GPU count holds
-mAP while keeping the LR loses 4-6 points. This script makes the same table with det_scaling's
-own pieces on whatever data is present: by default the tiny from-scratch Faster R-CNN on the
-generated synthetic VOC-layout set (``configs/VOC07-Detection/faster_rcnn_synthetic_tiny.yaml``);
-with ``--config configs/VOC07-Detection/faster_rcnn_R_50_FPN.yaml`` the real VOC2007 when
-``$DETECTRON2_DATASETS/VOC2007`` exists.
+The seeds' table (Faster R-CNN on VOC07, MXNet, an ImageNet-pretrained backbone) shows that
+scaling the LR with the GPU count holds mAP to 8 GPUs while keeping the LR loses 4-6 points;
+McCandlish et al. (2018) say where the linear rule ends: past the gradient noise scale B_simple.
+This script makes the same table with det_scaling's own pieces: by default the tiny Faster R-CNN
+on the generated synthetic VOC-layout set (``configs/VOC07-Detection/faster_rcnn_synthetic_tiny
+.yaml``), fine-tuned from a backbone pretrained by the project on another sample of the same
+world (``--backbone pretrained``: ``faster_rcnn_synthetic_tiny_pretrain.yaml`` through
+``det_scaling.pretrain``, trained once and cached under ``$DETECTRON2_DATASETS/pretrained``;
+``--backbone scratch``: the first edition's setting, from random weights).
 
-Every row starts from the config's 1-GPU form, ``plan_scaling(cfg, 1)`` (the config says which
-GPU count it was written for, ``SOLVER.REFERENCE_WORLD_SIZE``), and the schedule is written in
-epochs (``SCALING.EPOCHS``), so every row sees the same images:
+Every row starts from the config's 1-GPU form, ``plan_scaling(cfg, 1)``, with the schedule
+written in epochs (``SCALING.EPOCHS``, compressed to ``--max-epochs``), so every row sees the
+same images:
 
-1. N simulated GPUs: ``plan_scaling(one_gpu, N)``, the linear rule: N x the 1-GPU batch and LR,
-   1/N of the steps. The "not scaled" row is ``plan_scaling(one_gpu, N, rule="none")``: the
-   same batch and steps, the 1-GPU LR (as in the seeds, whose unscaled rows keep the epochs too).
+1. N simulated GPUs: ``plan_scaling(one_gpu, N, rule=...)``: N x the 1-GPU batch, 1/N of the
+   steps, the LR by the rule (linear: x N; none: the 1-GPU LR; sqrt: x sqrt(N)); the LARC rows
+   are the linear rule with ``SOLVER.OPTIMIZER LARC``. At 1 GPU every rule is the same run.
 2. realised on the ``P`` processes available (``--processes``, 2 by default: gloo processes on
-   the CPU, or NCCL processes with one GPU each when there are enough GPUs): ``N <= P`` runs N
-   real processes through ``det_scaling.launch.launch``; ``N > P`` runs P processes that each
-   accumulate ``N / P`` micro-batches per step, ``plan_scaling(that, P,
-   keep_reference_batch=True)``. The table's "how" column says which (processes x accumulation).
-   The step's gradient is the same either way (up to float summation order; the tiny config's
-   GroupNorm does not depend on the batch); only the time differs.
+   the CPU, NCCL with enough GPUs): ``N <= P`` runs N processes; ``N > P`` runs P processes that
+   each accumulate ``N / P`` micro-batches per step (the column "how"). The step's gradient is
+   that of N GPUs (up to float summation order; GroupNorm does not depend on the batch).
+3. ``SCALING.NOISE_SCALE.ENABLED`` in every row that has two batch sizes per step (all but
+   1 x 1): the end-of-run B_simple (images) is a column; the linear rows at 2 GPUs give the
+   noise scale of the baseline's trajectory, marked on the PNG as the GPU count where the total
+   batch reaches it.
 
-It also measures the toolkit's overhead: iteration time of ``ScalingTrainer`` against stock
-detectron2 ``DefaultTrainer`` on the same 1-GPU config in this one process (SGD and
-WarmupMultiStepLR, so both do the same math), in interleaved chunks, median over iterations.
+All runs of one process count run in one launch (the processes build one trainer after the
+other), so process start-up is paid once. Prints the table and the verdict against the seeds'
+table, and writes ``table.md``, ``results.json`` and ``scaling_table.png`` to ``--output-dir``::
 
-Prints the table as markdown and writes ``table.md``, ``results.json`` and ``scaling_table.png``
-to ``--output-dir``::
-
-    .venv/bin/python benchmarks/scaling_table.py [--gpus 1 2 4 8] [--max-epochs E]
-        [--processes P] [--overhead-iters N] [--output-dir DIR] [KEY VALUE ...]
+    .venv/bin/python benchmarks/scaling_table.py [--gpus 1 2 4 8 16] [--seeds 0 1]
+        [--max-epochs E] [--backbone pretrained|scratch] [--processes P]
+        [--overhead-iters N] [--output-dir DIR] [KEY VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -48,41 +53,53 @@ from typing import Any
 
 import torch
 from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
+from _timing import Stepper, compare, format_comparison, machine_description
 
 import det_scaling  # first: applies the detectron2 compatibility layer
 
 # isort: split
-import detectron2
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
 from det_scaling.data import datasets_root
 from det_scaling.engine import ScalingTrainer
 from det_scaling.launch import default_device, launch
+from det_scaling.pretrain import pretrained_backbone
 from det_scaling.tasks import register_datasets, training_set_size
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"
+PRETRAIN_CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny_pretrain.yaml"
 SUMMARY_FILE = "summary.json"  # what ScalingTrainer.train() writes to OUTPUT_DIR
+# The series of the table: the LR rule (or LARC with the linear rule), in the seeds' order.
+SERIES = {
+    "linear": "LR scaled (linear)",
+    "none": "LR kept (1-GPU LR)",
+    "sqrt": "LR scaled (sqrt)",
+    "larc": "LARC, linear LR",
+}
 
 
 # ---------------------------------------------------------------- configs of the rows ----
 @dataclass(frozen=True)
 class Row:
-    """One row of the table: N simulated GPUs, LR scaled or not, and how it was realised."""
+    """One row of the table: N simulated GPUs, a series (LR rule, or LARC), its realisation."""
 
     gpus: int
-    scaled: bool
+    series: str  # a key of SERIES
     processes: int
     accumulation: int
 
     @property
     def name(self) -> str:
-        return f"gpus{self.gpus}_{'scaled' if self.scaled else 'unscaled'}"
+        return f"gpus{self.gpus}_{self.series}"
+
+    @property
+    def rule(self) -> str:
+        return "linear" if self.series == "larc" else self.series
 
     @property
     def how(self) -> str:
@@ -98,16 +115,26 @@ def processes_for(gpus: int, max_processes: int) -> int:
     return max(p for p in range(1, min(gpus, max_processes) + 1) if gpus % p == 0)
 
 
-def plan_rows(gpu_counts: list[int], max_processes: int) -> list[Row]:
-    """Scaled rows for every count, then "not scaled" rows for every count but 1 (at 1 GPU the
-    1-GPU LR *is* the scaled LR: the row would be the same run twice)."""
+def plan_rows(
+    gpu_counts: list[int],
+    max_processes: int,
+    larc_gpus: list[int],
+    series_shown: tuple[str, ...] = tuple(SERIES),
+) -> list[Row]:
+    """The linear rule at every count; the kept and the square-root LR at every count but 1 (at
+    1 GPU every rule gives the 1-GPU LR: the same run); LARC at ``larc_gpus``; only the series
+    in ``series_shown`` (the linear rule's 1-GPU run always: every series is compared to it)."""
     rows = []
-    for scaled in (True, False):
+    for series in SERIES:
         for gpus in gpu_counts:
-            if not scaled and gpus == 1:
+            if (series in ("none", "sqrt") and gpus == 1) or (
+                series == "larc" and gpus not in larc_gpus
+            ):
+                continue
+            if series not in series_shown and (series, gpus) != ("linear", 1):
                 continue
             processes = processes_for(gpus, max_processes)
-            rows.append(Row(gpus, scaled, processes, gpus // processes))
+            rows.append(Row(gpus, series, processes, gpus // processes))
     return rows
 
 
@@ -149,12 +176,18 @@ def one_gpu_cfg(cfg: CfgNode) -> CfgNode:
     return det_scaling.plan_scaling(cfg, 1, keep_reference_batch=False).cfg
 
 
-def row_cfg(one_gpu: CfgNode, row: Row, output_dir: Path) -> CfgNode:
-    """The config a row trains with: ``one_gpu`` scaled to ``row.gpus`` (linear rule, or rule
-    "none" for the 1-GPU LR), then realised on ``row.processes`` by gradient accumulation."""
+def row_cfg(one_gpu: CfgNode, row: Row, seed: int, output_dir: Path) -> CfgNode:
+    """The config a run trains with: ``one_gpu`` scaled to ``row.gpus`` by the row's rule (LARC
+    rows: the LARC optimizer), realised on ``row.processes`` by gradient accumulation, with the
+    noise scale measured when a step has two batch sizes."""
     base = one_gpu.clone()
-    base.OUTPUT_DIR = str(output_dir / row.name)
-    rule = None if row.scaled else "none"
+    base.defrost()
+    base.SEED = seed
+    base.OUTPUT_DIR = str(output_dir / f"seed{seed}" / row.name)
+    if row.series == "larc":
+        base.SOLVER.OPTIMIZER = "LARC"
+    base.SCALING.NOISE_SCALE.ENABLED = row.gpus > 1
+    rule = row.rule
     simulated = det_scaling.plan_scaling(base, row.gpus, rule=rule, keep_reference_batch=False).cfg
     if row.processes == row.gpus:
         return simulated
@@ -162,56 +195,133 @@ def row_cfg(one_gpu: CfgNode, row: Row, output_dir: Path) -> CfgNode:
 
 
 # ---------------------------------------------------------------------------- training ----
-def _train_worker(cfg: CfgNode, threads: int) -> None:
-    """Runs in every process of a row (module level: ``launch`` pickles it for spawned workers).
-    The summary is written by rank 0 to ``OUTPUT_DIR/summary.json``."""
+def _train_runs(cfgs: list[CfgNode], threads: int) -> None:
+    """Trains the runs one after the other in every process of a launch (module level: spawned
+    workers import it). Each run's summary is written by rank 0 to ``OUTPUT_DIR/summary.json``."""
     torch.set_num_threads(threads)
-    cfg = cfg.clone()
-    if cfg.MODEL.DEVICE.startswith("cuda") and default_device() == "cpu":
-        cfg.MODEL.DEVICE = "cpu"  # launch fell back to gloo on the CPU
-    cfg.freeze()
-    rank = comm.get_rank()
-    log_to(Path(cfg.OUTPUT_DIR) / "log.txt" if rank == 0 else None)
-    register_datasets(cfg)  # a spawned worker starts with empty catalogs; the data is on disk
-    # detectron2's default_setup seeds SEED + rank: rank 0 (whose initial weights DDP broadcasts,
-    # and whose seed picks the shared data order) is seeded alike in every row.
-    seed_all_rng(cfg.SEED + rank)
-    trainer = ScalingTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    for cfg in cfgs:
+        cfg = cfg.clone()
+        if cfg.MODEL.DEVICE.startswith("cuda") and default_device() == "cpu":
+            cfg.MODEL.DEVICE = "cpu"  # launch fell back to gloo on the CPU
+        cfg.freeze()
+        rank = comm.get_rank()
+        log_to(Path(cfg.OUTPUT_DIR) / "log.txt" if rank == 0 else None)
+        register_datasets(cfg)  # a spawned worker starts with empty catalogs; data is on disk
+        # detectron2's default_setup seeds SEED + rank: rank 0 (whose initial weights DDP
+        # broadcasts, and whose seed picks the shared data order) is seeded alike in every row.
+        seed_all_rng(cfg.SEED + rank)
+        trainer = ScalingTrainer(cfg)
+        trainer.resume_or_load(resume=False)
+        summary = trainer.train()
+        if rank == 0:
+            metrics = summary["metrics"]
+            noise = summary["gradient_noise"] or {}
+            print(
+                f"  {Path(cfg.OUTPUT_DIR).parent.name}/{Path(cfg.OUTPUT_DIR).name}: AP50 "
+                f"{metrics.get('bbox/AP50', float('nan')):.2f}, B_simple "
+                f"{noise.get('noise_scale')}, {summary['train_time_s']:.0f} s",
+                flush=True,
+            )
+        del trainer
+        gc.collect()
 
 
-def train_row(cfg: CfgNode, row: Row, threads: int, keep_checkpoint: bool) -> dict[str, Any]:
-    """Trains one row on ``row.processes`` processes; returns ScalingTrainer's summary."""
-    output = Path(cfg.OUTPUT_DIR)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / SUMMARY_FILE).unlink(missing_ok=True)  # never report a previous run's numbers
-    (output / "config.yaml").write_text(cfg.dump())  # what this row trained, for the record
-    launch(_train_worker, row.processes, dist_url="auto", args=(cfg, threads))
-    summary = json.loads((output / SUMMARY_FILE).read_text())
-    if not keep_checkpoint:
-        # The table does not need the weights: about 120 MB per row (model and momentum).
-        for path in (*output.glob("*.pth"), output / "last_checkpoint"):
-            path.unlink(missing_ok=True)
-    return summary
+def train_runs(cfgs: list[CfgNode], processes: int, threads: int, keep: bool) -> list[dict]:
+    """Trains ``cfgs`` on ``processes`` processes (one launch for all); returns their
+    ScalingTrainer summaries."""
+    for cfg in cfgs:
+        output = Path(cfg.OUTPUT_DIR)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / SUMMARY_FILE).unlink(missing_ok=True)  # never report a previous run's numbers
+        (output / "config.yaml").write_text(cfg.dump())  # what this run trained, for the record
+    launch(_train_runs, processes, dist_url="auto", args=(cfgs, threads))
+    summaries = []
+    for cfg in cfgs:
+        output = Path(cfg.OUTPUT_DIR)
+        summaries.append(json.loads((output / SUMMARY_FILE).read_text()))
+        if not keep:
+            # The table does not need the weights: about 120 MB per run (model and momentum).
+            for path in (*output.glob("*.pth"), output / "last_checkpoint"):
+                path.unlink(missing_ok=True)
+    return summaries
 
 
-def table_row(row: Row, cfg: CfgNode, summary: dict[str, Any], per_gpu: int) -> dict[str, Any]:
-    """The printed columns of a row, in the seeds' order (LR first), plus the realisation."""
+# ------------------------------------------------------------------------------- table ----
+def run_result(row: Row, cfg: CfgNode, summary: dict[str, Any]) -> dict[str, Any]:
+    """What the table keeps of one run."""
     metrics = summary["metrics"]
-    lr = f"{cfg.SOLVER.BASE_LR:g}" + ("" if row.scaled else " (not scaled)")
+    noise = summary["gradient_noise"] or {}
     return {
-        "LR": lr,
-        "GPUs (simulated)": row.gpus,
-        "total batch": cfg.SOLVER.IMS_PER_BATCH,
-        "images/GPU": per_gpu,
-        "how (processes x accum)": row.how,
+        "AP50": metrics.get("bbox/AP50", float("nan")),
+        "AP": metrics.get("bbox/AP", float("nan")),
+        "noise_scale": noise.get("noise_scale"),
+        "lr": cfg.SOLVER.BASE_LR,
+        "total_batch": cfg.SOLVER.IMS_PER_BATCH,
         "steps": cfg.SOLVER.MAX_ITER,
-        "epochs": round(summary["epochs_seen"], 3) if summary["epochs_seen"] else None,
-        "AP50": round(metrics.get("bbox/AP50", float("nan")), 2),
-        "AP": round(metrics.get("bbox/AP", float("nan")), 2),
-        "images/s": round(summary["images_per_s"], 2),
+        "epochs": summary["epochs_seen"],
+        "train_time_s": summary["train_time_s"],
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(values) if values else None
+
+
+def table_row(row: Row, runs: list[dict[str, Any]], per_gpu: int) -> dict[str, Any]:
+    """A row over its seeds: AP50 of each, the mean and the spread (max - min)."""
+    ap50 = [r["AP50"] for r in runs]
+    noise = _mean([r["noise_scale"] for r in runs])
+    return {
+        "series": SERIES[row.series],
+        "GPUs (simulated)": row.gpus,
+        "total batch": runs[0]["total_batch"],
+        "images/GPU": per_gpu,
+        "LR": f"{runs[0]['lr']:.4g}",
+        "how (processes x accum)": row.how,
+        "steps": runs[0]["steps"],
+        "AP50 per seed": " / ".join(f"{v:.1f}" for v in ap50),
+        "AP50 mean": round(_mean(ap50), 2),
+        "AP50 spread": round(max(ap50) - min(ap50), 2),
+        "AP mean": round(_mean([r["AP"] for r in runs]), 2),
+        "B_simple (end)": None if noise is None else round(noise, 2),
+    }
+
+
+def baseline_noise_scale(rows: list[dict[str, Any]]) -> float | None:
+    """B_simple at the end of the linear 2-GPU runs (the baseline's trajectory, measured with
+    one image against two), else of the smallest linear multi-GPU row."""
+    linear = [r for r in rows if r["series"] == SERIES["linear"] and r["B_simple (end)"]]
+    return min(linear, key=lambda r: r["GPUs (simulated)"])["B_simple (end)"] if linear else None
+
+
+def verdict(rows: list[dict[str, Any]], noise_scale: float | None) -> list[dict[str, Any]]:
+    """Row by row against the seeds' table: scaled within 1 AP50 of 1 GPU? kept LR at least 3
+    AP50 below the scaled LR? total batch within B_simple?"""
+    by = {(r["series"], r["GPUs (simulated)"]): r for r in rows}
+    one = by.get((SERIES["linear"], 1))
+    out = []
+    for (series, gpus), r in sorted(by.items(), key=lambda item: item[0][1]):
+        if series != SERIES["linear"] or gpus == 1 or one is None:
+            continue
+        kept = by.get((SERIES["none"], gpus))
+        delta = r["AP50 mean"] - one["AP50 mean"]
+        entry = {
+            "GPUs": gpus,
+            "linear - 1 GPU (AP50)": round(delta, 2),
+            "linear within 1 of 1 GPU": "yes" if delta >= -1 else "no",
+            "kept - linear (AP50)": None
+            if kept is None
+            else round(kept["AP50 mean"] - r["AP50 mean"], 2),
+            "kept >= 3 below": None
+            if kept is None
+            else ("yes" if kept["AP50 mean"] <= r["AP50 mean"] - 3 else "no"),
+            "total batch <= B_simple": None
+            if noise_scale is None
+            else ("yes" if r["total batch"] <= noise_scale else "no"),
+        }
+        out.append(entry)
+    return out
 
 
 # ---------------------------------------------------------------------------- overhead ----
@@ -233,40 +343,12 @@ def overhead_cfg(one_gpu: CfgNode, output_dir: Path) -> CfgNode:
     return cfg
 
 
-class _Stepper:
-    """Drives a trainer's loop by hand, a few iterations at a time, so that two trainers can
-    alternate in one process: what ``TrainerBase.train`` does per iteration (``before_step``,
-    ``run_step``, ``after_step``: all hooks included), each with its own ``EventStorage``
-    (re-entered around every chunk, as ``train()`` holds it around the loop)."""
-
-    def __init__(self, trainer: DefaultTrainer) -> None:
-        self.trainer = trainer
-        trainer.iter = trainer.start_iter = 0
-        trainer.storage = EventStorage(0)
-        with trainer.storage:
-            trainer.before_train()
-
-    def steps(self, count: int) -> list[float]:
-        """Runs ``count`` iterations; returns the wall time of each, hooks included."""
-        trainer, times = self.trainer, []
-        with trainer.storage:
-            for _ in range(count):
-                start = time.perf_counter()
-                trainer.before_step()
-                trainer.run_step()
-                trainer.after_step()
-                times.append(time.perf_counter() - start)
-                trainer.iter += 1
-        return times
-
-
 def measure_overhead(
     one_gpu: CfgNode, output_dir: Path, iterations: int, chunk: int, warmup: int
 ) -> dict[str, Any]:
     """Median iteration time of ScalingTrainer and of stock DefaultTrainer on the same config,
-    same seed (same initial weights and data order), in this process. Chunks of ``chunk``
-    iterations alternate between the two (ABBA order, so neither always runs first after the
-    other) until each has ``iterations`` timed ones, after ``warmup`` untimed ones each."""
+    same seed (same initial weights and data order), in this process, side by side
+    (:func:`_timing.compare`)."""
     if one_gpu.SOLVER.MAX_ITER < warmup + iterations + chunk:
         raise ValueError(
             f"the overhead needs {warmup + iterations + chunk} iterations; the schedule has "
@@ -280,116 +362,88 @@ def measure_overhead(
         cfg = overhead_cfg(one_gpu, output_dir / name.split()[1])
         cfg.freeze()
         seed_all_rng(cfg.SEED)
-        built[name] = _Stepper(trainer_cls(cfg))
-    ours, stock = built
-    for stepper in built.values():
-        stepper.steps(warmup)
-    times: dict[str, list[float]] = {name: [] for name in built}
-    order = [ours, stock]
-    while min(len(t) for t in times.values()) < iterations:
-        for name in order:
-            times[name] += built[name].steps(min(chunk, iterations - len(times[name])))
-        order.reverse()
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    quartiles = {name: statistics.quantiles(t, n=4) for name, t in times.items()}
-    return {
-        "iterations": iterations,
-        "chunk": chunk,
-        "warmup": warmup,
-        "ims_per_batch": one_gpu.SOLVER.IMS_PER_BATCH,
-        "median_s": medians,
-        "quartiles_s": {name: [q[0], q[2]] for name, q in quartiles.items()},
-        "ratio": medians[ours] / medians[stock],
-        "times_s": times,
-    }
+        built[name] = Stepper(trainer_cls(cfg))
+    result = compare(built, iterations, chunk, warmup)
+    result["ims_per_batch"] = one_gpu.SOLVER.IMS_PER_BATCH
+    return result
 
 
 def format_overhead(result: dict[str, Any]) -> str:
     """The overhead measurement as a small markdown table and the ratio."""
-    names = list(result["median_s"])
-    rows = [
-        {
-            "trainer": name,
-            "median iteration (s)": round(result["median_s"][name], 4),
-            "25-75% (s)": "-".join(f"{q:.4f}" for q in result["quartiles_s"][name]),
-        }
-        for name in names
-    ]
-    table = tabulate(rows, headers="keys", tablefmt="github")
-    return (
-        f"{table}\n\nratio ScalingTrainer / DefaultTrainer: {result['ratio']:.3f} "
-        f"(median of {result['iterations']} iterations each, {result['ims_per_batch']} images "
-        f"per iteration, chunks of {result['chunk']} alternating, after {result['warmup']} "
-        "untimed)"
-    )
+    return format_comparison(result, f"{result['ims_per_batch']} images per iteration")
 
 
 # ------------------------------------------------------------------------------ output ----
-def machine_description(threads: int, device: str) -> str:
-    """CPU model and cores, torch and detectron2 versions, threads, device, load average."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-    return (
-        f"CPU: {cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, detectron2 "
-        f"{detectron2.__version__}; {threads} torch thread(s) per process; device {device}{load}"
-    )
-
-
-def plot(rows: list[dict[str, Any]], path: Path, title: str, rule: str = "linear") -> None:
-    """AP50 and images/s against the simulated GPU count, scaled LR against the 1-GPU LR (the
-    1-GPU run starts both lines: it is the same run)."""
+def plot(
+    rows: list[dict[str, Any]], path: Path, title: str, noise_scale: float | None, per_gpu: int
+) -> None:
+    """AP50 (mean over seeds, bars from the lowest to the highest seed) against the simulated GPU
+    count for each series, with the GPU count where the total batch reaches the measured
+    B_simple; and each row's end-of-run B_simple against its total batch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     one_gpu = [r for r in rows if r["GPUs (simulated)"] == 1]
-    series = {
-        f"LR scaled ({rule} rule)": [r for r in rows if "not scaled" not in r["LR"]],
-        "LR not scaled (1-GPU LR)": one_gpu + [r for r in rows if "not scaled" in r["LR"]],
-    }
-    fig, (ap_ax, speed_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    # LR labels above the scaled points, below the others: equal AP50s would print them over
-    # each other.
-    styles = (("o", (4, 5)), ("s", (4, -11)))
-    for (label, mine), (marker, offset) in zip(series.items(), styles, strict=True):
+    fig, (ap_ax, noise_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
+    markers = dict(zip(SERIES.values(), "osD^", strict=True))
+    for label, marker in markers.items():
+        mine = [r for r in rows if r["series"] == label]
+        if label != SERIES["larc"]:
+            mine = one_gpu + [r for r in mine if r["GPUs (simulated)"] > 1]
+        mine = sorted(
+            {r["GPUs (simulated)"]: r for r in mine}.values(), key=lambda r: r["GPUs (simulated)"]
+        )
+        if not mine:
+            continue
         gpus = [r["GPUs (simulated)"] for r in mine]
-        (line,) = ap_ax.plot(gpus, [r["AP50"] for r in mine], marker=marker, label=label)
-        for r in mine:
-            if marker == "s" and r["GPUs (simulated)"] == 1:
-                continue  # the 1-GPU run is labelled once, in the scaled series
-            ap_ax.annotate(
-                r["LR"].split()[0],
-                (r["GPUs (simulated)"], r["AP50"]),
-                textcoords="offset points",
-                xytext=offset,
-                fontsize=7,
-                color=line.get_color(),  # whose LR it is, where the two lines cross
-            )
-        speed_ax.plot(gpus, [r["images/s"] for r in mine], marker=marker, label=label)
+        means = [r["AP50 mean"] for r in mine]
+        lows = [
+            m - min(float(v) for v in r["AP50 per seed"].split(" / "))
+            for m, r in zip(means, mine, strict=True)
+        ]
+        highs = [
+            max(float(v) for v in r["AP50 per seed"].split(" / ")) - m
+            for m, r in zip(means, mine, strict=True)
+        ]
+        ap_ax.errorbar(gpus, means, yerr=[lows, highs], marker=marker, capsize=3, label=label)
+        measured = [(r["total batch"], r["B_simple (end)"]) for r in mine if r["B_simple (end)"]]
+        if measured and label != SERIES["larc"]:
+            noise_ax.plot(*zip(*measured, strict=True), marker=marker, label=label)
+    if noise_scale is not None:
+        limit = noise_scale / per_gpu
+        ap_ax.axvline(limit, color="grey", linestyle="--", linewidth=1)
+        ap_ax.annotate(
+            f"total batch = B_simple ({noise_scale:.3g})",
+            (limit, 0.02),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            color="grey",
+            xytext=(3, 0),
+            textcoords="offset points",
+        )
     all_gpus = sorted({r["GPUs (simulated)"] for r in rows})
-    for ax, label in ((ap_ax, "AP50 (%)"), (speed_ax, "training images/s (this machine)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(all_gpus, [str(g) for g in all_gpus])
-        ax.minorticks_off()
-        ax.set_xlabel("simulated GPUs (total batch = GPUs x images/GPU)")
-        ax.set_ylabel(label)
+    ap_ax.set_xscale("log", base=2)
+    ap_ax.set_xticks(all_gpus, [str(g) for g in all_gpus])
+    ap_ax.minorticks_off()
+    ap_ax.set_xlabel(f"simulated GPUs (total batch = GPUs x {per_gpu} image(s))")
+    ap_ax.set_ylabel("AP50 (%), mean over seeds (bar: lowest to highest)")
+    batches = sorted({r["total batch"] for r in rows})
+    noise_ax.plot(
+        batches, batches, color="grey", linestyle="--", linewidth=1, label="B_simple = total batch"
+    )
+    noise_ax.set_xscale("log", base=2)
+    noise_ax.set_yscale("log", base=2)
+    noise_ax.set_xticks(batches, [str(b) for b in batches])
+    noise_ax.minorticks_off()
+    noise_ax.set_xlabel("total batch of the run (images)")
+    noise_ax.set_ylabel("B_simple at the end of the run (images)")
+    for ax in (ap_ax, noise_ax):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    hows = ", ".join(
-        f"{r['GPUs (simulated)']}: {r['how (processes x accum)']}"
-        for r in next(iter(series.values()))
-    )
-    speed_ax.set_title(f"processes x accumulation: {hows}", fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -400,7 +454,6 @@ def load_base(args: argparse.Namespace) -> CfgNode:
     """The config with its data registered (generated if synthetic), its real training-set size,
     the seed, and the device this machine has."""
     cfg = det_scaling.load_cfg(str(args.config), args.overrides)
-    cfg.SEED = args.seed
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     names = (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
@@ -420,15 +473,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument(
-        "--gpus", type=int, nargs="+", default=[1, 2, 4, 8], help="simulated GPU counts"
+        "--gpus", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="simulated GPU counts"
     )
+    parser.add_argument(
+        "--larc-gpus", type=int, nargs="*", default=[8, 16], help="GPU counts of the LARC rows"
+    )
+    parser.add_argument(
+        "--series", nargs="+", choices=list(SERIES), default=list(SERIES), help="rows to run"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="SEED of each run")
     parser.add_argument(
         "--max-epochs",
         type=float,
-        # 1 epoch keeps the 7 default runs at about 15 minutes on 2 shared CPU cores.
         default=1.0,
         help="epochs of every row (the config's schedule compressed to it); "
         "0: the config's own length",
+    )
+    parser.add_argument(
+        "--backbone",
+        choices=("pretrained", "scratch"),
+        default="pretrained",
+        help="pretrained: MODEL.WEIGHTS from det_scaling.pretrain (made once, cached), stem "
+        "and res2 frozen as in detectron2's fine-tuning; scratch: the config as it is",
     )
     parser.add_argument(
         "--processes",
@@ -438,37 +504,41 @@ def main() -> None:
         "more simulated GPUs accumulate gradients",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--seed", type=int, default=0, help="SEED of every run")
     parser.add_argument(
         "--overhead-iters",
         type=int,
-        default=40,
-        help="timed iterations per trainer for the overhead ratio (0: skip)",
+        default=0,
+        help="timed iterations per trainer for the ScalingTrainer / DefaultTrainer ratio (0: skip)",
     )
     parser.add_argument("--overhead-chunk", type=int, default=5)
-    parser.add_argument("--no-unscaled", action="store_true", help="only the scaled rows")
     parser.add_argument("--keep-checkpoints", action="store_true")
     parser.add_argument("--output-dir", type=Path, default=Path("output/scaling_table"))
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs merged into the config")
     args = parser.parse_args()
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), os.times()
     torch.set_num_threads(args.threads)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     log_to(args.output_dir / "log.txt")
     loaded = load_base(args)
+    if args.backbone == "pretrained":
+        loaded.MODEL.WEIGHTS = str(pretrained_backbone(PRETRAIN_CONFIG, num_gpus=args.processes))
+        loaded.MODEL.BACKBONE.FREEZE_AT = 2
+    pretrained_s = time.perf_counter() - start
     reference = loaded.SOLVER.REFERENCE_WORLD_SIZE
     cfg = epoch_schedule(loaded, args.max_epochs or None)
     one_gpu = one_gpu_cfg(cfg)
     per_gpu = one_gpu.SOLVER.IMS_PER_BATCH
     machine = machine_description(args.threads, cfg.MODEL.DEVICE)
     header = (
-        f"{args.config.name}: written for {reference} GPU(s) x "
+        f"{args.config.name}, backbone {args.backbone}"
+        + (f" ({loaded.MODEL.WEIGHTS}, FREEZE_AT 2)" if args.backbone == "pretrained" else "")
+        + f": written for {reference} GPU(s) x "
         f"{cfg.SOLVER.IMS_PER_BATCH // max(reference, 1)} images, BASE_LR {cfg.SOLVER.BASE_LR:g};"
         f" 1-GPU form: batch {per_gpu}, LR {one_gpu.SOLVER.BASE_LR:g}; "
         f"{cfg.SCALING.EPOCHS.MAX:g} epochs of {cfg.SCALING.DATASET_SIZE} images "
         f"(LR steps at {', '.join(f'{s:g}' for s in cfg.SCALING.EPOCHS.STEPS)}, warmup "
-        f"{cfg.SCALING.EPOCHS.WARMUP:g}), seed {args.seed}\n{machine}"
+        f"{cfg.SCALING.EPOCHS.WARMUP:g}), seeds {args.seeds}\n{machine}"
     )
     print(header, flush=True)
 
@@ -483,20 +553,38 @@ def main() -> None:
         )
         print(f"\nOverhead, 1 process:\n{format_overhead(overhead)}", flush=True)
 
-    rows, summaries = [], {}
-    print()
-    for row in plan_rows(args.gpus, args.processes):
-        if args.no_unscaled and not row.scaled:
-            continue
-        run_cfg = row_cfg(one_gpu, row, args.output_dir)
-        summary = train_row(run_cfg, row, args.threads, args.keep_checkpoints)
-        rows.append(table_row(row, run_cfg, summary, per_gpu))
-        summaries[row.name] = {"row": asdict(row), "summary": summary}
-        print(json.dumps(rows[-1]), flush=True)
+    rows = plan_rows(args.gpus, args.processes, args.larc_gpus, tuple(args.series))
+    runs = [
+        (row, seed, row_cfg(one_gpu, row, seed, args.output_dir))
+        for row in rows
+        for seed in args.seeds
+    ]
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    print(f"\n{len(runs)} runs", flush=True)
+    for processes in sorted({row.processes for row in rows}):
+        mine = [(row, seed, cfg) for row, seed, cfg in runs if row.processes == processes]
+        summaries = train_runs(
+            [c for _, _, c in mine], processes, args.threads, args.keep_checkpoints
+        )
+        for (row, _, run_cfg), summary in zip(mine, summaries, strict=True):
+            results.setdefault((row.name, row.gpus), []).append(run_result(row, run_cfg, summary))
+    table = [table_row(row, results[row.name, row.gpus], per_gpu) for row in rows]
+    noise_scale = baseline_noise_scale(table)
+    checks = verdict(table, noise_scale)
     wall = time.perf_counter() - start
+    end = os.times()
+    cpu = (end.user + end.children_user) - (cpu_start.user + cpu_start.children_user)
 
-    table = tabulate(rows, headers="keys", tablefmt="github", floatfmt="g")
-    text = f"{header}\n{len(rows)} runs, {wall / 60:.1f} min in all\n\n{table}\n"
+    text = (
+        f"{header}\n{len(runs)} runs, {wall / 60:.1f} min in all ({cpu / 60:.1f} min of CPU, "
+        f"all processes; {pretrained_s / 60:.1f} min getting the pretrained backbone)\n\n"
+        f"{tabulate(table, headers='keys', tablefmt='github', floatfmt='g')}\n\n"
+        f"B_simple of the baseline (linear rule, smallest multi-GPU row, end of run): "
+        f"{noise_scale if noise_scale is not None else 'not measured'} images; with "
+        f"{per_gpu} image(s)/GPU the linear rule is expected to hold up to "
+        f"{'?' if noise_scale is None else max(1, int(noise_scale // per_gpu))} GPU(s)\n\n"
+        f"Against the seeds' table:\n\n{tabulate(checks, headers='keys', tablefmt='github')}\n"
+    )
     if overhead is not None:
         text += f"\nOverhead (1 process, same config):\n\n{format_overhead(overhead)}\n"
     print(f"\n{text}")
@@ -508,16 +596,26 @@ def main() -> None:
         "machine": machine,
         "machine_at_end": machine_description(args.threads, cfg.MODEL.DEVICE),
         "wall_time_s": wall,
-        "rows": rows,
-        "runs": summaries,
+        "cpu_time_s": cpu,
+        "pretrained_backbone_s": pretrained_s,
+        "rows": table,
+        "noise_scale": noise_scale,
+        "verdict": checks,
+        "runs": {
+            f"{row.name}/seed{seed}": {"row": asdict(row), "result": r}
+            for row in rows
+            for seed, r in zip(args.seeds, results[row.name, row.gpus], strict=True)
+        },
         "overhead": overhead,
     }
     (args.output_dir / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     plot(
-        rows,
+        table,
         args.output_dir / "scaling_table.png",
-        f"{args.config.stem}: scaled vs not scaled LR, {cfg.SCALING.EPOCHS.MAX:g} epochs",
-        cfg.SCALING.RULE,
+        f"{args.config.stem} ({args.backbone} backbone): {cfg.SCALING.EPOCHS.MAX:g} epoch(s), "
+        f"seeds {', '.join(map(str, args.seeds))}",
+        noise_scale,
+        per_gpu,
     )
     print(f"written: {args.output_dir}/table.md, results.json, scaling_table.png")
 

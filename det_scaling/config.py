@@ -179,6 +179,23 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # behaviour). Otherwise at least 2, so that resume has an older one when the newest cannot be
     # read; model_final.pth is never deleted.
     cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
+    # ==== the science of scaling (issue 13): the noise scale, a backbone to pretrain ====
+    # ---- gradient noise scale: where the linear rule stops holding (engine/gradient_noise.py) ----
+    # B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), in images: below it the linear rule
+    # holds. Measured from the gradient norms at the two batch sizes each step has (one process's
+    # before DDP's all-reduce and the all-reduced one; on one process, the first micro-batch and
+    # the accumulated step), so it needs 2+ processes or SCALING.GRAD_ACCUM_STEPS >= 2.
+    cfg.SCALING.NOISE_SCALE = CfgNode()
+    cfg.SCALING.NOISE_SCALE.ENABLED = False  # measure it in training; logged as noise_scale
+    # Weight kept per step by the running averages of |G|^2 and tr(Sigma) (0.99: about 100 steps).
+    cfg.SCALING.NOISE_SCALE.DECAY = 0.99
+    cfg.SCALING.NOISE_SCALE.PERIOD = 20  # steps between two logged readings (one host sync each)
+
+    # The classifier's network: "torchvision" (torchvision's ResNet, MODEL.CLASSIFIER.DEPTH) or
+    # "detectron2" (detectron2's ResNet from MODEL.RESNETS, e.g. with GroupNorm, plus a linear
+    # layer), whose backbone weights load into a detectron2 detector of the same MODEL.RESNETS
+    # (det_scaling.pretrain.export_backbone): ImageNet pretraining for a detector.
+    cfg.MODEL.CLASSIFIER.BACKBONE = "torchvision"
 
     if was_frozen:
         cfg.freeze()

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import socket
 import tempfile
 import time
@@ -54,6 +55,7 @@ __all__ = [
     "create_ddp_model",
     "default_device",
     "launch",
+    "launch_for_result",
     "pick_backend",
     "planned_world_size",
     "torchrun_restart_count",
@@ -153,6 +155,35 @@ def launch(
         except ProcessException as error:
             failure = _failure_of(error, records_dir, first_rank, world_size, log_dir)
             raise RankFailedError(failure) from None
+
+
+def launch_for_result(
+    main_func: Callable[..., Any], num_processes: int, args: Sequence[Any] = ()
+) -> Any:
+    """``main_func(*args)`` in ``num_processes`` processes on this machine (:func:`launch`, a free
+    local port); returns the main process's return value (picklable). One process runs here,
+    without spawning. A ``ValueError`` (a bad input: every process raises it alike) is raised here
+    with its message; any other failure ends the processes as :func:`launch` does."""
+    if num_processes == 1:
+        return main_func(*args)
+    with tempfile.TemporaryDirectory(prefix="det_scaling_result_") as directory:
+        path = os.path.join(directory, "result.pkl")
+        launch(_result_worker, num_processes, dist_url="auto", args=(main_func, args, path))
+        with open(path, "rb") as f:
+            outcome = pickle.load(f)
+    if "error" in outcome:
+        raise ValueError(outcome["error"])
+    return outcome["result"]
+
+
+def _result_worker(main_func: Callable[..., Any], args: Sequence[Any], path: str) -> None:
+    try:
+        outcome: dict[str, Any] = {"result": main_func(*args)}
+    except ValueError as error:
+        outcome = {"error": str(error)}
+    if comm.is_main_process():
+        with open(path, "wb") as f:
+            pickle.dump(outcome, f)
 
 
 def pick_backend(processes_per_machine: int) -> str:

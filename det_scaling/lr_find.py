@@ -30,11 +30,8 @@ from __future__ import annotations
 import csv
 import math
 import os
-import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +44,7 @@ from detectron2.utils.events import EventStorage
 from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.config import add_scaling_config
 from det_scaling.engine import micro_batch_cfg
-from det_scaling.launch import create_ddp_model, launch
+from det_scaling.launch import create_ddp_model, launch_for_result
 from det_scaling.prepare import plan_run, prepare_run
 from det_scaling.tasks import trainer_class
 from det_scaling.weights import check_weights
@@ -349,16 +346,7 @@ def launch_lr_range_test(
     _check_sweep_arguments(**settings)
     plan_run(cfg, num_gpus, keep_reference_batch=True)
     check_weights(cfg)
-    if num_gpus == 1:
-        return lr_range_test(cfg, **settings)
-    with tempfile.TemporaryDirectory(prefix="lr_find_") as directory:
-        path = Path(directory) / "result.pkl"
-        launch(_worker, num_gpus, dist_url="auto", args=(cfg, settings, str(path)))
-        with open(path, "rb") as f:
-            outcome = pickle.load(f)
-    if "error" in outcome:
-        raise ValueError(outcome["error"])
-    return outcome["result"]
+    return launch_for_result(_sweep, num_gpus, args=(cfg, settings))
 
 
 def plot_lr_find(
@@ -496,13 +484,6 @@ def _add_notes(result: LRFindResult) -> None:
         )
 
 
-def _worker(cfg: CfgNode, settings: dict[str, Any], path: str) -> None:
-    # Runs in each launched process; the main one hands its outcome to the parent in ``path``.
-    # A ValueError is every process's (the decisions are broadcast), so all of them return.
-    try:
-        outcome: dict[str, Any] = {"result": lr_range_test(cfg, **settings)}
-    except ValueError as error:
-        outcome = {"error": str(error)}
-    if comm.is_main_process():
-        with open(path, "wb") as f:
-            pickle.dump(outcome, f)
+def _sweep(cfg: CfgNode, settings: dict[str, Any]) -> LRFindResult:
+    # Module level: launched processes import it.
+    return lr_range_test(cfg, **settings)

@@ -63,18 +63,29 @@ def test_processes_for(bench):
 
 
 def test_plan_rows(bench):
-    rows = bench.plan_rows([1, 2, 4, 8], 2)
-    assert [(r.gpus, r.scaled, r.how) for r in rows] == [
-        (1, True, "1 x 1"),
-        (2, True, "2 x 1"),
-        (4, True, "2 x 2"),
-        (8, True, "2 x 4"),
-        # no "not scaled" 1-GPU row: the 1-GPU LR is the scaled LR there
-        (2, False, "2 x 1"),
-        (4, False, "2 x 2"),
-        (8, False, "2 x 4"),
+    rows = bench.plan_rows([1, 2, 4, 8, 16], 2, [8, 16])
+    assert [(r.gpus, r.series, r.how) for r in rows] == [
+        (1, "linear", "1 x 1"),
+        (2, "linear", "2 x 1"),
+        (4, "linear", "2 x 2"),
+        (8, "linear", "2 x 4"),
+        (16, "linear", "2 x 8"),
+        # no kept or sqrt 1-GPU rows: every rule gives the 1-GPU LR there (the same run)
+        (2, "none", "2 x 1"),
+        (4, "none", "2 x 2"),
+        (8, "none", "2 x 4"),
+        (16, "none", "2 x 8"),
+        (2, "sqrt", "2 x 1"),
+        (4, "sqrt", "2 x 2"),
+        (8, "sqrt", "2 x 4"),
+        (16, "sqrt", "2 x 8"),
+        (8, "larc", "2 x 4"),
+        (16, "larc", "2 x 8"),
     ]
     assert len({r.name for r in rows}) == len(rows)
+    assert {r.rule for r in rows if r.series == "larc"} == {"linear"}
+    only_kept = bench.plan_rows([1, 2], 2, [], ("none",))
+    assert [(r.gpus, r.series) for r in only_kept] == [(1, "linear"), (2, "none")]
 
 
 def test_epoch_schedule(bench, cfg):
@@ -99,21 +110,27 @@ def test_row_cfgs_see_the_same_images(bench, cfg, tmp_path):
     assert one_gpu.SOLVER.IMS_PER_BATCH == 2
     assert one_gpu.SOLVER.BASE_LR == pytest.approx(0.01)
     by_key = {}
-    for row in bench.plan_rows([1, 2, 4, 8], 2):
-        run = bench.row_cfg(one_gpu, row, tmp_path)
-        by_key[row.gpus, row.scaled] = run
+    for row in bench.plan_rows([1, 2, 4, 8], 2, [8]):
+        run = bench.row_cfg(one_gpu, row, 3, tmp_path)
+        by_key[row.gpus, row.series] = run
         assert run.SOLVER.IMS_PER_BATCH == 2 * row.gpus
         assert run.SOLVER.REFERENCE_WORLD_SIZE == row.processes
         assert run.SCALING.GRAD_ACCUM_STEPS == row.accumulation
         assert run.SOLVER.MAX_ITER * run.SOLVER.IMS_PER_BATCH == 800  # 2 epochs of 400
-        expected_lr = 0.01 * row.gpus if row.scaled else 0.01
+        expected_lr = {"linear": 0.01 * row.gpus, "larc": 0.01 * row.gpus, "none": 0.01}.get(
+            row.series, 0.01 * row.gpus**0.5
+        )
         assert run.SOLVER.BASE_LR == pytest.approx(expected_lr)
+        assert run.SOLVER.OPTIMIZER == ("LARC" if row.series == "larc" else "SGD")
+        # Measured wherever a step has two batch sizes (not at 1 x 1).
+        assert run.SCALING.NOISE_SCALE.ENABLED == (row.gpus > 1)
+        assert run.SEED == 3
         assert run.SOLVER.CHECKPOINT_PERIOD > run.SOLVER.MAX_ITER  # model_final only
         assert run.TEST.EVAL_PERIOD == 0  # evaluated once, at the end
-        assert Path(run.OUTPUT_DIR) == tmp_path / row.name
-    eight, eight_unscaled = by_key[8, True], by_key[8, False]
-    assert eight.SOLVER.MAX_ITER == eight_unscaled.SOLVER.MAX_ITER == 50
-    assert eight.SOLVER.STEPS == eight_unscaled.SOLVER.STEPS == (38, 45)  # 37.5 rounds to even
+        assert Path(run.OUTPUT_DIR) == tmp_path / "seed3" / row.name
+    eight, eight_kept = by_key[8, "linear"], by_key[8, "none"]
+    assert eight.SOLVER.MAX_ITER == eight_kept.SOLVER.MAX_ITER == 50
+    assert eight.SOLVER.STEPS == eight_kept.SOLVER.STEPS == (38, 45)  # 37.5 rounds to even
 
 
 def test_overhead_cfg_is_what_stock_detectron2_runs(bench, cfg, tmp_path):
@@ -126,23 +143,39 @@ def test_overhead_cfg_is_what_stock_detectron2_runs(bench, cfg, tmp_path):
     assert DefaultTrainer.auto_scale_workers(stock, 1) == stock
 
 
-def test_table_and_plot(bench, cfg, tmp_path):
+def test_table_verdict_and_plot(bench, cfg, tmp_path):
     one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, 2.0))
-    rows = []
-    for row in bench.plan_rows([1, 2, 4], 2):
-        run = bench.row_cfg(one_gpu, row, tmp_path)
-        summary = {
-            "metrics": {"bbox/AP50": 40.0 / row.gpus, "bbox/AP": 20.0},
-            "epochs_seen": 2.0,
-            "images_per_s": 3.0 * row.processes,
-        }
-        rows.append(bench.table_row(row, run, summary, 2))
-    assert rows[0]["LR"] == "0.01" and rows[-1]["LR"] == "0.01 (not scaled)"
-    assert rows[2]["how (processes x accum)"] == "2 x 2"
-    assert rows[2]["total batch"] == 8 and rows[2]["steps"] == 100
-    json.dumps(rows)  # results.json holds them as they are
+    rows = bench.plan_rows([1, 2, 4], 2, [4])
+    table = []
+    for row in rows:
+        runs = []
+        for seed in (0, 1):
+            run = bench.row_cfg(one_gpu, row, seed, tmp_path)
+            kept = row.series == "none"
+            summary = {
+                "metrics": {
+                    "bbox/AP50": 40.0 - (5 if kept else 0) * row.gpus + seed,
+                    "bbox/AP": 20.0,
+                },
+                "epochs_seen": 2.0,
+                "train_time_s": 1.0,
+                "gradient_noise": {"noise_scale": 5.0 + seed} if row.gpus > 1 else None,
+            }
+            runs.append(bench.run_result(row, run, summary))
+        table.append(bench.table_row(row, runs, 2))
+    first = table[0]
+    assert first["AP50 per seed"] == "40.0 / 41.0" and first["AP50 mean"] == 40.5
+    assert first["AP50 spread"] == 1.0 and first["B_simple (end)"] is None
+    assert table[1]["B_simple (end)"] == 5.5 and table[1]["how (processes x accum)"] == "2 x 1"
+    assert bench.baseline_noise_scale(table) == 5.5  # the linear 2-GPU row
+    checks = {c["GPUs"]: c for c in bench.verdict(table, 5.5)}
+    assert checks[2]["linear within 1 of 1 GPU"] == "yes"
+    assert checks[2]["kept - linear (AP50)"] == -10.0 and checks[2]["kept >= 3 below"] == "yes"
+    assert checks[2]["total batch <= B_simple"] == "yes"  # 4 images <= 5.5
+    assert checks[4]["total batch <= B_simple"] == "no"  # 8 images
+    json.dumps(table)  # results.json holds them as they are
     path = tmp_path / "table.png"
-    bench.plot(rows, path, "test")
+    bench.plot(table, path, "test", 5.5, 2)
     assert path.stat().st_size > 0
 
 

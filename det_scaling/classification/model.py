@@ -1,4 +1,4 @@
-"""``ImageClassifier``: a torchvision ResNet as a detectron2 meta-architecture.
+"""``ImageClassifier``: a ResNet (torchvision's, or detectron2's) as a detectron2 meta-architecture.
 
 It takes what detectron2 models take (a list of mapped dicts) and returns what they return
 (a dict of losses in training, one result per input in evaluation), so detectron2's
@@ -15,12 +15,22 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from detectron2.config import CfgNode, configurable
-from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_resnet_backbone
 from torch import nn
 
-__all__ = ["RESNET_DEPTHS", "ImageClassifier", "build_resnet"]
+__all__ = [
+    "BACKBONES",
+    "RESNET_DEPTHS",
+    "BackboneClassifier",
+    "ImageClassifier",
+    "build_classifier_net",
+    "build_resnet",
+]
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
+# MODEL.CLASSIFIER.BACKBONE: whose ResNet the classifier is.
+BACKBONES = ("torchvision", "detectron2")
 
 
 def build_resnet(depth: int, num_classes: int, *, zero_init_residual: bool, small_input_stem: bool):
@@ -39,6 +49,52 @@ def build_resnet(depth: int, num_classes: int, *, zero_init_residual: bool, smal
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         net.maxpool = nn.Identity()
     return net
+
+
+class BackboneClassifier(nn.Module):
+    """A detectron2 backbone's last feature map, averaged over space and normalised, then a
+    linear layer.
+
+    Its ``backbone`` has the module names of the same backbone inside a detectron2 detector
+    (``stem.conv1``, ``res2.0.conv1`` ...), so its weights can initialise one."""
+
+    def __init__(self, backbone: nn.Module, feature: str, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature = feature
+        channels = backbone.output_shape()[feature].channels
+        # detectron2's ResNet ends without a normalisation, and its pooled features are large
+        # enough for the first steps to diverge: normalised before the linear layer.
+        self.norm = nn.LayerNorm(channels)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.backbone(images)[self.feature].mean(dim=(2, 3))))
+
+
+def build_classifier_net(cfg: CfgNode) -> nn.Module:
+    """The network ``MODEL.CLASSIFIER.BACKBONE`` names: torchvision's ResNet of
+    ``MODEL.CLASSIFIER.DEPTH``, or detectron2's ResNet of ``MODEL.RESNETS`` (its last stage,
+    ``res5``) with a linear layer."""
+    classifier = cfg.MODEL.CLASSIFIER
+    if classifier.BACKBONE == "torchvision":
+        return build_resnet(
+            classifier.DEPTH,
+            classifier.NUM_CLASSES,
+            zero_init_residual=classifier.ZERO_INIT_RESIDUAL,
+            small_input_stem=classifier.SMALL_INPUT_STEM,
+        )
+    if classifier.BACKBONE != "detectron2":
+        raise ValueError(
+            f"MODEL.CLASSIFIER.BACKBONE must be one of {BACKBONES}, got {classifier.BACKBONE!r}"
+        )
+    if classifier.NUM_CLASSES < 2:
+        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES must be >= 2, got {classifier.NUM_CLASSES}")
+    resnet_cfg = cfg.clone()
+    resnet_cfg.defrost()
+    resnet_cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    backbone = build_resnet_backbone(resnet_cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+    return BackboneClassifier(backbone, "res5", classifier.NUM_CLASSES)
 
 
 @META_ARCH_REGISTRY.register()
@@ -70,17 +126,11 @@ class ImageClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
-        classifier = cfg.MODEL.CLASSIFIER
         return {
-            "net": build_resnet(
-                classifier.DEPTH,
-                classifier.NUM_CLASSES,
-                zero_init_residual=classifier.ZERO_INIT_RESIDUAL,
-                small_input_stem=classifier.SMALL_INPUT_STEM,
-            ),
+            "net": build_classifier_net(cfg),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "label_smoothing": classifier.LABEL_SMOOTHING,
+            "label_smoothing": cfg.MODEL.CLASSIFIER.LABEL_SMOOTHING,
         }
 
     @property

@@ -3,9 +3,9 @@
 A command module holds its arguments and output only: ``add_parser(subparsers)`` adds its
 sub-parser and sets ``func`` (called with the parsed arguments, returning the exit code); the work
 is in the library module of the same name (``det_scaling.plan``, ``.diff``, ``.lr_plot``,
-``.lr_find``, ``.train``). A ``ValueError`` is a bad input: one line, exit status 2. A process
-of a run that failed (:class:`~det_scaling.failures.RankFailedError`) is one line too, naming the
-rank and the cause: exit status 1.
+``.lr_find``, ``.noise_scale``, ``.train``). A ``ValueError`` is a bad input: one line, exit
+status 2. A process of a run that failed (:class:`~det_scaling.failures.RankFailedError`) is one
+line too, naming the rank and the cause: exit status 1.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from det_scaling.cli._common import split_overrides
 from det_scaling.failures import RankFailedError
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
-COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "train")
+COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "noise_scale", "train")
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):

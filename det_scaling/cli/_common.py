@@ -87,6 +87,19 @@ def add_num_gpus_argument(parser: argparse.ArgumentParser, *, multiple: bool) ->
         )
 
 
+def add_processes_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--num-gpus N`` of a command that runs on the config's reference batch: the processes to
+    ``what`` on, gradient accumulation making up the rest of the batch."""
+    parser.add_argument(
+        "--num-gpus",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=f"processes to {what} on (GPUs, or CPU processes without them); gradient "
+        "accumulation makes up the rest of the reference batch (default: 1)",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -117,3 +130,11 @@ def check_output_file(path: str, option: str) -> None:
         raise ValueError(f"{option} {path}: no such directory {folder}; create it first")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"{option} {path}: directory {folder} is not writable")
+
+
+def require_yaml_config(config: str, command: str) -> None:
+    """Raises ``ValueError`` for a LazyConfig file: ``command`` takes YAML configs only."""
+    from det_scaling.lazy_config import is_lazy_config_file
+
+    if is_lazy_config_file(config):
+        raise ValueError(f"{config}: {command} takes YAML configs; LazyConfig files are not yet")

@@ -25,11 +25,12 @@ from det_scaling.cli._common import (
     _positive_int,
     add_config_argument,
     add_overrides_argument,
+    add_processes_argument,
     check_image_file,
+    require_yaml_config,
 )
 from det_scaling.cli.plan import format_plan_table
 from det_scaling.config import load_cfg
-from det_scaling.lazy_config import is_lazy_config_file
 
 # The GPU counts of the table printed with the suggestion.
 TABLE_GPU_COUNTS = [1, 2, 4, 8]
@@ -43,14 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_argument(parser)
-    parser.add_argument(
-        "--num-gpus",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="processes to run the sweep on (GPUs, or CPU processes without them); gradient "
-        "accumulation makes up the rest of the reference batch (default: 1)",
-    )
+    add_processes_argument(parser, "run the sweep")
     parser.add_argument(
         "-o",
         "--output",
@@ -101,8 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_image_file(args.output, "-o")
-    if is_lazy_config_file(args.config):
-        raise ValueError(f"{args.config}: lr-find takes YAML configs; LazyConfig files are not yet")
+    require_yaml_config(args.config, "lr-find")
     cfg = load_cfg(args.config, args.opts)
     print(
         f"lr-find: {args.config}: LR {args.start_lr:g} -> {args.end_lr:g} over "

@@ -4,15 +4,17 @@
   schedule, det_scaling's optimizers and schedules, resume at another GPU count, NaN advice, a
   final summary);
 * :class:`LazyScalingTrainer`: the same for detectron2's LazyConfig (``.py``) configs;
-* :class:`AccumulatingTrainer`: the step with gradient accumulation;
+* :class:`AccumulatingTrainer`: the step with gradient accumulation, read by observers;
+* :class:`GradientNoiseMeter`, :class:`NoiseScaleHook`: the gradient noise scale in training;
 * :mod:`.hooks`: progress in images, periods in images, reduce-on-plateau;
 * :mod:`.resume`: the one conversion from a checkpoint to this run's step;
 * :class:`SafeCheckpointer`: atomic checkpoints, resume from the newest readable one;
 * :class:`SolverMixin`: det_scaling's optimizers and schedules in any ``DefaultTrainer``.
 """
 
-from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
+from det_scaling.engine.accumulation import AccumulatingTrainer, GradientObserver, micro_batch_cfg
 from det_scaling.engine.checkpoint import SafeCheckpointer, UnreadableCheckpointError
+from det_scaling.engine.gradient_noise import GradientNoiseMeter, NoiseScaleHook, StepNorms
 from det_scaling.engine.hooks import (
     ImagePeriodHook,
     PlateauHook,
@@ -26,14 +28,18 @@ from det_scaling.engine.trainer import ScalingTrainer, check_scaled, format_summ
 
 __all__ = [
     "AccumulatingTrainer",
+    "GradientNoiseMeter",
+    "GradientObserver",
     "ImagePeriodHook",
     "LazyScalingTrainer",
+    "NoiseScaleHook",
     "PlateauHook",
     "ResumePoint",
     "SafeCheckpointer",
     "ScalingProgress",
     "ScalingTrainer",
     "SolverMixin",
+    "StepNorms",
     "UnreadableCheckpointError",
     "add_plateau_hook",
     "check_scaled",

@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from detectron2.engine import SimpleTrainer
@@ -23,7 +23,12 @@ from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.failures import ConsequenceOfAnotherRank
 from det_scaling.formats import config_format
 
-__all__ = ["AccumulatingTrainer", "NonFiniteLossOnAnotherRank", "micro_batch_cfg"]
+__all__ = [
+    "AccumulatingTrainer",
+    "GradientObserver",
+    "NonFiniteLossOnAnotherRank",
+    "micro_batch_cfg",
+]
 
 
 class NonFiniteLossOnAnotherRank(FloatingPointError, ConsequenceOfAnotherRank):
@@ -47,6 +52,21 @@ def micro_batch_cfg(cfg: Any, schedule: BatchSchedule) -> Any:
     return out.cfg
 
 
+class GradientObserver(Protocol):
+    """Reads the gradients of a step without changing them (e.g. the gradient noise scale).
+
+    :class:`AccumulatingTrainer` calls, for each observer in its ``observers``:
+    ``after_backward(micro_batch, accumulation_steps)`` once a micro-batch's backward is done
+    (``.grad`` then holds the sum over micro-batches ``0 .. micro_batch`` of their loss divided by
+    ``accumulation_steps``; under DDP, all-reduced after the last one only), and
+    ``before_optimizer_step()`` once all are done and, with AMP, unscaled.
+    """
+
+    def after_backward(self, micro_batch: int, accumulation_steps: int) -> None: ...
+
+    def before_optimizer_step(self) -> None: ...
+
+
 class AccumulatingTrainer(SimpleTrainer):
     """detectron2's ``SimpleTrainer`` whose step sums the gradients of ``accumulation_steps``
     micro-batches before one ``optimizer.step()``.
@@ -57,6 +77,9 @@ class AccumulatingTrainer(SimpleTrainer):
     last run in ``no_sync()``: gradients are all-reduced once per step. The losses logged are the
     means over the micro-batches. With a ``grad_scaler`` (AMP, CUDA only) the forward passes run
     under autocast and the scaler steps the optimizer, as in detectron2's ``AMPTrainer``.
+
+    ``observers`` (:class:`GradientObserver`) read the gradients during the step: the extension
+    point for measurements, so that this stays the one implementation of the step.
     """
 
     def __init__(
@@ -72,6 +95,7 @@ class AccumulatingTrainer(SimpleTrainer):
         super().__init__(model, data_loader, optimizer)
         self.accumulation_steps = accumulation_steps
         self.grad_scaler = grad_scaler
+        self.observers: list[GradientObserver] = []
 
     def run_step(self) -> None:
         assert self.model.training, "[AccumulatingTrainer] model was changed to eval mode!"
@@ -94,12 +118,20 @@ class AccumulatingTrainer(SimpleTrainer):
                 if self.grad_scaler is not None:
                     losses = self.grad_scaler.scale(losses)
                 losses.backward()
+            for observer in self.observers:
+                observer.after_backward(micro_batch, self.accumulation_steps)
             for name, value in loss_dict.items():
                 loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
         self._write_metrics(
             {name: total / self.accumulation_steps for name, total in loss_sums.items()},
             data_time,
         )
+        if self.observers:
+            if self.grad_scaler is not None:
+                # Observers read true gradients; the scaler's step then does not unscale again.
+                self.grad_scaler.unscale_(self.optimizer)
+            for observer in self.observers:
+                observer.before_optimizer_step()
         if self.grad_scaler is None:
             self.optimizer.step()
         else:

@@ -49,6 +49,7 @@ from det_scaling import compat
 from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
 from det_scaling.engine.checkpoint import SafeCheckpointer, periodic_checkpointer
+from det_scaling.engine.gradient_noise import GradientNoiseMeter, NoiseScaleHook
 from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
 from det_scaling.engine.resume import place_scheduler, resume_point
 from det_scaling.engine.solver_mixin import SolverMixin
@@ -113,6 +114,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             for s in stages
         ]
         lines.append("batch stages: " + ", ".join(shown))
+    noise = summary.get("gradient_noise")
+    if noise and noise["noise_scale"] is not None:
+        lines.append(
+            f"gradient noise scale B_simple {noise['noise_scale']:.3g} images "
+            f"(over {noise['steps_measured']} steps)"
+        )
     metrics = summary["metrics"]
     if metrics:
         shown = {k: v for k, v in metrics.items() if k.endswith(("AP", "AP50", "AP75"))} or metrics
@@ -153,6 +160,7 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         data_loader = self.build_train_loader(micro_batch_cfg(cfg, self.batch_schedule))
         model = create_ddp_model(model, **self.settings.ddp)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
+        self.gradient_noise = self.build_gradient_noise(cfg)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # This run's base LR of each param group: a checkpoint of another GPU count carries its
@@ -216,9 +224,19 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             grad_scaler=_cuda_grad_scaler() if amp else None,
         )
 
+    def build_gradient_noise(self, cfg: Any) -> GradientNoiseMeter | None:
+        """With ``SCALING.NOISE_SCALE.ENABLED`` (``train.scaling.noise_scale.enabled``), the
+        measurement of the gradient noise scale in the step: ``trainer.gradient_noise``, where
+        hooks and schedulers read the statistics."""
+        noise = self.settings.noise_scale
+        if noise is None:
+            return None
+        return GradientNoiseMeter(self._trainer, self.batch_schedule.micro_batch, noise.decay)
+
     def build_hooks(self) -> list[hooks.HookBase]:
         """detectron2's default hooks (timer, LR schedule, PreciseBN, checkpoints, evaluation,
-        writers) with :class:`ScalingProgress` before the checkpointer, PreciseBN reading
+        writers) with :class:`ScalingProgress` (and :class:`NoiseScaleHook` when the noise scale is
+        measured) before the checkpointer, PreciseBN reading
         micro-batches, the plateau hook after the evaluation when ``SOLVER.PLATEAU.ENABLED``,
         and every periodic hook counting its period in images (:class:`ImagePeriodHook`)."""
         settings = self.settings
@@ -241,6 +259,9 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         ret: list[hooks.HookBase | None] = [
             hooks.IterationTimer(),
             self.progress,
+            None
+            if self.gradient_noise is None
+            else NoiseScaleHook(self.gradient_noise, settings.noise_scale.period),
             hooks.LRScheduler(),
             precise_bn,  # before the checkpointer: it changes the model that is saved
         ]
@@ -347,7 +368,8 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
     def build_summary(self, wall_time: float) -> dict[str, Any]:
         """The run in one dict: scaled settings, progress, wall time (the whole ``train()``),
         training time and images/s (up to the last step), final LR, evaluation metrics
-        (flattened, e.g. ``bbox/AP50``; empty when nothing was evaluated) and the batch stages."""
+        (flattened, e.g. ``bbox/AP50``; empty when nothing was evaluated), the batch stages and
+        the gradient noise statistics when measured."""
         progress, schedule = self.progress, self.batch_schedule
         images_this_run = progress.images_seen - progress.images_at_start
         results = getattr(self, "_last_eval_results", None)
@@ -373,6 +395,7 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             "metrics": {k: float(v) for k, v in flatten_results_dict(results or {}).items()},
             "resumed_from": progress.resumed_from,
             "batch_stages": [dataclasses.asdict(s) for s in schedule.stages],
+            "gradient_noise": self.gradient_noise and self.gradient_noise.summary(),
         }
 
 

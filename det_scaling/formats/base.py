@@ -125,6 +125,14 @@ class ScheduleField:
 
 
 @dataclass(frozen=True)
+class NoiseScaleSettings:
+    """The gradient noise scale measured in training (``SCALING.NOISE_SCALE``)."""
+
+    decay: float  # weight kept per step by the running averages
+    period: int  # steps between two logged readings
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """What the training loop reads from a config besides the recipe."""
 
@@ -138,6 +146,7 @@ class RunSettings:
     ddp: dict[str, Any] = field(default_factory=dict)  # DistributedDataParallel options
     precise_bn_iters: int = 0  # 0: no PreciseBN
     plateau: bool = False  # reduce the LR on plateau (SOLVER.PLATEAU)
+    noise_scale: NoiseScaleSettings | None = None  # None: not measured
 
 
 class ConfigFormat(ABC):

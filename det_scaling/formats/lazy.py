@@ -27,6 +27,7 @@ from det_scaling.formats.base import (
     AdaBatchSettings,
     ConfigFormat,
     EpochSchedule,
+    NoiseScaleSettings,
     Recipe,
     RecipeKeys,
     RunSettings,
@@ -223,6 +224,7 @@ class LazyFormat(ConfigFormat):
             return OmegaConf.select(self.cfg, f"train.{key}", default=_TRAIN_DEFAULTS[key])
 
         ddp = OmegaConf.select(self.cfg, "train.ddp", default=None)
+        noise = OmegaConf.select(self.cfg, "train.scaling.noise_scale", default=None)
         return RunSettings(
             output_dir=train("output_dir"),
             weights=train("init_checkpoint") or "",
@@ -232,6 +234,9 @@ class LazyFormat(ConfigFormat):
             writer_period=train("log_period"),
             amp=bool(train("amp.enabled")),
             ddp=OmegaConf.to_container(ddp) if ddp is not None else {},
+            noise_scale=NoiseScaleSettings(noise.decay, noise.period)
+            if noise is not None and noise.enabled
+            else None,
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -15,6 +15,7 @@ from det_scaling.formats.base import (
     AdaBatchSettings,
     ConfigFormat,
     EpochSchedule,
+    NoiseScaleSettings,
     Recipe,
     RecipeKeys,
     RunSettings,
@@ -147,6 +148,7 @@ class YacsFormat(ConfigFormat):
             ddp={"broadcast_buffers": False},
             precise_bn_iters=precise_bn.NUM_ITER if precise_bn.ENABLED else 0,
             plateau=bool(cfg.SOLVER.PLATEAU.ENABLED),
+            noise_scale=_noise_scale(cfg.SCALING.NOISE_SCALE),
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -174,3 +176,7 @@ def _lookup(cfg: CfgNode, dotted_key: str) -> tuple[CfgNode, str]:
     for parent in parents:
         node = node[parent]
     return node, name
+
+
+def _noise_scale(node: CfgNode) -> NoiseScaleSettings | None:
+    return NoiseScaleSettings(node.DECAY, node.PERIOD) if node.ENABLED else None

@@ -1,0 +1,260 @@
+"""The gradient noise scale of a config: a short measurement on its model and data.
+
+McCandlish et al. (2018): B_simple = tr(Sigma) / |G|^2 estimates the critical batch, below which
+k times the batch takes about k times fewer steps (the linear rule holds); past it, extra batch
+buys little. :func:`measure_noise_scale` trains the config's model on its data for a few steps,
+as training would start (the task's trainer class builds the model, loader, optimizer, LR
+schedule and step; ``MODEL.WEIGHTS`` is loaded), with the step's
+:class:`~det_scaling.engine.GradientNoiseMeter` measuring the two batch sizes every step has.
+
+The run is the config's **reference batch** (as ``lr-find``), realised on this run's processes
+by gradient accumulation. With one process and no accumulation a step has one batch size only;
+the measurement then runs at twice the reference batch (2 micro-batches per step, the LR by the
+config's rule), which changes what is measured only through the LR. Nothing is written.
+
+B_simple is the ratio of the means of the per-step unbiased estimates of tr(Sigma) and |G|^2,
+over all steps and over consecutive windows of steps (how it moves as the model trains).
+:func:`launch_noise_scale` runs it in several processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
+
+from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.config import add_scaling_config
+from det_scaling.engine import GradientNoiseMeter, StepNorms, micro_batch_cfg, place_scheduler
+from det_scaling.gradient_noise import linear_rule_gpu_limit, two_batch_estimates
+from det_scaling.launch import create_ddp_model, launch_for_result
+from det_scaling.prepare import plan_run, prepare_run
+from det_scaling.scaling import plan_scaling
+from det_scaling.tasks import trainer_class
+
+__all__ = [
+    "DEFAULT_NUM_ITER",
+    "DEFAULT_WINDOWS",
+    "NoiseScaleEstimate",
+    "NoiseScaleResult",
+    "estimate",
+    "launch_noise_scale",
+    "measure_noise_scale",
+]
+
+# 100 steps: a minute or two for the tiny detector on a CPU; a few seconds on a GPU.
+DEFAULT_NUM_ITER = 100
+DEFAULT_WINDOWS = 5
+_NORM_COLUMNS = ("small_sq_norm", "small_batch", "big_sq_norm", "big_batch")
+
+
+@dataclass(frozen=True)
+class NoiseScaleEstimate:
+    """B_simple over steps ``first`` .. ``last`` (inclusive), with its standard error (delta
+    method, steps taken as independent); ``noise_scale`` is None when |G|^2 is not resolved."""
+
+    first: int
+    last: int
+    steps: int
+    sq_grad_norm: float
+    trace_sigma: float
+    noise_scale: float | None
+    standard_error: float | None
+
+
+def estimate(norms: list[StepNorms]) -> NoiseScaleEstimate:
+    """B_simple from the steps' squared norms: the ratio of the means of their unbiased
+    estimates of tr(Sigma) and |G|^2 (:func:`~det_scaling.gradient_noise.two_batch_estimates`)."""
+    if not norms:
+        raise ValueError("no step was measured")
+    pairs = [
+        two_batch_estimates(n.small_sq_norm, n.small_batch, n.big_sq_norm, n.big_batch)
+        for n in norms
+    ]
+    count = len(pairs)
+    sq_grad_norm = sum(g for g, _ in pairs) / count
+    trace = sum(t for _, t in pairs) / count
+    ratio = trace / sq_grad_norm if sq_grad_norm > 0 else None
+    error = None
+    if ratio is not None and count > 1:
+        residuals = [t - ratio * g for g, t in pairs]
+        variance = sum(r * r for r in residuals) / (count - 1)
+        error = math.sqrt(variance / count) / sq_grad_norm
+    return NoiseScaleEstimate(
+        norms[0].iteration,
+        norms[-1].iteration,
+        count,
+        sq_grad_norm,
+        trace,
+        None if ratio is None else max(ratio, 0.0),
+        error,
+    )
+
+
+@dataclass
+class NoiseScaleResult:
+    """The measured steps and the setting they ran in.
+
+    ``cfg`` is the config as written, with ``SCALING.DATASET_SIZE`` filled in; ``per_gpu_batch``
+    is one GPU's images per optimizer step in it (``IMS_PER_BATCH / REFERENCE_WORLD_SIZE``), the
+    batch the GPU limit is counted in.
+    """
+
+    norms: list[StepNorms]
+    losses: list[float]  # the logged total loss of each step (main process)
+    lrs: list[float]  # the LR of each step (first param group)
+    cfg: CfgNode
+    world_size: int
+    ims_per_batch: int
+    grad_accum_steps: int
+    micro_batch: int
+    per_gpu_batch: int
+    start_iter: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def overall(self) -> NoiseScaleEstimate:
+        """B_simple over every step measured."""
+        return estimate(self.norms)
+
+    def windows(self, count: int = DEFAULT_WINDOWS) -> list[NoiseScaleEstimate]:
+        """B_simple over ``count`` consecutive windows of (nearly) equal length."""
+        count = max(1, min(count, len(self.norms)))
+        bounds = [round(i * len(self.norms) / count) for i in range(count + 1)]
+        return [estimate(self.norms[a:b]) for a, b in itertools.pairwise(bounds)]
+
+    def window_loss(self, window: NoiseScaleEstimate) -> float:
+        """The mean logged loss over a window's steps."""
+        values = self.losses[window.first - self.start_iter : window.last - self.start_iter + 1]
+        return sum(values) / len(values)
+
+    def gpu_limit(self, noise_scale: float | None = None) -> int | None:
+        """The most GPUs of :attr:`per_gpu_batch` images whose total batch is at most B_simple
+        (the overall estimate unless given); None when B_simple is unknown."""
+        value = self.overall.noise_scale if noise_scale is None else noise_scale
+        return None if value is None else linear_rule_gpu_limit(value, self.per_gpu_batch)
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """Each step: iteration, LR, loss, the two squared norms and their batch sizes."""
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["iteration", "lr", "loss", *_NORM_COLUMNS])
+            for n, lr, loss in zip(self.norms, self.lrs, self.losses, strict=True):
+                norms = (repr(n.small_sq_norm), n.small_batch, repr(n.big_sq_norm), n.big_batch)
+                writer.writerow([n.iteration, repr(lr), repr(loss), *norms])
+
+
+def measure_noise_scale(
+    cfg: CfgNode, *, num_iter: int = DEFAULT_NUM_ITER, start_iter: int = 0
+) -> NoiseScaleResult:
+    """Trains ``cfg``'s model on its data for ``num_iter`` steps of its LR schedule from step
+    ``start_iter`` (at the reference batch, see the module) and returns every step's norms.
+
+    Call it in every process of a process group (or in one process); all return the same result.
+    Raises ``ValueError`` for bad arguments, a config that cannot be scaled to this world size,
+    missing data, or a schedule shorter than ``start_iter + num_iter`` steps.
+    """
+    if num_iter < 2:
+        raise ValueError(f"num_iter must be at least 2, got {num_iter}")
+    if start_iter < 0:
+        raise ValueError(f"start_iter must be >= 0, got {start_iter}")
+    world_size = comm.get_world_size()
+    scaled, notes = _measurable_cfg(cfg, world_size)
+    schedule = BatchSchedule.from_cfg(scaled, world_size)
+    if start_iter + num_iter > schedule.total_iterations:
+        raise ValueError(
+            f"the schedule has {schedule.total_iterations} steps at {schedule.ims_per_batch} "
+            f"images/step; {start_iter} + {num_iter} do not fit (fewer --num-iter or an earlier "
+            "--start-iter)"
+        )
+    seed_all_rng(None if scaled.SEED < 0 else scaled.SEED + comm.get_rank())
+
+    trainer_cls = trainer_class(scaled)
+    model = trainer_cls.build_model(scaled)
+    if scaled.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(scaled.MODEL.WEIGHTS)
+    optimizer = trainer_cls.build_optimizer(scaled, model)
+    scheduler = trainer_cls.build_lr_scheduler(scaled, optimizer)
+    base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    place_scheduler(scheduler, optimizer, base_lrs, start_iter)
+    loader = trainer_cls.build_train_loader(micro_batch_cfg(scaled, schedule))
+    model = create_ddp_model(model, broadcast_buffers=False)
+    step_trainer = trainer_cls.build_step_trainer(scaled, model, loader, optimizer)
+    meter = GradientNoiseMeter(step_trainer, schedule.micro_batch, keep_history=True)
+
+    losses, lrs = [], []
+    with EventStorage(start_iter) as storage:
+        for iteration in range(start_iter, start_iter + num_iter):
+            step_trainer.iter = storage.iter = iteration
+            step_trainer.accumulation_steps = schedule.stage_at_iteration(
+                iteration
+            ).grad_accum_steps
+            lrs.append(optimizer.param_groups[0]["lr"])
+            step_trainer.run_step()
+            losses.append(
+                float(storage.history("total_loss").latest()) if comm.is_main_process() else 0.0
+            )
+            scheduler.step()
+    del step_trainer, loader  # the loader's workers, if any, end with its iterator
+    if comm.get_world_size() > 1:
+        losses = comm.all_gather(losses)[0]  # the main process's, logged over all processes
+
+    written = cfg.clone()
+    written.defrost()
+    add_scaling_config(written)
+    written.SCALING.DATASET_SIZE = scaled.SCALING.DATASET_SIZE
+    return NoiseScaleResult(
+        norms=meter.history,
+        losses=losses,
+        lrs=lrs,
+        cfg=written,
+        world_size=world_size,
+        ims_per_batch=schedule.ims_per_batch,
+        grad_accum_steps=schedule.grad_accum_steps,
+        micro_batch=schedule.micro_batch,
+        per_gpu_batch=written.SOLVER.IMS_PER_BATCH
+        // (written.SOLVER.REFERENCE_WORLD_SIZE or world_size),
+        start_iter=start_iter,
+        notes=notes,
+    )
+
+
+def launch_noise_scale(
+    cfg: CfgNode, num_gpus: int = 1, *, num_iter: int = DEFAULT_NUM_ITER, start_iter: int = 0
+) -> NoiseScaleResult:
+    """:func:`measure_noise_scale` in ``num_gpus`` processes on this machine (GPUs, or gloo
+    processes on the CPU); the config is checked here before any process starts."""
+    if num_gpus > 1:
+        plan_run(cfg, num_gpus, keep_reference_batch=True)
+    return launch_for_result(_measure, num_gpus, args=(cfg, num_iter, start_iter))
+
+
+def _measure(cfg: CfgNode, num_iter: int, start_iter: int) -> NoiseScaleResult:
+    # Module level: launched processes import it.
+    return measure_noise_scale(cfg, num_iter=num_iter, start_iter=start_iter)
+
+
+def _measurable_cfg(cfg: CfgNode, world_size: int) -> tuple[CfgNode, list[str]]:
+    """The config at its reference batch on ``world_size`` processes, with two batch sizes per
+    step (see the module); and a note when it had to double the batch for that."""
+    scaled = prepare_run(cfg, world_size, keep_reference_batch=True).cfg
+    if world_size > 1 or scaled.SCALING.GRAD_ACCUM_STEPS > 1:
+        return scaled, []
+    twice = plan_scaling(scaled, 2, keep_reference_batch=False).cfg
+    doubled = plan_scaling(twice, 1, keep_reference_batch=True).cfg
+    doubled.freeze()
+    note = (
+        f"one process at the reference batch ({scaled.SOLVER.IMS_PER_BATCH} images/step) has "
+        f"one batch size per step: measured at {doubled.SOLVER.IMS_PER_BATCH} images/step "
+        f"(2 micro-batches of {scaled.SOLVER.IMS_PER_BATCH}), LR {doubled.SOLVER.BASE_LR:g} "
+        f"by the {doubled.SCALING.RULE} rule"
+    )
+    return doubled, [note]
