@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,11 @@ def load_lazy_cfg(config_file: str, overrides: Sequence[str] = ()) -> DictConfig
     if not os.path.isfile(config_file):
         raise ValueError(f"{config_file}: no such config file")
     try:
-        cfg = LazyConfig.load(config_file)
+        with warnings.catch_warnings():
+            # detectron2.model_zoo, which LazyConfigs import, uses pkg_resources (setuptools<81
+            # keeps it); its deprecation warning is about detectron2's code, not the user's.
+            warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+            cfg = LazyConfig.load(config_file)
     except Exception as error:  # a LazyConfig is Python: it can raise anything
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         raise ValueError(f"{config_file}: cannot load the LazyConfig ({reason})") from None

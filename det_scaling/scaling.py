@@ -156,6 +156,7 @@ def plan_scaling(
 
     reference = recipe.reference_world_size
     plan = ScalingPlan(out.cfg, num_gpus, reference, rule, batch_ratio=1.0, lr_factor=1.0)
+    plan.warnings += _other_lengths(out)
     if reference == 0:
         plan.notes.append(
             f"{keys.reference_world_size} is 0: the config is written for the GPUs it runs on; "
@@ -241,6 +242,19 @@ def _check_schedule(out: ConfigFormat, recipe: Recipe) -> None:
                 f"{name(f)} {f.written:g} is longer than the run ({name(run)} {run.written:g}): "
                 f"the LR would never reach {keys.base_lr}; shorten the warmup"
             )
+
+
+def _other_lengths(out: ConfigFormat) -> list[str]:
+    """A length other than the run's (a LazyConfig scheduler's ``num_updates``) that differs from
+    it: detectron2 evaluates ``num_updates=train.max_iter`` when the file is loaded, so an
+    override of ``train.max_iter`` alone leaves the LR schedule at the old length."""
+    run, *others = [f for f in out.schedule_fields() if f.kind == LENGTH]
+    return [
+        f"{f.key} {f.written} is not the run's length ({run.key} {run.written}): the LR schedule "
+        f"ends at {f.written}; set both (a train.max_iter override does not change it)"
+        for f in others
+        if f.written != run.written
+    ]
 
 
 def _note_long_periods(plan: ScalingPlan, out: ConfigFormat) -> None:

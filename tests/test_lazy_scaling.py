@@ -171,6 +171,16 @@ def test_a_field_the_scaler_cannot_classify_is_reported():
     assert plan.to_dict()["warnings"] == plan.warnings
 
 
+def test_a_scheduler_length_left_behind_by_a_max_iter_override_is_reported():
+    tiny = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.py"
+    assert plan_scaling(load_cfg(str(tiny)), 2).warnings == []
+    plan = plan_scaling(load_cfg(str(tiny), ["train.max_iter=10"]), 2)
+    assert plan.warnings == [
+        "lr_multiplier.scheduler.num_updates 1500 is not the run's length (train.max_iter 10): "
+        "the LR schedule ends at 1500; set both (a train.max_iter override does not change it)"
+    ]
+
+
 def test_keep_reference_batch_accumulates_as_in_yacs():
     cfg = lazy_cfg(reference=8, batch=16, keep_reference_batch=True)
     plan = plan_scaling(cfg, 2)
