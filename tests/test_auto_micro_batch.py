@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.config import LazyCall as L
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from test_engine import (
     IMAGE_SIZE,
     TinyBoxRegressor,
+    assert_same_parameters,
     build_trainer,
     continue_from,
     lr_history,
+    parameters,
     tiny_cfg,
 )
+from test_lazy_training import lazy_resume_cfg
 
 from det_scaling import plan_scaling
 from det_scaling.batch_schedule import BatchSchedule
@@ -51,6 +56,13 @@ class TinyMemoryCappedRegressor(TinyBoxRegressor):
         return {"loss_box": F.mse_loss(boxes, targets / IMAGE_SIZE)}
 
 
+class LazyMemoryCappedRegressor(TinyMemoryCappedRegressor):
+    """The same, built from keyword arguments as a LazyConfig builds models."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(SimpleNamespace(MODEL=SimpleNamespace(DEVICE=device)))
+
+
 def _out_of_memory(grad):
     raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected in backward)")
 
@@ -78,6 +90,7 @@ def _worker(cfg, data_root: str, out: str) -> None:
             "micro_batch": trainer.batch_schedule.micro_batch,
             "accumulation": trainer._trainer.accumulation_steps,
             "summary": summary,
+            "parameters": parameters(trainer),
         },
         Path(out) / f"rank{comm.get_rank()}.pt",
     )
@@ -108,6 +121,17 @@ def test_out_of_memory_on_one_rank_halves_the_micro_batch_on_both(tmp_path, data
         assert capped[rank]["lr"] == plain[rank]["lr"]
     assert len(plain[0]["lr"]) == 4
     assert capped[0]["summary"]["images_seen"] == plain[0]["summary"]["images_seen"] == 32
+    # The gradients this trainer all-reduces itself are DDP's: 2 processes x 4 images train as
+    # 1 process x 8 (test_engine shows DDP's do). Each step here sees all 8 images, so the new
+    # loader's data order (a new sampler seed) does not matter.
+    one = tiny_cfg(tmp_path / "one_process", ims_per_batch=8, max_iter=4)
+    one.merge_from_other_cfg(capped_cfg(tmp_path / "one_process"))
+    one.SOLVER.REFERENCE_WORLD_SIZE = 0  # 8 images in 1 process, as written
+    monkeypatch.delenv(INJECTION)
+    single = build_trainer(one, data)
+    single.train()
+    assert_same_parameters(parameters(single), plain[0]["parameters"])
+    assert_same_parameters(parameters(single), capped[0]["parameters"])
 
     # The checkpoint records the limit; a 1-process run resumed from it keeps it from the start
     # (the config gives that process 4 images per micro-batch: now 2 x 2 accumulated).
@@ -116,7 +140,6 @@ def test_out_of_memory_on_one_rank_halves_the_micro_batch_on_both(tmp_path, data
     assert progress["micro_batch_limit"] == 2
     assert progress["grad_accum_steps"] == 2
     continue_from(tmp_path / "capped" / "model_0000001.pth", tmp_path / "one")
-    monkeypatch.delenv(INJECTION)
     resumed = build_trainer(capped_cfg(tmp_path / "one", world_size=1), data, resume=True)
     summary = resumed.train()
     assert summary["start_iter"] == 4  # 16 images at 4 per step
@@ -155,6 +178,23 @@ def test_one_process_halves_until_it_fits(tmp_path, data, monkeypatch):
     plain = build_trainer(capped_cfg(tmp_path / "plain", world_size=1), data)
     plain.train()
     assert lr_history(trainer) == lr_history(plain)
+
+
+def test_a_lazyconfig_halves_its_micro_batch_the_same_way(tmp_path, data, monkeypatch):
+    def cfg(name):
+        written = lazy_resume_cfg(tmp_path / name, 1)  # 2 images per step, 12 steps
+        written.model = L(LazyMemoryCappedRegressor)(device="cpu")
+        written.train.scaling.auto_micro_batch = True
+        return written
+
+    monkeypatch.setenv(INJECTION, "0:1:forward")
+    capped = build_trainer(cfg("capped"), data)
+    capped.train()
+    assert (capped.batch_schedule.micro_batch, capped._trainer.accumulation_steps) == (1, 2)
+    monkeypatch.delenv(INJECTION)
+    plain = build_trainer(cfg("plain"), data)
+    plain.train()
+    assert lr_history(capped) == lr_history(plain)
 
 
 def test_micro_batch_limit_keeps_the_total_batch_and_every_step(tmp_path):
