@@ -60,6 +60,7 @@ from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.failures import ConsequenceOfAnotherRank
 from det_scaling.formats import config_format, read_recipe
 from det_scaling.launch import create_ddp_model
+from det_scaling.scaling import AUTO_RULE, choose_rule
 
 __all__ = [
     "OutOfMemoryAtOneImage",
@@ -109,7 +110,8 @@ def nan_advice(cfg: Any, world_size: int) -> str:
         f"{keys.reference_world_size} to the GPU count it was written for so det_scaling "
         f"rescales it, or lower {keys.base_lr}"
     )
-    if recipe.rule == "linear":
+    rule = choose_rule(recipe)[0] if recipe.rule == AUTO_RULE else recipe.rule
+    if rule == "linear":
         advice += f"; for a large batch, {keys.rule} sqrt or a longer {keys.warmup}"
     return advice + "."
 
