@@ -28,9 +28,13 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
     written = read_recipe(cfg)
     dataset_size = written.dataset_size
     warnings: list[str] = []
+    adam_keys = {pair[0] for pair in (written.betas, written.eps) if written.adam_sde and pair}
+    adam_lines = []
     for num_gpus in gpu_counts:
         plan = plan_scaling(cfg, num_gpus)
         warnings = plan.warnings
+        gpus = f"{num_gpus} GPU{'s' if num_gpus > 1 else ''}"
+        adam_lines += [f"{gpus}: {change.format()}" for change in plan if change.key in adam_keys]
         scaled = read_recipe(plan.cfg)
         schedule = BatchSchedule.from_cfg(plan.cfg, num_gpus)
         per_gpu = schedule.micro_batch
@@ -85,6 +89,8 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
     table = header + "\n" + tabulate(rows, headers=columns, tablefmt="github")
     if stage_rows:
         table += "\n\n" + _format_stages(written, stage_rows)
+    if adam_lines:
+        table += "\n\n" + "\n".join(adam_lines)
     return table + "".join(f"\nwarning: {warning}" for warning in warnings)
 
 

@@ -147,9 +147,13 @@ def test_adam_sde_where_it_has_no_meaning_is_refused_naming_the_key(make, messag
 
 
 def test_plan_table_says_which_rule_auto_chose_and_why():
-    header = format_plan_table(yacs_cfg(adam_sde=True), [1, 2]).splitlines()[0]
+    table = format_plan_table(yacs_cfg(adam_sde=True), [1, 2]).splitlines()
+    header = table[0]
     assert "rule: auto, the sqrt rule (SOLVER.OPTIMIZER AdamW is Adam-like" in header
     assert header.endswith("; SCALING.ADAM_SDE")
+    # Each changed beta and eps, with its reason, under the table.
+    assert table[-2].startswith("2 GPUs: SOLVER.ADAMW.BETAS: (0.9, 0.999) -> (0.8, 0.998)  (")
+    assert table[-1].startswith("2 GPUs: SOLVER.ADAMW.EPS: 1e-08 -> 7.07107e-09  (ADAM_SDE")
     header = format_plan_table(yacs_cfg("LARC"), [1, 2]).splitlines()[0]
     assert "rule: auto, the linear rule (SOLVER.OPTIMIZER LARC is not Adam-like" in header
 
