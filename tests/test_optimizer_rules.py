@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 from detectron2.config import LazyCall as L
+from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
@@ -127,9 +128,16 @@ def test_adam_sde_is_the_same_in_both_formats_with_torch_defaults_in_a_lazyconfi
 
 
 def test_adam_sde_takes_betas_written_in_a_lazyconfig():
-    plan = plan_scaling(lazy_cfg(adam_sde=True, betas=[0.8, 0.99], eps=1e-4), 2)
+    written = lazy_cfg(adam_sde=True, betas=[0.8, 0.99], eps=1e-4)
+    written.optimizer.params = L(get_default_optimizer_params)()
+    plan = plan_scaling(written, 2)
     assert tuple(plan.cfg.optimizer.betas) == pytest.approx((0.6, 0.98))
     assert plan.cfg.optimizer.eps == pytest.approx(1e-4 / math.sqrt(2))
+    # The optimizer the trainer instantiates takes them.
+    group = build_optimizer(plan.cfg, torch.nn.Linear(2, 2)).param_groups[0]
+    assert tuple(group["betas"]) == pytest.approx((0.6, 0.98))
+    assert group["eps"] == pytest.approx(1e-4 / math.sqrt(2))
+    assert group["lr"] == pytest.approx(0.001 * math.sqrt(2))
 
 
 @pytest.mark.parametrize(
