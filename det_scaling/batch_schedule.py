@@ -125,6 +125,7 @@ class BatchSchedule:
         growth: Growth | None = None,
         dataset_size: int = 0,
         keys: RecipeKeys = YACS_KEYS,
+        micro_batch_limit: int = 0,
     ) -> None:
         _check(keys.max_iter, total_images >= 1, total_images, "(in images) must be positive")
         if world_size < 1:
@@ -137,6 +138,9 @@ class BatchSchedule:
         self.total_images = total_images
         self.dataset_size = dataset_size
         self.growth = growth
+        # The most images per micro-batch a process held without running out of memory
+        # (SCALING.AUTO_MICRO_BATCH; 0: no limit found).
+        self.micro_batch_limit = micro_batch_limit
         self.stages = self._build_stages()
         self.stage_starts = tuple(stage.start_iter for stage in self.stages)
 
@@ -206,6 +210,27 @@ class BatchSchedule:
             stages.append(stage)
             start_iter, start_images = stage.end_iter, stage.end_images
         return tuple(stages)
+
+    def with_micro_batch_limit(self, limit: int) -> BatchSchedule:
+        """This schedule with each process's micro-batch at most ``limit`` images: the largest
+        that divides the current one (half of an even one; 3 -> 1), the accumulation multiplied
+        by the same factor. The total batch of every step, hence every steps <-> images map and
+        the LR, stay. Raises ``ValueError`` when ``limit`` is below 1."""
+        if limit < 1:
+            raise ValueError(f"a micro-batch limit must be at least 1 image, got {limit}")
+        size = max(
+            d for d in range(1, min(limit, self.micro_batch) + 1) if self.micro_batch % d == 0
+        )
+        return BatchSchedule(
+            ims_per_batch=self.ims_per_batch,
+            grad_accum_steps=self.grad_accum_steps * (self.micro_batch // size),
+            total_images=self.total_images,
+            world_size=self.world_size,
+            growth=self.growth,
+            dataset_size=self.dataset_size,
+            keys=self.keys,
+            micro_batch_limit=limit,
+        )
 
     # ---- the whole run ----
     @property
@@ -289,7 +314,8 @@ class BatchSchedule:
     def state_at(self, iteration: int) -> dict[str, Any]:
         """The geometry a checkpoint written after ``iteration`` steps records: world size,
         starting batch and accumulation, the schedule's length in steps of the starting batch,
-        and, when the batch grows, the stage of the next step and the first step of each stage
+        the micro-batch limit out-of-memory errors set (``"micro_batch_limit"``), and, when the
+        batch grows, the stage of the next step and the first step of each stage
         (``"adabatch"``)."""
         state: dict[str, Any] = {
             "world_size": self.world_size,
@@ -297,6 +323,8 @@ class BatchSchedule:
             "grad_accum_steps": self.grad_accum_steps,
             "max_iter": self.schedule_iters,
         }
+        if self.micro_batch_limit:
+            state["micro_batch_limit"] = self.micro_batch_limit
         if self.growth is not None:
             stage = self.stage_at_iteration(iteration)
             state["adabatch"] = {

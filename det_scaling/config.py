@@ -35,7 +35,8 @@ def add_scaling_config(cfg: CfgNode) -> None:
     cfg.SCALING = CfgNode()
     # How BASE_LR and BASE_LR_END follow the total batch: "linear" (Goyal et al. 2017; what
     # detectron2's auto_scale_workers does), "sqrt" (Krizhevsky 2014; for adaptive optimizers),
-    # or "none" (LR kept). The schedule (MAX_ITER, STEPS, warmup, periods) always keeps the number
+    # "none" (LR kept), or "auto" (sqrt for an Adam-like SOLVER.OPTIMIZER, linear otherwise; see
+    # SCALING.ADAM_SDE). The schedule (MAX_ITER, STEPS, warmup, periods) always keeps the number
     # of images seen, whatever the rule.
     cfg.SCALING.RULE = "linear"
     # With fewer GPUs than the reference: keep the reference total batch (and so its LR and
@@ -196,6 +197,16 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # layer), whose backbone weights load into a detectron2 detector of the same MODEL.RESNETS
     # (det_scaling.pretrain.export_backbone): ImageNet pretraining for a detector.
     cfg.MODEL.CLASSIFIER.BACKBONE = "torchvision"
+
+    # ==== beyond the anchors (issue 14): optimizer-aware rules, micro-batch on out-of-memory ====
+    # With an Adam-like optimizer and the "sqrt" or "auto" rule, also apply Malladi et al. 2022's
+    # square-root rule to Adam's betas and eps when the batch changes by kappa:
+    # beta -> 1 - kappa (1 - beta), eps -> eps / sqrt(kappa) (SOLVER.ADAMW.BETAS / EPS).
+    cfg.SCALING.ADAM_SDE = False
+    # On a CUDA out-of-memory error in the forward or backward pass, all processes agree to halve
+    # the micro-batch per process and double the accumulation (total batch, LR, schedule kept);
+    # stops with an error at 1 image. One small all-reduce per micro-batch while it is on.
+    cfg.SCALING.AUTO_MICRO_BATCH = False
 
     if was_frozen:
         cfg.freeze()

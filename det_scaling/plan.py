@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.formats import Recipe, read_recipe
-from det_scaling.scaling import plan_scaling
+from det_scaling.scaling import AUTO_RULE, choose_rule, plan_scaling
 
 __all__ = ["format_plan_table"]
 
@@ -28,9 +28,13 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
     written = read_recipe(cfg)
     dataset_size = written.dataset_size
     warnings: list[str] = []
+    adam_keys = {pair[0] for pair in (written.betas, written.eps) if written.adam_sde and pair}
+    adam_lines = []
     for num_gpus in gpu_counts:
         plan = plan_scaling(cfg, num_gpus)
         warnings = plan.warnings
+        gpus = f"{num_gpus} GPU{'s' if num_gpus > 1 else ''}"
+        adam_lines += [f"{gpus}: {change.format()}" for change in plan if change.key in adam_keys]
         scaled = read_recipe(plan.cfg)
         schedule = BatchSchedule.from_cfg(plan.cfg, num_gpus)
         per_gpu = schedule.micro_batch
@@ -72,7 +76,7 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
     header = (
         f"reference: {reference} GPU{'s' if reference > 1 else ''}, "
         f"{written.ims_per_batch} images/step, "
-        f"{lr_column} {written.base_lr:.6g}; rule: {written.rule}"
+        f"{lr_column} {written.base_lr:.6g}; rule: {_rule_text(written)}"
         + ("; keep reference batch" if written.keep_reference_batch else "")
         if reference
         else f"{written.keys.reference_world_size} is 0: the config is used as written at every "
@@ -85,6 +89,8 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
     table = header + "\n" + tabulate(rows, headers=columns, tablefmt="github")
     if stage_rows:
         table += "\n\n" + _format_stages(written, stage_rows)
+    if adam_lines:
+        table += "\n\n" + "\n".join(adam_lines)
     return table + "".join(f"\nwarning: {warning}" for warning in warnings)
 
 
@@ -106,3 +112,13 @@ def _format_stages(recipe: Recipe, stage_rows: list[list]) -> str:
 def _batch_text(total: int, per_gpu: int, accumulation: int) -> str:
     """``total (per_gpu/GPU x accumulation accum)``, the accumulation shown when above 1."""
     return f"{total} ({per_gpu}/GPU" + (f" x{accumulation} accum" if accumulation > 1 else "") + ")"
+
+
+def _rule_text(recipe: Recipe) -> str:
+    """The rule, and for ``auto`` the one it chose and why."""
+    if recipe.rule != AUTO_RULE:
+        return recipe.rule
+    rule, why = choose_rule(recipe)
+    return f"auto, the {rule} rule ({why})" + (
+        f"; {recipe.keys.adam_sde}" if recipe.adam_sde else ""
+    )

@@ -41,13 +41,47 @@ from det_scaling.formats import (
     config_format,
 )
 
-__all__ = ["SCALING_RULES", "Change", "ScalingPlan", "plan_scaling", "scale_cfg"]
+__all__ = [
+    "AUTO_RULE",
+    "SCALING_RULES",
+    "Change",
+    "ScalingPlan",
+    "choose_rule",
+    "is_adam_like",
+    "plan_scaling",
+    "scale_cfg",
+]
 
 SCALING_RULES = {
     "linear": lambda batch_ratio: batch_ratio,
     "sqrt": math.sqrt,
     "none": lambda batch_ratio: 1.0,
 }
+AUTO_RULE = "auto"  # one of SCALING_RULES, chosen from the optimizer (choose_rule)
+
+# Optimizers whose step divides by a running root mean square of the gradient (Adam, AdamW,
+# NAdam, RAdam, Adamax, LAMB, RMSprop): their LR follows the square root of the batch.
+_ADAPTIVE_NAMES = ("adam", "lamb", "rmsprop")
+
+
+def is_adam_like(optimizer: str) -> bool:
+    """Whether the optimizer named ``optimizer`` normalises its step by the gradient's second
+    moment, as Adam does."""
+    return any(name in optimizer.lower() for name in _ADAPTIVE_NAMES)
+
+
+def choose_rule(recipe: Recipe) -> tuple[str, str]:
+    """The rule ``auto`` applies to ``recipe``'s optimizer, and why."""
+    key, optimizer = recipe.keys.optimizer, recipe.optimizer or "unnamed"
+    if is_adam_like(optimizer):
+        return "sqrt", (
+            f"{key} {optimizer} is Adam-like: its step is normalised by the gradient's second "
+            "moment, so the LR follows the square root of the batch (Malladi et al. 2022)"
+        )
+    return "linear", (
+        f"{key} {optimizer} is not Adam-like (SGD, LARS, LARC): the LR follows the batch "
+        "(Goyal et al. 2017)"
+    )
 
 
 @dataclass(frozen=True)
@@ -142,9 +176,10 @@ def plan_scaling(
     out = written.writable_copy()
     keys = out.keys
     rule = out.get(keys.rule) if rule is None else rule
-    if rule not in SCALING_RULES:
+    if rule not in SCALING_RULES and rule != AUTO_RULE:
         raise ValueError(
-            f"{keys.rule}: unknown scaling rule {rule!r}; choose one of {sorted(SCALING_RULES)}"
+            f"{keys.rule}: unknown scaling rule {rule!r}; choose one of "
+            f"{sorted([*SCALING_RULES, AUTO_RULE])}"
         )
     if keep_reference_batch is None:
         keep_reference_batch = bool(out.get(keys.keep_reference_batch))
@@ -154,9 +189,14 @@ def plan_scaling(
     _check_inputs(recipe)
     _check_schedule(out, recipe)
 
+    applied_rule, why = choose_rule(recipe) if rule == AUTO_RULE else (rule, "")
+    _check_adam_sde(recipe, applied_rule)
+
     reference = recipe.reference_world_size
-    plan = ScalingPlan(out.cfg, num_gpus, reference, rule, batch_ratio=1.0, lr_factor=1.0)
+    plan = ScalingPlan(out.cfg, num_gpus, reference, applied_rule, batch_ratio=1.0, lr_factor=1.0)
     plan.warnings += _other_lengths(out)
+    if rule == AUTO_RULE:
+        plan.notes.append(f"{keys.rule} auto: the {applied_rule} rule; {why}")
     if reference == 0:
         plan.notes.append(
             f"{keys.reference_world_size} is 0: the config is written for the GPUs it runs on; "
@@ -201,6 +241,26 @@ def _check_inputs(recipe: Recipe) -> None:
             f"{keys.ims_per_batch} ({batch}) must be divisible by "
             f"{keys.reference_world_size} ({reference}) x {keys.grad_accum_steps} "
             f"({accumulation}): each GPU's micro-batch must be a whole number of images"
+        )
+
+
+def _check_adam_sde(recipe: Recipe, rule: str) -> None:
+    """Refuses ADAM_SDE where it has no meaning: an optimizer without Adam's betas and eps, or a
+    rule other than the square root, which the adjustment belongs to."""
+    if not recipe.adam_sde:
+        return
+    keys = recipe.keys
+    if not is_adam_like(recipe.optimizer) or recipe.betas is None or recipe.eps is None:
+        raise ValueError(
+            f"{keys.adam_sde}: adjusts the betas and eps of an Adam-like optimizer, but "
+            f"{keys.optimizer} is {recipe.optimizer or 'unnamed'} (det_scaling reads betas and "
+            "eps of SOLVER.OPTIMIZER AdamW, or of a LazyConfig optimizer that takes them); set "
+            "it False"
+        )
+    if rule != "sqrt":
+        raise ValueError(
+            f"{keys.adam_sde}: is the square-root rule's adjustment, but {keys.rule} applies "
+            f"the {rule} rule; set {keys.rule} sqrt or auto, or {keys.adam_sde} False"
         )
 
 
@@ -276,11 +336,16 @@ def _note_long_periods(plan: ScalingPlan, out: ConfigFormat) -> None:
             )
 
 
-def _recorder(plan: ScalingPlan, out: ConfigFormat) -> Callable[[str, Any, str], None]:
-    """Returns ``record(key, new, reason)``: sets a key of the plan's config, noting a change."""
+_READ = object()
 
-    def record(key: str, new: Any, reason: str) -> None:
-        old = out.get(key)
+
+def _recorder(plan: ScalingPlan, out: ConfigFormat) -> Callable[..., None]:
+    """Returns ``record(key, new, reason, old=<the config's>)``: sets a key of the plan's config,
+    noting a change (``old``: the value in effect where the config leaves the key out)."""
+
+    def record(key: str, new: Any, reason: str, old: Any = _READ) -> None:
+        if old is _READ:
+            old = out.get(key)
         out.set(key, new)
         if _plain(old) != _plain(new):
             plan.changes.append(Change(key, old, new, reason))
@@ -331,10 +396,43 @@ def _rescale_batch_and_lr(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
         lr_reason = f"{plan.rule} rule: batch x{plan.batch_ratio:.6g}, LR x{plan.lr_factor:.6g}"
         for key, lr in recipe.lrs.items():
             record(key, lr * plan.lr_factor, lr_reason)
+        if recipe.adam_sde:
+            _adjust_adam(record, recipe, plan.batch_ratio)
     record(
         keys.reference_world_size,
         num_gpus,
         f"now written for {_gpus(num_gpus)}, scaled from {reference}",
+    )
+
+
+def _adjust_adam(record: Callable[..., None], recipe: Recipe, kappa: float) -> None:
+    """Malladi et al. 2022 ("On the SDEs and Scaling Rules for Adaptive Gradient Algorithms",
+    NeurIPS; arXiv 2205.10287), the square-root scaling rule for Adam: with the batch x kappa,
+    LR x sqrt(kappa) (the sqrt rule), beta_i -> 1 - kappa (1 - beta_i), eps -> eps / sqrt(kappa),
+    so that the SDE the run approximates stays the same."""
+    keys = recipe.keys
+    setting = keys.adam_sde.rsplit(".", 1)[-1]
+    betas_key, betas = recipe.betas
+    new_betas = tuple(1.0 - kappa * (1.0 - beta) for beta in betas)
+    for beta, new in zip(betas, new_betas, strict=True):
+        if new < 0:
+            raise ValueError(
+                f"{betas_key}: beta {beta:g} cannot follow a batch x{kappa:.6g} "
+                f"(1 - {kappa:.6g} x (1 - {beta:g}) = {new:.6g} < 0); write betas closer to 1 "
+                f"for the reference batch, or set {keys.adam_sde} False"
+            )
+    record(
+        betas_key,
+        new_betas,
+        f"{setting} (Malladi et al. 2022): batch x{kappa:.6g}, beta -> 1 - {kappa:.6g} (1 - beta)",
+        old=betas,
+    )
+    eps_key, eps = recipe.eps
+    record(
+        eps_key,
+        eps / math.sqrt(kappa),
+        f"{setting} (Malladi et al. 2022): batch x{kappa:.6g}, eps / sqrt({kappa:.6g})",
+        old=eps,
     )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
@@ -24,11 +25,21 @@ from det_scaling.failures import ConsequenceOfAnotherRank
 from det_scaling.formats import config_format
 
 __all__ = [
+    "OUT_OF_MEMORY_ERRORS",
     "AccumulatingTrainer",
     "GradientObserver",
+    "MicroBatchOutOfMemory",
     "NonFiniteLossOnAnotherRank",
     "micro_batch_cfg",
 ]
+
+# What running out of device memory raises: torch.cuda.OutOfMemoryError, and torch's
+# device-generic torch.OutOfMemoryError (its base class) where torch has it.
+OUT_OF_MEMORY_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {torch.cuda.OutOfMemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)}
+)
+# Elements per all-reduce of the gradients when AccumulatingTrainer reduces them itself.
+_BUCKET_ELEMENTS = 1 << 22
 
 
 class NonFiniteLossOnAnotherRank(FloatingPointError, ConsequenceOfAnotherRank):
@@ -50,6 +61,19 @@ def micro_batch_cfg(cfg: Any, schedule: BatchSchedule) -> Any:
     if fmt.is_frozen():
         out.freeze()
     return out.cfg
+
+
+class MicroBatchOutOfMemory(RuntimeError):
+    """Raised by every process when, with ``auto_micro_batch``, any process ran out of memory in
+    a micro-batch's forward or backward pass: the step was abandoned everywhere (gradients
+    zeroed, no optimizer step) and may be retried with smaller micro-batches."""
+
+    def __init__(self, ranks: list[int], micro_batch: int) -> None:
+        super().__init__(
+            f"out of memory with {micro_batch} image(s) per micro-batch on rank(s) "
+            + ", ".join(map(str, ranks))
+        )
+        self.ranks = ranks
 
 
 class GradientObserver(Protocol):
@@ -80,6 +104,14 @@ class AccumulatingTrainer(SimpleTrainer):
 
     ``observers`` (:class:`GradientObserver`) read the gradients during the step: the extension
     point for measurements, so that this stays the one implementation of the step.
+
+    With ``auto_micro_batch`` an out-of-memory error in a forward or backward pass does not end
+    the run: after each micro-batch every process takes part in an all-reduce of who ran out of
+    memory, so a process that did not cannot be left waiting in a collective, and if any did,
+    every process abandons the step and raises :class:`MicroBatchOutOfMemory`. For that, under
+    DDP all micro-batches run in ``no_sync()`` and the gradients are all-reduced here once every
+    process is past its last backward pass (DDP's own all-reduce runs inside the last backward
+    pass, where one process out of memory would leave the others waiting).
     """
 
     def __init__(
@@ -96,6 +128,8 @@ class AccumulatingTrainer(SimpleTrainer):
         self.accumulation_steps = accumulation_steps
         self.grad_scaler = grad_scaler
         self.observers: list[GradientObserver] = []
+        self.auto_micro_batch = False
+        self.micro_batch = 0  # images per micro-batch and process, for messages (0: unknown)
 
     def run_step(self) -> None:
         assert self.model.training, "[AccumulatingTrainer] model was changed to eval mode!"
@@ -109,15 +143,12 @@ class AccumulatingTrainer(SimpleTrainer):
             data = next(self._data_loader_iter)
             data_time += time.perf_counter() - start
             last = micro_batch == self.accumulation_steps - 1
-            with self._sync_gradients(last):
-                with self._autocast():
-                    loss_dict = self.model(data)
-                    if isinstance(loss_dict, torch.Tensor):
-                        loss_dict = {"total_loss": loss_dict}
-                    losses = sum(loss_dict.values()) / self.accumulation_steps
-                if self.grad_scaler is not None:
-                    losses = self.grad_scaler.scale(losses)
-                losses.backward()
+            with self._sync_gradients(last and not self.auto_micro_batch):
+                loss_dict = self._forward_backward(data)
+            if self.auto_micro_batch:
+                self._agree_on_memory(loss_dict is not None)
+                if last:
+                    self._all_reduce_gradients()
             for observer in self.observers:
                 observer.after_backward(micro_batch, self.accumulation_steps)
             for name, value in loss_dict.items():
@@ -137,6 +168,67 @@ class AccumulatingTrainer(SimpleTrainer):
         else:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
+
+    def _forward_backward(self, data: Any) -> dict[str, torch.Tensor] | None:
+        """One micro-batch's forward and backward passes; its losses, or None when it ran out of
+        memory with ``auto_micro_batch``."""
+        try:
+            with self._autocast():
+                loss_dict = self.model(data)
+                if isinstance(loss_dict, torch.Tensor):
+                    loss_dict = {"total_loss": loss_dict}
+                losses = sum(loss_dict.values()) / self.accumulation_steps
+            if self.grad_scaler is not None:
+                losses = self.grad_scaler.scale(losses)
+            losses.backward()
+        except OUT_OF_MEMORY_ERRORS:
+            if not self.auto_micro_batch:
+                raise
+            return None  # the error and its frames (holding the activations) are freed here
+        return loss_dict
+
+    def _agree_on_memory(self, fits: bool) -> None:
+        """All processes learn which ran out of memory; if any did, each abandons the step."""
+        world_size = comm.get_world_size()
+        failed = torch.zeros(world_size, dtype=torch.int32, device=_collective_device())
+        failed[comm.get_rank()] = int(not fits)
+        if world_size > 1:
+            dist.all_reduce(failed)
+        ranks = [rank for rank, flag in enumerate(failed.tolist()) if flag]
+        if ranks:
+            self.optimizer.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise MicroBatchOutOfMemory(ranks, self.micro_batch)
+
+    def _all_reduce_gradients(self) -> None:
+        """The mean of the gradients over the processes, as DDP's all-reduce gives it."""
+        if not isinstance(self.model, DistributedDataParallel):
+            return
+        world_size = comm.get_world_size()
+        grads = []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                if param.grad is None:  # unused here, maybe not elsewhere: DDP reduces zeros
+                    param.grad = torch.zeros_like(param)
+                grads.append(param.grad)
+        for bucket in _buckets(grads):
+            flat = torch.cat([grad.reshape(-1) for grad in bucket])
+            dist.all_reduce(flat)
+            flat /= world_size
+            offset = 0
+            for grad in bucket:
+                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
+
+    def replace_data_loader(self, data_loader: Iterable) -> None:
+        """Reads the next micro-batches from ``data_loader`` (detectron2 v0.6 makes the iterator
+        when the trainer is built, upstream main on first use)."""
+        self.data_loader = data_loader
+        if hasattr(self, "_data_loader_iter_obj"):
+            self._data_loader_iter_obj = None
+        else:
+            self._data_loader_iter = iter(data_loader)
 
     def _write_metrics(
         self, loss_dict: Mapping[str, torch.Tensor], data_time: float, prefix: str = ""
@@ -181,3 +273,27 @@ class AccumulatingTrainer(SimpleTrainer):
         super().load_state_dict(state_dict)
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+def _collective_device() -> torch.device:
+    """Where a tensor for a collective lives: the current GPU under NCCL, else the CPU."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _buckets(grads: list[torch.Tensor]) -> Iterable[list[torch.Tensor]]:
+    """``grads`` in consecutive groups of one dtype and device, about ``_BUCKET_ELEMENTS`` each."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for grad in grads:
+        if bucket and (
+            size + grad.numel() > _BUCKET_ELEMENTS
+            or (grad.dtype, grad.device) != (bucket[0].dtype, bucket[0].device)
+        ):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(grad)
+        size += grad.numel()
+    if bucket:
+        yield bucket

@@ -47,20 +47,40 @@ from fvcore.nn.precise_bn import get_bn_modules
 
 from det_scaling import compat
 from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
+from det_scaling.engine.accumulation import (
+    AccumulatingTrainer,
+    MicroBatchOutOfMemory,
+    micro_batch_cfg,
+)
 from det_scaling.engine.checkpoint import SafeCheckpointer, periodic_checkpointer
 from det_scaling.engine.gradient_noise import GradientNoiseMeter, NoiseScaleHook
 from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
 from det_scaling.engine.resume import place_scheduler, resume_point
 from det_scaling.engine.solver_mixin import SolverMixin
+from det_scaling.failures import ConsequenceOfAnotherRank
 from det_scaling.formats import config_format, read_recipe
 from det_scaling.launch import create_ddp_model
+from det_scaling.scaling import AUTO_RULE, choose_rule
 
-__all__ = ["ScalingTrainer", "check_scaled", "format_summary", "nan_advice"]
+__all__ = [
+    "OutOfMemoryAtOneImage",
+    "ScalingTrainer",
+    "check_scaled",
+    "format_summary",
+    "nan_advice",
+]
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+
+
+class OutOfMemoryAtOneImage(RuntimeError):
+    """``SCALING.AUTO_MICRO_BATCH`` ran out of memory with one image per micro-batch."""
+
+
+class OutOfMemoryAtOneImageOnAnotherRank(OutOfMemoryAtOneImage, ConsequenceOfAnotherRank):
+    """The same, raised by a process that did not run out of memory itself."""
 
 
 def check_scaled(cfg: Any, world_size: int) -> None:
@@ -90,7 +110,8 @@ def nan_advice(cfg: Any, world_size: int) -> str:
         f"{keys.reference_world_size} to the GPU count it was written for so det_scaling "
         f"rescales it, or lower {keys.base_lr}"
     )
-    if recipe.rule == "linear":
+    rule = choose_rule(recipe)[0] if recipe.rule == AUTO_RULE else recipe.rule
+    if rule == "linear":
         advice += f"; for a large batch, {keys.rule} sqrt or a longer {keys.warmup}"
     return advice + "."
 
@@ -154,12 +175,14 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         self.recipe = fmt.recipe()
         self.settings = fmt.run_settings()
         self.batch_schedule = BatchSchedule.from_cfg(cfg, self.world_size)
+        _check_auto_micro_batch(self.recipe.keys, self.settings)
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(micro_batch_cfg(cfg, self.batch_schedule))
         model = create_ddp_model(model, **self.settings.ddp)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
+        self._trainer.micro_batch = self.batch_schedule.micro_batch
         self.gradient_noise = self.build_gradient_noise(cfg)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
@@ -214,15 +237,18 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
     ) -> AccumulatingTrainer:
         """The object that runs one optimizer step over ``SCALING.GRAD_ACCUM_STEPS``
         micro-batches (the trainer sets the count of each step from the batch schedule), under
-        AMP with ``SOLVER.AMP.ENABLED`` (``train.amp.enabled``)."""
-        amp = config_format(cfg).run_settings().amp
-        return AccumulatingTrainer(
+        AMP with ``SOLVER.AMP.ENABLED`` (``train.amp.enabled``), agreeing on out-of-memory errors
+        with ``SCALING.AUTO_MICRO_BATCH`` (``train.scaling.auto_micro_batch``)."""
+        settings = config_format(cfg).run_settings()
+        step = AccumulatingTrainer(
             model,
             data_loader,
             optimizer,
             read_recipe(cfg).grad_accum_steps,
-            grad_scaler=_cuda_grad_scaler() if amp else None,
+            grad_scaler=_cuda_grad_scaler() if settings.amp else None,
         )
+        step.auto_micro_batch = settings.auto_micro_batch
+        return step
 
     def build_gradient_noise(self, cfg: Any) -> GradientNoiseMeter | None:
         """With ``SCALING.NOISE_SCALE.ENABLED`` (``train.scaling.noise_scale.enabled``), the
@@ -304,6 +330,10 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         self.checkpointer.resume_or_load(self.settings.weights, resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             return
+        limit = (self.progress.loaded_state or {}).get("micro_batch_limit", 0)
+        if limit and self.settings.auto_micro_batch:
+            # The limit is the device's, whatever the GPU count: kept, not found again.
+            self._limit_micro_batch(limit, "as the checkpoint's run found")
         # detectron2 restored ``iter``, the last step done.
         point = resume_point(self.progress.loaded_state, self.batch_schedule, self.iter + 1)
         self.progress.loaded_state = None
@@ -317,13 +347,56 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
     def run_step(self) -> None:
         self._trainer.iter = self.iter
         self._enter_stage()
-        try:
-            self._trainer.run_step()
-        except FloatingPointError as error:
-            # The step raises it when a loss is not finite; the same class (the failure report
-            # tells a rank's own loss from another's by it), with the advice added.
-            advice = nan_advice(self.cfg, self.world_size)
-            raise type(error)(f"{error}\n{advice}") from error
+        while True:
+            try:
+                self._trainer.run_step()
+                return
+            except FloatingPointError as error:
+                # The step raises it when a loss is not finite; the same class (the failure
+                # report tells a rank's own loss from another's by it), with the advice added.
+                advice = nan_advice(self.cfg, self.world_size)
+                raise type(error)(f"{error}\n{advice}") from error
+            except MicroBatchOutOfMemory as error:  # every process: retry the step smaller
+                out_of_memory = error
+            self._after_out_of_memory(out_of_memory)
+
+    def _after_out_of_memory(self, error: MicroBatchOutOfMemory) -> None:
+        """Halves the micro-batch after ``error``; at one image, stops with an error naming the
+        ranks."""
+        micro_batch = self.batch_schedule.micro_batch
+        if micro_batch == 1:
+            key = self.recipe.keys.auto_micro_batch
+            message = (
+                f"{key}: {error} at iteration {self.iter}; nothing is left to halve: use a "
+                "device with more memory, smaller inputs or a smaller model"
+            )
+            if comm.get_rank() in error.ranks:
+                raise OutOfMemoryAtOneImage(message)
+            raise OutOfMemoryAtOneImageOnAnotherRank(message)
+        self._limit_micro_batch(micro_batch // 2, f"after {error} at iteration {self.iter}")
+
+    def _limit_micro_batch(self, limit: int, why: str) -> None:
+        """Makes each process's micro-batch at most ``limit`` images (accumulating more of them,
+        the total batch, LR and schedule unchanged), with a new training loader."""
+        old = self.batch_schedule
+        schedule = old.with_micro_batch_limit(limit)
+        if schedule.micro_batch != old.micro_batch:
+            loader = self.build_train_loader(micro_batch_cfg(self.cfg, schedule))
+            self._trainer.replace_data_loader(loader)
+            self._trainer.micro_batch = schedule.micro_batch
+            logger.info(
+                "Micro-batch %d -> %d image(s) per process %s: %d micro-batch(es) per step, total "
+                "batch %d, LR and schedule unchanged",
+                old.micro_batch,
+                schedule.micro_batch,
+                why,
+                schedule.grad_accum_steps,
+                schedule.ims_per_batch,
+            )
+        # The steps <-> images maps are the same: the hooks and the LR schedule may keep the
+        # old schedule; the checkpoint's geometry and the accumulation read this one.
+        self.batch_schedule = self.progress.schedule = schedule
+        self._trainer.accumulation_steps = schedule.stage_at_iteration(self.iter).grad_accum_steps
 
     def _enter_stage(self) -> None:
         """Sets this step's accumulation from the batch schedule (a function of the iteration, so
@@ -397,6 +470,16 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             "batch_stages": [dataclasses.asdict(s) for s in schedule.stages],
             "gradient_noise": self.gradient_noise and self.gradient_noise.summary(),
         }
+
+
+def _check_auto_micro_batch(keys: Any, settings: Any) -> None:
+    if settings.auto_micro_batch and settings.noise_scale is not None:
+        section = keys.auto_micro_batch.rsplit(".", 1)[0]
+        noise = keys.child(keys.child(section, "noise_scale"), "enabled")
+        raise ValueError(
+            f"{keys.auto_micro_batch} and {noise} cannot be combined: the noise scale reads "
+            f"DDP's all-reduce, which {keys.auto_micro_batch} replaces; turn one off"
+        )
 
 
 def _cuda_grad_scaler():

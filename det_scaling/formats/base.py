@@ -58,6 +58,9 @@ class RecipeKeys:
     checkpoints_kept: str  # how many periodic checkpoints are kept
     # ``plan``'s columns: the LR, the run's length, the LR decay points, the warmup in iterations.
     plan_columns: tuple[str, str, str, str]
+    optimizer: str  # what names the optimizer
+    adam_sde: str  # the switch of Adam's beta and eps adjustment
+    auto_micro_batch: str  # the switch of the micro-batch halved on out-of-memory
 
     def child(self, section: str, name: str) -> str:
         """The key of ``name`` in ``section``, in the section's case (``SCALING.EPOCHS.MAX``,
@@ -105,6 +108,11 @@ class Recipe:
     steps: tuple[int, ...]  # where the LR decays, in iterations of the run (shown by plan)
     warmup_iters: int
     lr_schedule: str  # the LR schedule's name, for titles
+    optimizer: str = ""  # the optimizer's name (SOLVER.OPTIMIZER; optimizer._target_'s)
+    adam_sde: bool = False  # adjust Adam's betas and eps with the batch (SCALING.ADAM_SDE)
+    # Adam's betas and eps (key, value) when the optimizer takes them; None otherwise.
+    betas: tuple[str, tuple[float, ...]] | None = None
+    eps: tuple[str, float] | None = None
 
     @property
     def base_lr(self) -> float:
@@ -147,6 +155,7 @@ class RunSettings:
     precise_bn_iters: int = 0  # 0: no PreciseBN
     plateau: bool = False  # reduce the LR on plateau (SOLVER.PLATEAU)
     noise_scale: NoiseScaleSettings | None = None  # None: not measured
+    auto_micro_batch: bool = False  # halve the micro-batch on out-of-memory
 
 
 class ConfigFormat(ABC):

@@ -14,9 +14,11 @@ not silently left. Interpolations (``${..lr}``) follow the field they name.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from det_scaling.formats.base import (
@@ -55,6 +57,9 @@ LAZY_KEYS = RecipeKeys(
     weights="train.init_checkpoint",
     checkpoints_kept="train.checkpointer.max_to_keep",
     plan_columns=("optimizer.lr", "train.max_iter", "milestones", "warmup iters"),
+    optimizer="optimizer._target_",
+    adam_sde="train.scaling.adam_sde",
+    auto_micro_batch="train.scaling.auto_micro_batch",
 )
 
 # Fields of the param schedulers in lr_multiplier, by what they measure.
@@ -153,6 +158,10 @@ class LazyFormat(ConfigFormat):
             steps=self._decay_points(max_iter),
             warmup_iters=round(warmups[0] * max_iter) if warmups else 0,
             lr_schedule=_schedule_name(OmegaConf.select(self.cfg, "lr_multiplier")),
+            optimizer=_call_name(OmegaConf.select(self.cfg, "optimizer")),
+            adam_sde=bool(scaling["adam_sde"]),
+            betas=self._optimizer_argument("betas"),
+            eps=self._optimizer_argument("eps"),
         )
 
     def schedule_fields(self) -> list[ScheduleField]:
@@ -237,6 +246,9 @@ class LazyFormat(ConfigFormat):
             noise_scale=NoiseScaleSettings(noise.decay, noise.period)
             if noise is not None and noise.enabled
             else None,
+            auto_micro_batch=bool(
+                OmegaConf.select(self.cfg, "train.scaling.auto_micro_batch", default=False)
+            ),
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -275,6 +287,27 @@ class LazyFormat(ConfigFormat):
             value = node[name]
             if isinstance(value, int | float) and not isinstance(value, bool):
                 yield key, value
+
+    def _optimizer_argument(self, name: str) -> tuple[str, Any] | None:
+        """``optimizer.<name>`` and its value: as written, else the optimizer's default (torch's
+        AdamW: betas (0.9, 0.999), eps 1e-8); None when the optimizer does not take it."""
+        optimizer = OmegaConf.select(self.cfg, "optimizer")
+        if not (isinstance(optimizer, DictConfig) and "_target_" in optimizer):
+            return None
+        key = f"optimizer.{name}"
+        if _written(optimizer, name):
+            value = self.get(key)
+            return key, tuple(value) if isinstance(value, list) else value
+        target = optimizer._get_node("_target_")._value()
+        if isinstance(target, str):
+            target = locate(target)
+        try:
+            parameter = inspect.signature(target).parameters.get(name)
+        except (TypeError, ValueError):
+            return None
+        if parameter is None or parameter.default is inspect.Parameter.empty:
+            return None
+        return key, parameter.default
 
     def _decay_points(self, max_iter: int) -> tuple[int, ...]:
         """The iterations of the run where a multi-step scheduler steps (its milestones in units
@@ -339,6 +372,13 @@ def _schedule_name(node: Any) -> str:
     if not names:
         return "lr_multiplier"
     return names[0] + "".join(f"({name}" for name in names[1:]) + ")" * (len(names) - 1)
+
+
+def _call_name(node: Any) -> str:
+    """The name of the callable a LazyCall node calls ("" when it is none)."""
+    if not (isinstance(node, DictConfig) and "_target_" in node):
+        return ""
+    return _target_name(node._get_node("_target_")._value())
 
 
 def _target_name(target: Any) -> str:

@@ -42,7 +42,13 @@ YACS_KEYS = RecipeKeys(
     weights="MODEL.WEIGHTS",
     checkpoints_kept="SOLVER.CHECKPOINT_MAX_TO_KEEP",
     plan_columns=("BASE_LR", "MAX_ITER", "STEPS", "WARMUP_ITERS"),
+    optimizer="SOLVER.OPTIMIZER",
+    adam_sde="SCALING.ADAM_SDE",
+    auto_micro_batch="SCALING.AUTO_MICRO_BATCH",
 )
+
+# The registered optimizers that read SOLVER.ADAMW.BETAS and EPS.
+_ADAMW_BUILDERS = ("AdamW",)
 
 # Iterations between two writes of metrics.json / tensorboard / the console line (detectron2's
 # DefaultTrainer).
@@ -86,6 +92,7 @@ class YacsFormat(ConfigFormat):
         cfg = self.cfg
         solver, scaling = cfg.SOLVER, cfg.SCALING
         epochs, adabatch = scaling.EPOCHS, scaling.ADABATCH
+        adamw = solver.OPTIMIZER in _ADAMW_BUILDERS
         return Recipe(
             keys=YACS_KEYS,
             reference_world_size=solver.REFERENCE_WORLD_SIZE,
@@ -117,6 +124,10 @@ class YacsFormat(ConfigFormat):
             steps=tuple(solver.STEPS),
             warmup_iters=solver.WARMUP_ITERS,
             lr_schedule=solver.LR_SCHEDULER_NAME,
+            optimizer=solver.OPTIMIZER,
+            adam_sde=bool(scaling.ADAM_SDE),
+            betas=("SOLVER.ADAMW.BETAS", tuple(solver.ADAMW.BETAS)) if adamw else None,
+            eps=("SOLVER.ADAMW.EPS", solver.ADAMW.EPS) if adamw else None,
         )
 
     def schedule_fields(self) -> list[ScheduleField]:
@@ -149,6 +160,7 @@ class YacsFormat(ConfigFormat):
             precise_bn_iters=precise_bn.NUM_ITER if precise_bn.ENABLED else 0,
             plateau=bool(cfg.SOLVER.PLATEAU.ENABLED),
             noise_scale=_noise_scale(cfg.SCALING.NOISE_SCALE),
+            auto_micro_batch=bool(cfg.SCALING.AUTO_MICRO_BATCH),
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
