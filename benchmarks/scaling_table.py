@@ -66,6 +66,7 @@ from tabulate import tabulate
 
 from det_scaling.data import datasets_root
 from det_scaling.engine import ScalingTrainer
+from det_scaling.failures import RankFailedError
 from det_scaling.launch import default_device, launch
 from det_scaling.pretrain import pretrained_backbone
 from det_scaling.tasks import register_datasets, training_set_size
@@ -217,7 +218,7 @@ def _train_runs(cfgs: list[CfgNode], threads: int) -> None:
             metrics = summary["metrics"]
             noise = summary["gradient_noise"] or {}
             print(
-                f"  {Path(cfg.OUTPUT_DIR).parent.name}/{Path(cfg.OUTPUT_DIR).name}: AP50 "
+                f"  {_run_name(cfg)}: AP50 "
                 f"{metrics.get('bbox/AP50', float('nan')):.2f}, B_simple "
                 f"{noise.get('noise_scale')}, {summary['train_time_s']:.0f} s",
                 flush=True,
@@ -226,15 +227,40 @@ def _train_runs(cfgs: list[CfgNode], threads: int) -> None:
         gc.collect()
 
 
-def train_runs(cfgs: list[CfgNode], processes: int, threads: int, keep: bool) -> list[dict]:
+def _run_name(cfg: CfgNode) -> str:
+    return f"{Path(cfg.OUTPUT_DIR).parent.name}/{Path(cfg.OUTPUT_DIR).name}"
+
+
+def train_runs(
+    cfgs: list[CfgNode], processes: int, threads: int, keep: bool, reuse: bool = False
+) -> list[dict]:
     """Trains ``cfgs`` on ``processes`` processes (one launch for all); returns their
-    ScalingTrainer summaries."""
+    ScalingTrainer summaries. A run whose loss diverges (NaN or Inf, on any rank) is a result,
+    ``{"diverged": why}``; the launch goes on with the runs after it. ``reuse``: a run whose
+    folder holds a summary of exactly this config is not trained again."""
+    todo = []
     for cfg in cfgs:
         output = Path(cfg.OUTPUT_DIR)
         output.mkdir(parents=True, exist_ok=True)
-        (output / SUMMARY_FILE).unlink(missing_ok=True)  # never report a previous run's numbers
-        (output / "config.yaml").write_text(cfg.dump())  # what this run trained, for the record
-    launch(_train_runs, processes, dist_url="auto", args=(cfgs, threads))
+        config_file, summary_file = output / "config.yaml", output / SUMMARY_FILE
+        if reuse and summary_file.exists() and config_file.read_text() == cfg.dump():
+            continue
+        summary_file.unlink(missing_ok=True)  # never report a previous run's numbers
+        config_file.write_text(cfg.dump())  # what this run trained, for the record
+        todo.append(cfg)
+    while todo:
+        try:
+            launch(_train_runs, processes, dist_url="auto", args=(todo, threads))
+            todo = []
+        except RankFailedError as error:
+            if "FloatingPointError" not in str(error):
+                raise
+            # The runs before it wrote their summaries; this one is the first without.
+            diverged = next(c for c in todo if not (Path(c.OUTPUT_DIR) / SUMMARY_FILE).exists())
+            record = {"diverged": str(error)}
+            (Path(diverged.OUTPUT_DIR) / SUMMARY_FILE).write_text(json.dumps(record, indent=2))
+            print(f"  {_run_name(diverged)}: diverged ({error})", flush=True)
+            todo = todo[todo.index(diverged) + 1 :]
     summaries = []
     for cfg in cfgs:
         output = Path(cfg.OUTPUT_DIR)
@@ -248,18 +274,24 @@ def train_runs(cfgs: list[CfgNode], processes: int, threads: int, keep: bool) ->
 
 # ------------------------------------------------------------------------------- table ----
 def run_result(row: Row, cfg: CfgNode, summary: dict[str, Any]) -> dict[str, Any]:
-    """What the table keeps of one run."""
-    metrics = summary["metrics"]
-    noise = summary["gradient_noise"] or {}
-    return {
-        "AP50": metrics.get("bbox/AP50", float("nan")),
-        "AP": metrics.get("bbox/AP", float("nan")),
-        "noise_scale": noise.get("noise_scale"),
+    """What the table keeps of one run; a diverged run has no detector: AP 0."""
+    common = {
         "lr": cfg.SOLVER.BASE_LR,
         "total_batch": cfg.SOLVER.IMS_PER_BATCH,
         "steps": cfg.SOLVER.MAX_ITER,
+    }
+    if "diverged" in summary:
+        return {**common, "AP50": 0.0, "AP": 0.0, "noise_scale": None, "diverged": True}
+    metrics = summary["metrics"]
+    noise = summary["gradient_noise"] or {}
+    return {
+        **common,
+        "AP50": metrics.get("bbox/AP50", float("nan")),
+        "AP": metrics.get("bbox/AP", float("nan")),
+        "noise_scale": noise.get("noise_scale"),
         "epochs": summary["epochs_seen"],
         "train_time_s": summary["train_time_s"],
+        "diverged": False,
     }
 
 
@@ -280,7 +312,9 @@ def table_row(row: Row, runs: list[dict[str, Any]], per_gpu: int) -> dict[str, A
         "LR": f"{runs[0]['lr']:.4g}",
         "how (processes x accum)": row.how,
         "steps": runs[0]["steps"],
-        "AP50 per seed": " / ".join(f"{v:.1f}" for v in ap50),
+        "AP50 per seed": " / ".join(
+            "diverged" if r["diverged"] else f"{r['AP50']:.1f}" for r in runs
+        ),
         "AP50 mean": round(_mean(ap50), 2),
         "AP50 spread": round(max(ap50) - min(ap50), 2),
         "AP mean": round(_mean([r["AP"] for r in runs]), 2),
@@ -512,6 +546,11 @@ def main() -> None:
     )
     parser.add_argument("--overhead-chunk", type=int, default=5)
     parser.add_argument("--keep-checkpoints", action="store_true")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the result of a run whose folder holds a summary of exactly its config",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("output/scaling_table"))
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs merged into the config")
     args = parser.parse_args()
@@ -564,7 +603,7 @@ def main() -> None:
     for processes in sorted({row.processes for row in rows}):
         mine = [(row, seed, cfg) for row, seed, cfg in runs if row.processes == processes]
         summaries = train_runs(
-            [c for _, _, c in mine], processes, args.threads, args.keep_checkpoints
+            [c for _, _, c in mine], processes, args.threads, args.keep_checkpoints, args.reuse
         )
         for (row, _, run_cfg), summary in zip(mine, summaries, strict=True):
             results.setdefault((row.name, row.gpus), []).append(run_result(row, run_cfg, summary))

@@ -163,6 +163,11 @@ def test_table_verdict_and_plot(bench, cfg, tmp_path):
             }
             runs.append(bench.run_result(row, run, summary))
         table.append(bench.table_row(row, runs, 2))
+    diverged = bench.run_result(rows[-1], run, {"diverged": "rank 1 of 2 failed: ..."})
+    assert diverged["AP50"] == 0.0 and diverged["diverged"]
+    with_diverged = bench.table_row(rows[-1], [runs[0], diverged], 2)
+    assert with_diverged["AP50 per seed"] == f"{runs[0]['AP50']:.1f} / diverged"
+    assert with_diverged["AP50 mean"] == round(runs[0]["AP50"] / 2, 2)
     first = table[0]
     assert first["AP50 per seed"] == "40.0 / 41.0" and first["AP50 mean"] == 40.5
     assert first["AP50 spread"] == 1.0 and first["B_simple (end)"] is None
