@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml")
 VOC07 = str(REPO / "configs" / "VOC07-Detection" / "faster_rcnn_R_50_FPN.yaml")
 DIGITS = str(REPO / "configs" / "ImageNet-Classification" / "resnet50_digits.yaml")
+TINY_PY = str(REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.py")
 
 
 def write_inputs(root: Path) -> dict[str, str]:
@@ -47,7 +48,8 @@ def write_inputs(root: Path) -> dict[str, str]:
     named = {name.split(".")[0]: str(inputs / name) for name in [*files, "a_folder"]}
     named |= {"other_model": str(inputs / "other_model.pth"), "cut": str(inputs / "cut.pth")}
     named |= {"missing": str(inputs / "missing.yaml"), "tiny": TINY, "voc07": VOC07}
-    return named | {"digits": DIGITS, "nowhere": str(inputs / "no_such_folder")}
+    named |= {"digits": DIGITS, "tiny_py": TINY_PY}
+    return named | {"nowhere": str(inputs / "no_such_folder")}
 
 
 # (arguments, what the one line must contain)
@@ -158,6 +160,21 @@ CASES = [
         ["train", "--config-file", "{tiny}", "SOLVER.CHECKPOINT_MAX_TO_KEEP", "1"],
         "SOLVER.CHECKPOINT_MAX_TO_KEEP is 1",
     ),
+    # ---- a LazyConfig: the same checks, named by its own keys ----
+    (["plan", "{tiny_py}", "SOLVER.BASE_LR", "0.1"], "a LazyConfig takes key=value overrides"),
+    (
+        ["plan", "{tiny_py}", "train.max_itr=10"],
+        "train.max_itr: no such config key; did you mean train.max_iter?",
+    ),
+    (
+        ["train", "--config-file", "{tiny_py}", "train.checkpointer.max_to_keep=1"],
+        "train.checkpointer.max_to_keep is 1",
+    ),
+    (
+        ["train", "--config-file", "{tiny_py}", "train.init_checkpoint={other_model}"],
+        "train.init_checkpoint {other_model}: none of its",
+    ),
+    (["lr-find", "{tiny_py}"], "lr-find takes YAML configs"),
 ]
 
 
