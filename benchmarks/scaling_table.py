@@ -322,6 +322,11 @@ def table_row(row: Row, runs: list[dict[str, Any]], per_gpu: int) -> dict[str, A
     }
 
 
+def _seed_ap50(row: dict[str, Any]) -> list[float]:
+    """The row's AP50 of each seed (a diverged run: 0, as in its mean)."""
+    return [0.0 if v == "diverged" else float(v) for v in row["AP50 per seed"].split(" / ")]
+
+
 def baseline_noise_scale(rows: list[dict[str, Any]]) -> float | None:
     """B_simple at the end of the linear 2-GPU runs (the baseline's trajectory, measured with
     one image against two), else of the smallest linear multi-GPU row."""
@@ -433,14 +438,8 @@ def plot(
             continue
         gpus = [r["GPUs (simulated)"] for r in mine]
         means = [r["AP50 mean"] for r in mine]
-        lows = [
-            m - min(float(v) for v in r["AP50 per seed"].split(" / "))
-            for m, r in zip(means, mine, strict=True)
-        ]
-        highs = [
-            max(float(v) for v in r["AP50 per seed"].split(" / ")) - m
-            for m, r in zip(means, mine, strict=True)
-        ]
+        lows = [m - min(_seed_ap50(r)) for m, r in zip(means, mine, strict=True)]
+        highs = [max(_seed_ap50(r)) - m for m, r in zip(means, mine, strict=True)]
         ap_ax.errorbar(gpus, means, yerr=[lows, highs], marker=marker, capsize=3, label=label)
         measured = [(r["total batch"], r["B_simple (end)"]) for r in mine if r["B_simple (end)"]]
         if measured and label != SERIES["larc"]:

@@ -180,7 +180,7 @@ def test_table_verdict_and_plot(bench, cfg, tmp_path):
     assert checks[4]["total batch <= B_simple"] == "no"  # 8 images
     json.dumps(table)  # results.json holds them as they are
     path = tmp_path / "table.png"
-    bench.plot(table, path, "test", 5.5, 2)
+    bench.plot([*table, with_diverged], path, "test", 5.5, 2)
     assert path.stat().st_size > 0
 
 
