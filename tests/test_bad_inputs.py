@@ -175,6 +175,12 @@ CASES = [
         "train.init_checkpoint {other_model}: none of its",
     ),
     (["lr-find", "{tiny_py}"], "lr-find takes YAML configs"),
+    # ---- noise-scale ----
+    (["noise-scale", "{tiny_py}"], "noise-scale takes YAML configs"),
+    (
+        ["noise-scale", "{tiny}", "--csv", "{nowhere}/n.csv"],
+        "--csv {nowhere}/n.csv: no such directory",
+    ),
 ]
 
 
@@ -237,4 +243,5 @@ def test_a_bad_input_is_one_line_exit_2_and_nothing_written(
 
 def test_the_table_covers_every_command_with_at_least_25_cases():
     assert len(CASES) >= 25
-    assert {argv[0] for argv, _ in CASES} == {"plan", "diff", "lr-plot", "lr-find", "train"}
+    commands = {argv[0] for argv, _ in CASES}
+    assert commands == {"plan", "diff", "lr-plot", "lr-find", "noise-scale", "train"}

@@ -21,6 +21,7 @@ from det_scaling.cli._common import (
     add_config_argument,
     add_overrides_argument,
     add_processes_argument,
+    check_output_file,
     require_yaml_config,
 )
 from det_scaling.config import load_cfg
@@ -66,6 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_yaml_config(args.config, "noise-scale")
+    if args.csv:
+        check_output_file(args.csv, "--csv")
     cfg = load_cfg(args.config, args.opts)
     print(
         f"noise-scale: {args.config}: {args.num_iter} steps from step {args.start_iter} on "
