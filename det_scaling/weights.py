@@ -20,7 +20,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from det_scaling.engine.checkpoint import READ_ERRORS
+from det_scaling.engine.checkpoint import READ_ERRORS, read_checkpoint_file
 from det_scaling.formats import config_format
 from det_scaling.tasks import trainer_class
 
@@ -42,7 +42,7 @@ def check_weights(cfg: Any) -> None:
     # detectron2's reader: its formats (.pth, Detectron .pkl, pycls .pyth) and name conversions.
     checkpointer = DetectionCheckpointer(model if model is not None else torch.nn.Module())
     try:
-        checkpoint = checkpointer._load_file(path)
+        checkpoint = read_checkpoint_file(checkpointer, path)
     except (*READ_ERRORS, ValueError, KeyError, AssertionError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(

@@ -27,6 +27,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from typing import IO, Any
+from urllib.parse import urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -40,6 +41,7 @@ __all__ = [
     "UnreadableCheckpointError",
     "check_retention",
     "periodic_checkpointer",
+    "read_checkpoint_file",
     "write_atomically",
 ]
 
@@ -150,7 +152,7 @@ class SafeCheckpointer(DetectionCheckpointer):
                 reason = "missing"
             else:
                 try:
-                    return candidate, super()._load_file(candidate)
+                    return candidate, read_checkpoint_file(self, candidate)
                 except READ_ERRORS as error:
                     reason = " ".join(str(error).split()) or type(error).__name__
             self.logger.warning("Skipping unreadable checkpoint %s: %s", candidate, reason)
@@ -167,6 +169,20 @@ class SafeCheckpointer(DetectionCheckpointer):
             self.logger.info("Removing %s, left by a checkpoint write that did not finish", partial)
             with contextlib.suppress(OSError):
                 os.remove(partial)
+
+
+def read_checkpoint_file(checkpointer: DetectionCheckpointer, path: str) -> dict[str, Any]:
+    """``checkpointer._load_file(path)`` outside ``load``: detectron2's reader, with its formats
+    and name conversions. Upstream main's reads the URL options (``?matching_heuristics=True``)
+    that its ``load`` parses first, and asserts they were; they are parsed here the same way."""
+    if not hasattr(checkpointer, "_parsed_url_during_load"):  # v0.6
+        return checkpointer._load_file(path)
+    parsed = urlparse(path)
+    checkpointer._parsed_url_during_load = parsed
+    try:
+        return checkpointer._load_file(parsed._replace(query="").geturl())
+    finally:
+        checkpointer._parsed_url_during_load = None
 
 
 def check_retention(keep: int, key: str) -> None:
