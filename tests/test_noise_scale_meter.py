@@ -146,6 +146,9 @@ class _Recorder:
         self.iterator = iterator
         self.batches: list = []
 
+    def __iter__(self):
+        return self
+
     def __next__(self):
         batch = next(self.iterator)
         self.batches.append(batch)
@@ -200,7 +203,7 @@ def train_with_independent_norms(cfg, data_root: Path):
     trainer = build_trainer(cfg, data_root)
     step_trainer = trainer._trainer
     recorder = _Recorder(step_trainer._data_loader_iter)
-    step_trainer._data_loader_iter = recorder
+    step_trainer.replace_data_loader(recorder)  # upstream main's iterator is a read-only property
     independent = _IndependentNorms(step_trainer, recorder)
     step_trainer.observers.append(independent)
     trainer.gradient_noise.keep_history()
