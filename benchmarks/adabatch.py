@@ -39,16 +39,12 @@ from typing import Any
 
 import torch
 
-import det_scaling  # first: applies the detectron2 compatibility layer
-
 # isort: split
-from batch_size_sweep import CONFIG, sweep_cfg, train_one  # the sweep's setup, reused
+from batch_size_sweep import CONFIG, load_base, sweep_cfg, train_one  # the sweep's setup, reused
 from detectron2.config import CfgNode
 from tabulate import tabulate
 
 from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.classification import register_classification_datasets
-from det_scaling.tasks import training_set_size
 
 # AdaBatch's LR factor per doubling, and the per-interval decay of the fixed batches that gives
 # the same LR per image (the paper's single-GPU setting: 0.75 / 2 = 0.375).
@@ -115,14 +111,7 @@ def main() -> None:
         raise SystemExit("--large must be --small times a power of 2 (AdaBatch doubles the batch)")
 
     torch.set_num_threads(args.threads)
-    base = det_scaling.load_cfg(str(args.config), args.overrides)
-    if not torch.cuda.is_available():
-        base.MODEL.DEVICE = "cpu"
-    register_classification_datasets(
-        (*base.DATASETS.TRAIN, *base.DATASETS.TEST), args.datasets_root
-    )
-    if base.SCALING.DATASET_SIZE == 0:
-        base.SCALING.DATASET_SIZE = training_set_size(base)
+    base = load_base(args.config, args.overrides, args.datasets_root)
 
     rows, runs = [], []
     start = time.perf_counter()

@@ -57,6 +57,17 @@ OPTIMIZERS = {
 }
 
 
+def load_base(config: Path, overrides: list[str], datasets_root: Path | None) -> CfgNode:
+    """The config with its data sets registered, its size known, on the CPU without CUDA."""
+    base = det_scaling.load_cfg(str(config), overrides)
+    if not torch.cuda.is_available():
+        base.MODEL.DEVICE = "cpu"
+    register_classification_datasets((*base.DATASETS.TRAIN, *base.DATASETS.TEST), datasets_root)
+    if base.SCALING.DATASET_SIZE == 0:
+        base.SCALING.DATASET_SIZE = training_set_size(base)
+    return base
+
+
 def sweep_cfg(base: CfgNode, batch: int, optimizer: str, output_dir: Path) -> CfgNode:
     """``base`` at total batch ``batch`` (linear rule, same epochs), run on one process by
     gradient accumulation, with ``optimizer`` (a key of :data:`OPTIMIZERS`)."""
@@ -131,15 +142,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    base = det_scaling.load_cfg(str(args.config), args.overrides)
+    base = load_base(args.config, args.overrides, args.datasets_root)
     base.SEED = args.seed
-    if not torch.cuda.is_available():
-        base.MODEL.DEVICE = "cpu"
-    register_classification_datasets(
-        (*base.DATASETS.TRAIN, *base.DATASETS.TEST), args.datasets_root
-    )
-    if base.SCALING.DATASET_SIZE == 0:
-        base.SCALING.DATASET_SIZE = training_set_size(base)
 
     rows, summaries = [], []
     start = time.perf_counter()

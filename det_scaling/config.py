@@ -35,9 +35,9 @@ def add_scaling_config(cfg: CfgNode) -> None:
     cfg.SCALING = CfgNode()
     # How BASE_LR and BASE_LR_END follow the total batch: "linear" (Goyal et al. 2017; what
     # detectron2's auto_scale_workers does), "sqrt" (Krizhevsky 2014; for adaptive optimizers),
-    # "none" (LR kept), or "auto" (sqrt for an Adam-like SOLVER.OPTIMIZER, linear otherwise; see
-    # SCALING.ADAM_SDE). The schedule (MAX_ITER, STEPS, warmup, periods) always keeps the number
-    # of images seen, whatever the rule.
+    # "none" (LR kept), "auto" (sqrt for an Adam-like SOLVER.OPTIMIZER, linear otherwise; see
+    # SCALING.ADAM_SDE), or "adascale" (SCALING.ADASCALE_REFERENCE_BATCH). The schedule (MAX_ITER,
+    # STEPS, warmup, periods) keeps the number of images seen, except under "adascale".
     cfg.SCALING.RULE = "linear"
     # With fewer GPUs than the reference: keep the reference total batch (and so its LR and
     # schedule) by accumulating gradients over REFERENCE_WORLD_SIZE / num_gpus micro-batches.
@@ -207,6 +207,12 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # the micro-batch per process and double the accumulation (total batch, LR, schedule kept);
     # stops with an error at 1 image. One small all-reduce per micro-batch while it is on.
     cfg.SCALING.AUTO_MICRO_BATCH = False
+    # SCALING.RULE "adascale" (Johnson et al. 2020): BASE_LR, MAX_ITER, STEPS and WARMUP_ITERS
+    # stay those of this total batch (0: SOLVER.IMS_PER_BATCH as written; scaling sets it). A run
+    # at S times this batch multiplies the LR by the gain ratio r in [1, S] measured each step
+    # (SCALING.NOISE_SCALE.DECAY smooths it), advances the schedule by r steps per step, and ends
+    # when it reaches MAX_ITER: between MAX_ITER / S and MAX_ITER steps.
+    cfg.SCALING.ADASCALE_REFERENCE_BATCH = 0
 
     if was_frozen:
         cfg.freeze()

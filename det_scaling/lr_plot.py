@@ -18,7 +18,7 @@ from det_scaling.formats import read_recipe
 from det_scaling.scaling import plan_scaling
 from det_scaling.solver import build_lr_scheduler
 
-__all__ = ["LRCurve", "lr_curve", "plot_lr_curves", "scheduled_lrs"]
+__all__ = ["LRCurve", "finish_lr_figure", "lr_curve", "plot_lr_curves", "scheduled_lrs"]
 
 
 @dataclass
@@ -121,10 +121,15 @@ def plot_lr_curves(
         batch_panel[0].set_yticks(all_batches, [str(b) for b in all_batches])
         batch_panel[0].minorticks_off()
         batch_panel[0].grid(alpha=0.3)
-    for axes in (by_iteration, by_epoch):
+    return finish_lr_figure(figure, (by_iteration, by_epoch), path, title)
+
+
+def finish_lr_figure(figure: Any, lr_axes: tuple[Any, ...], path: str, title: str) -> Any:
+    """Grids and LR axes from 0 on ``lr_axes``, the legend on the first, the title; saves."""
+    for axes in lr_axes:
         axes.grid(alpha=0.3)
         axes.set_ylim(bottom=0)
-    by_iteration.legend(fontsize="small")
+    lr_axes[0].legend(fontsize="small")
     if title:
         figure.suptitle(title)
     figure.savefig(path, dpi=120)

@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.formats import Recipe, read_recipe
-from det_scaling.scaling import AUTO_RULE, choose_rule, plan_scaling
+from det_scaling.scaling import ADASCALE_RULE, AUTO_RULE, choose_rule, plan_scaling
 
 __all__ = ["format_plan_table"]
 
@@ -38,11 +38,11 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
         scaled = read_recipe(plan.cfg)
         schedule = BatchSchedule.from_cfg(plan.cfg, num_gpus)
         per_gpu = schedule.micro_batch
-        length = (
-            f"{schedule.epochs(schedule.total_images):.2f}"
-            if dataset_size > 0
-            else f"{schedule.total_images} images"
-        )
+        length = _length_text(schedule, schedule.total_images)
+        if scaled.rule == ADASCALE_RULE:  # r = S: the reference's images; r = 1: S times them
+            fewest = scaled.max_iter * (scaled.adascale_reference_batch or scaled.ims_per_batch)
+            if fewest != schedule.total_images:
+                length = f"{_length_text(schedule, fewest)} to {length}"
         rows.append(
             [
                 num_gpus,
@@ -91,6 +91,14 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
         table += "\n\n" + _format_stages(written, stage_rows)
     if adam_lines:
         table += "\n\n" + "\n".join(adam_lines)
+    if written.rule == ADASCALE_RULE:
+        lr, max_iter, steps, warmup = written.keys.plan_columns
+        table += (
+            f"\n\nadascale: {lr}, {max_iter}, {steps} and {warmup} are the reference batch's; "
+            f"each step trains at r x the schedule's LR (r measured, 1 to S = batch / reference "
+            f"batch) and advances the schedule by r, so a run takes {max_iter} / S to {max_iter} "
+            "steps"
+        )
     return table + "".join(f"\nwarning: {warning}" for warning in warnings)
 
 
@@ -107,6 +115,11 @@ def _format_stages(recipe: Recipe, stage_rows: list[list]) -> str:
     )
     columns = ["GPUs", "stage", "epochs", "images/step", "LR factor", f"{lr} x factor", "steps"]
     return header + "\n" + tabulate(stage_rows, headers=columns, tablefmt="github")
+
+
+def _length_text(schedule: BatchSchedule, images: int) -> str:
+    epochs = schedule.epochs(images)
+    return f"{epochs:.2f}" if epochs is not None else f"{images} images"
 
 
 def _batch_text(total: int, per_gpu: int, accumulation: int) -> str:

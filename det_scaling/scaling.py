@@ -42,10 +42,12 @@ from det_scaling.formats import (
 )
 
 __all__ = [
+    "ADASCALE_RULE",
     "AUTO_RULE",
     "SCALING_RULES",
     "Change",
     "ScalingPlan",
+    "adascale_scale",
     "choose_rule",
     "is_adam_like",
     "plan_scaling",
@@ -58,6 +60,10 @@ SCALING_RULES = {
     "none": lambda batch_ratio: 1.0,
 }
 AUTO_RULE = "auto"  # one of SCALING_RULES, chosen from the optimizer (choose_rule)
+# Johnson et al. 2020: the LR and the schedule's clock follow the gain ratio measured in training
+# (det_scaling.engine.adascale); the plan keeps the LR and the schedule of the reference batch.
+ADASCALE_RULE = "adascale"
+RULES = (*SCALING_RULES, AUTO_RULE, ADASCALE_RULE)
 
 # Optimizers whose step divides by a running root mean square of the gradient (Adam, AdamW,
 # NAdam, RAdam, Adamax, LAMB, RMSprop): their LR follows the square root of the batch.
@@ -176,10 +182,9 @@ def plan_scaling(
     out = written.writable_copy()
     keys = out.keys
     rule = out.get(keys.rule) if rule is None else rule
-    if rule not in SCALING_RULES and rule != AUTO_RULE:
+    if rule not in RULES:
         raise ValueError(
-            f"{keys.rule}: unknown scaling rule {rule!r}; choose one of "
-            f"{sorted([*SCALING_RULES, AUTO_RULE])}"
+            f"{keys.rule}: unknown scaling rule {rule!r}; choose one of {sorted(RULES)}"
         )
     if keep_reference_batch is None:
         keep_reference_batch = bool(out.get(keys.keep_reference_batch))
@@ -206,11 +211,14 @@ def plan_scaling(
         plan.notes.append(f"the config is already written for {_gpus(num_gpus)}")
     else:
         _rescale_batch_and_lr(plan, out, recipe)
+    adascale = applied_rule == ADASCALE_RULE
+    if adascale:
+        _plan_adascale(plan, out, recipe)
     schedule_changed = True
     if recipe.epochs.max > 0:
         _schedule_from_epochs(plan, out, recipe)
     elif out.get(keys.ims_per_batch) != recipe.ims_per_batch:
-        _rescale_schedule(plan, out, recipe.ims_per_batch)
+        _rescale_schedule(plan, out, recipe.ims_per_batch, periods_only=adascale)
     else:
         schedule_changed = False
     if schedule_changed:  # fields scaling cannot classify kept their written values
@@ -262,6 +270,54 @@ def _check_adam_sde(recipe: Recipe, rule: str) -> None:
             f"{keys.adam_sde}: is the square-root rule's adjustment, but {keys.rule} applies "
             f"the {rule} rule; set {keys.rule} sqrt or auto, or {keys.adam_sde} False"
         )
+
+
+def adascale_scale(recipe: Recipe, num_gpus: int) -> float:
+    """AdaScale's S: ``recipe``'s total batch over the batch its schedule is written for
+    (``SCALING.ADASCALE_REFERENCE_BATCH``; 0: the total batch itself, S = 1). ``ValueError``
+    where AdaScale cannot run on ``num_gpus`` processes: S < 1 (a smaller batch than the
+    schedule's), or S > 1 with one batch size per step to measure the gain from."""
+    keys = recipe.keys
+    reference = recipe.adascale_reference_batch or recipe.ims_per_batch
+    if reference < 0 or recipe.ims_per_batch < reference:
+        raise ValueError(
+            f"{keys.adascale_reference_batch}: AdaScale scales up from the batch its schedule "
+            f"is written for ({reference}), but {keys.ims_per_batch} is {recipe.ims_per_batch}; "
+            f"keep that batch ({keys.keep_reference_batch} True) or choose another {keys.rule}"
+        )
+    scale = recipe.ims_per_batch / reference
+    if scale > 1 and num_gpus == 1 and recipe.grad_accum_steps == 1:
+        raise ValueError(
+            f"{keys.rule} adascale measures the gain ratio from two batch sizes, which one "
+            f"process without accumulation does not have: run on 2+ processes or set "
+            f"{keys.grad_accum_steps} >= 2"
+        )
+    return scale
+
+
+def _plan_adascale(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) -> None:
+    """Records the batch AdaScale's schedule is written for, checks S, and says what the run
+    does with it."""
+    keys = recipe.keys
+    if recipe.adabatch.enabled:
+        raise ValueError(
+            f"{keys.rule} adascale and {keys.child(keys.adabatch, 'enabled')} both change the LR "
+            "with the batch during the run; use one"
+        )
+    reference = recipe.adascale_reference_batch or recipe.ims_per_batch
+    _recorder(plan, out)(
+        keys.adascale_reference_batch,
+        reference,
+        f"adascale: the schedule and {keys.base_lr} are written for batch {reference}",
+    )
+    scale = adascale_scale(out.recipe(), plan.num_gpus)
+    plan.notes.append(
+        f"adascale (Johnson et al. 2020) at S = {scale:g} (batch {out.get(keys.ims_per_batch)} / "
+        f"{reference}): each step multiplies {keys.base_lr} by the gain ratio r in [1, "
+        f"{scale:g}] measured in training and advances the schedule by r steps; the run ends "
+        f"when it reaches {keys.max_iter}, after {keys.max_iter} / {scale:g} to {keys.max_iter} "
+        "steps"
+    )
 
 
 def _check_schedule(out: ConfigFormat, recipe: Recipe) -> None:
@@ -385,7 +441,9 @@ def _rescale_batch_and_lr(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
     else:
         new_batch = per_gpu * num_gpus * accumulation
         plan.batch_ratio = new_batch / old_batch
-        plan.lr_factor = SCALING_RULES[plan.rule](plan.batch_ratio)
+        # AdaScale's LR factor is measured in training, not planned.
+        rule = SCALING_RULES.get(plan.rule, SCALING_RULES["none"])
+        plan.lr_factor = rule(plan.batch_ratio)
         record(
             keys.ims_per_batch,
             new_batch,
@@ -409,7 +467,8 @@ def _adjust_adam(record: Callable[..., None], recipe: Recipe, kappa: float) -> N
     """Malladi et al. 2022 ("On the SDEs and Scaling Rules for Adaptive Gradient Algorithms",
     NeurIPS; arXiv 2205.10287), the square-root scaling rule for Adam: with the batch x kappa,
     LR x sqrt(kappa) (the sqrt rule), beta_i -> 1 - kappa (1 - beta_i), eps -> eps / sqrt(kappa),
-    so that the SDE the run approximates stays the same."""
+    so that the SDE the run approximates stays the same (as the authors' cifar_main.py in
+    abhishekpanigrahi1996/Adaptive-SDE does with its noise multiplier l = 1 / sqrt(kappa))."""
     keys = recipe.keys
     setting = keys.adam_sde.rsplit(".", 1)[-1]
     betas_key, betas = recipe.betas
@@ -436,8 +495,11 @@ def _adjust_adam(record: Callable[..., None], recipe: Recipe, kappa: float) -> N
     )
 
 
-def _rescale_schedule(plan: ScalingPlan, out: ConfigFormat, old_batch: int) -> None:
-    """Rescales the iteration-valued fields written for ``old_batch`` to the same images seen."""
+def _rescale_schedule(
+    plan: ScalingPlan, out: ConfigFormat, old_batch: int, *, periods_only: bool = False
+) -> None:
+    """Rescales the iteration-valued fields written for ``old_batch`` to the same images seen
+    (with ``periods_only``, the periods: AdaScale's schedule stays in steps of its batch)."""
     new_batch = out.get(out.keys.ims_per_batch)
 
     def convert(iterations: int) -> int:
@@ -448,7 +510,10 @@ def _rescale_schedule(plan: ScalingPlan, out: ConfigFormat, old_batch: int) -> N
             f"same images seen: {iterations} steps x {old_batch} = {iterations * old_batch} images"
         )
 
-    _set_schedule(plan, out, out.schedule_fields(), convert, why, f"at {old_batch} images/step")
+    fields = out.schedule_fields()
+    if periods_only:
+        fields = [f for f in fields if f.kind == PERIOD]
+    _set_schedule(plan, out, fields, convert, why, f"at {old_batch} images/step")
 
 
 def _schedule_from_epochs(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) -> None:
@@ -457,7 +522,9 @@ def _schedule_from_epochs(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
     keys = recipe.keys
     epochs = recipe.epochs
     dataset_size = recipe.dataset_size
-    batch = out.get(keys.ims_per_batch)
+    period_batch = out.get(keys.ims_per_batch)
+    # AdaScale's schedule is in steps of its reference batch; periods follow the images.
+    batch = out.get(keys.adascale_reference_batch) if plan.rule == ADASCALE_RULE else period_batch
     if dataset_size <= 0:
         raise ValueError(
             f"{keys.child(keys.epochs, 'max')}: a schedule written in epochs needs "
@@ -465,14 +532,27 @@ def _schedule_from_epochs(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
             "the registered data set"
         )
 
-    def convert(epoch_count: float) -> int:
-        return round(epoch_count * dataset_size / batch)
+    def converter(per_step: int) -> tuple[Callable[[float], int], Callable[[float], str]]:
+        def convert(epoch_count: float) -> int:
+            return round(epoch_count * dataset_size / per_step)
 
-    def why(epoch_count: float) -> str:
-        return f"{epoch_count:g} epochs x {dataset_size} images / {batch} per step"
+        def why(epoch_count: float) -> str:
+            return f"{epoch_count:g} epochs x {dataset_size} images / {per_step} per step"
+
+        return convert, why
 
     fields = out.epoch_fields(epochs)
-    _set_schedule(plan, out, fields, convert, why, f"in {keys.epochs}", epochs.max)
+    convert, why = converter(batch)
+    _set_schedule(
+        plan,
+        out,
+        fields,
+        convert,
+        why,
+        f"in {keys.epochs}",
+        epochs.max,
+        period=converter(period_batch),
+    )
 
 
 def _set_schedule(
@@ -483,10 +563,12 @@ def _set_schedule(
     why: Callable[[Any], str],
     written_as: str,
     max_epochs: float = 0.0,
+    period: tuple[Callable[[Any], int], Callable[[Any], str]] | None = None,
 ) -> None:
     """Sets every field to ``convert`` of its written value, lengths first, refusing what
     rounding breaks: a length, step or period that becomes 0, steps that collide or reach their
-    length. A fraction of the run (from epochs) is ``written / max_epochs``."""
+    length. A fraction of the run (from epochs) is ``written / max_epochs``. ``period``: another
+    ``(convert, why)`` for the periods."""
     record = _recorder(plan, out)
     batch = out.get(out.keys.ims_per_batch)
 
@@ -524,10 +606,11 @@ def _set_schedule(
             fraction = f.written / max_epochs
             record(f.key, fraction, f"{f.written:g} of {max_epochs:g} epochs")
         elif f.kind != LENGTH:
-            new = convert(f.written)
+            to, reason = period if f.kind == PERIOD and period else (convert, why)
+            new = to(f.written)
             if f.kind == PERIOD and f.written > 0 and new == 0:
                 raise fail(f.key, f"period {f.written:g} rounds to 0")
-            record(f.key, new, why(f.written))
+            record(f.key, new, reason(f.written))
 
 
 def _convert_steps(

@@ -94,7 +94,9 @@ def train_process(args: argparse.Namespace) -> dict[str, Any]:
     """Runs in every process: loads the config, then returns the evaluation results with
     ``--eval-only``, else the training summary."""
     cfg = load_cfg(args.config_file, args.opts)
-    output_dir = config_format(cfg).run_settings().output_dir
+    # Read once: scaling changes neither the output directory nor the weights.
+    settings = config_format(cfg).run_settings()
+    output_dir = settings.output_dir
     resume = resume_requested(args, output_dir)  # before setup_process saves this run's plan
     cfg = setup_process(args, cfg)
     if comm.get_world_size() > 1:
@@ -109,7 +111,6 @@ def train_process(args: argparse.Namespace) -> dict[str, Any]:
         )
     trainer_cls = trainer_class(cfg)
     if args.eval_only:
-        settings = config_format(cfg).run_settings()
         model = trainer_cls.build_model(cfg)
         SafeCheckpointer(model, save_dir=settings.output_dir).resume_or_load(
             settings.weights, resume=resume
@@ -186,13 +187,13 @@ def setup_process(args: argparse.Namespace, cfg: Any) -> Any:
             " (--no-scale)" if args.no_scale else "",
             plan.format() or "(nothing to change)",
         )
-        save_plan(args, plan)
+        save_plan(args, plan, output_dir)
     return plan.cfg
 
 
-def save_plan(args: argparse.Namespace, plan: ScalingPlan) -> None:
-    """Writes the provenance of the output directory's config.yaml: source config, overrides,
-    the plan."""
+def save_plan(args: argparse.Namespace, plan: ScalingPlan, output_dir: str) -> None:
+    """Writes the provenance of ``output_dir``'s config.yaml: source config, overrides, the
+    plan."""
     record = {
         "config_file": os.path.abspath(args.config_file),
         "overrides": list(args.opts),
@@ -202,7 +203,7 @@ def save_plan(args: argparse.Namespace, plan: ScalingPlan) -> None:
         "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID") if under_torchrun() else None,
         **plan.to_dict(),
     }
-    path = os.path.join(config_format(plan.cfg).run_settings().output_dir, PLAN_FILE)
+    path = os.path.join(output_dir, PLAN_FILE)
     with PathManager.open(path, "w") as f:
         json.dump(record, f, indent=2)
     logger.info("Scaling plan saved to %s", path)

@@ -83,8 +83,7 @@ def _local_path(weights: str, key: str) -> str:
         ) from None
     if not PathManager.isfile(path):
         raise ValueError(
-            f"{key} {weights}: no such file; set it to a checkpoint, or to '' to train from "
-            "scratch"
+            f"{key} {weights}: no such file; set it to a checkpoint, or to '' to train from scratch"
         )
     return path
 

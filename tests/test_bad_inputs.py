@@ -92,6 +92,11 @@ CASES = [
     (["lr-plot", "{tiny}", "-o", "{nowhere}/lr.png"], "-o {nowhere}/lr.png: no such directory"),
     (["lr-plot", "{tiny}", "-o", "{a_folder}"], "-o {a_folder}: is a directory"),
     (["lr-plot", "{tiny}", "-o", "{nowhere}.xyz"], "-o {nowhere}.xyz: cannot write .xyz images"),
+    (["lr-plot"], "give either a CONFIG or --metrics"),
+    (["lr-plot", "{tiny}", "--metrics", "{missing}"], "give either a CONFIG or --metrics"),
+    (["lr-plot", "--metrics", "{missing}"], "--metrics {missing}: no such file"),
+    (["lr-plot", "--metrics", "{binary}"], "{binary}: not a text file"),
+    (["lr-plot", "--metrics", "{list}"], "{list}:1: not a metrics.json line"),
     # ---- lr-find ----
     (["lr-find", "{tiny}", "--start-lr", "1", "--end-lr", "0.1"], "need 0 < start LR < end LR"),
     (["lr-find", "{tiny}", "--smoothing", "1.5"], "--smoothing 1.5: must be in [0, 1)"),

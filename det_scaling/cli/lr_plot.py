@@ -1,4 +1,5 @@
-"""``lr-plot CONFIG [--num-gpus 1 2 4 8] [-o lr.png] [KEY VALUE ...]``: the LR at each GPU count.
+"""``lr-plot CONFIG [--num-gpus 1 2 4 8] [-o lr.png] [KEY VALUE ...]``: the LR at each GPU count;
+``lr-plot --metrics OUTPUT_DIR/metrics.json ... [-o lr.png]``: the LR runs trained with.
 
 CONFIG (with the overrides) is scaled to each GPU count as ``plan`` does, and the LR scheduler
 training would build for it is stepped through the run (a LazyConfig's lr_multiplier, or the
@@ -8,14 +9,18 @@ YAML config's SOLVER schedule). Two panels: the LR against iterations, and again
 --relative divides each by its factor so that they overlap. Reduce-on-plateau (SOLVER.PLATEAU)
 is not drawn: it depends on evaluation results. When the batch grows (AdaBatch), a third panel
 draws the total batch against epochs.
+
+With --metrics, the LR each run logged in its metrics.json (every 20 iterations by default),
+against iterations and against AdaScale's progress (SCALING.RULE adascale) or the images seen,
+with AdaScale's gain ratio r: the LR an AdaScale run takes is measured, not planned.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from det_scaling.cli._common import (
-    add_config_argument,
     add_num_gpus_argument,
     add_overrides_argument,
     check_image_file,
@@ -23,6 +28,7 @@ from det_scaling.cli._common import (
 from det_scaling.config import load_cfg
 from det_scaling.formats import read_recipe
 from det_scaling.lr_plot import lr_curve, plot_lr_curves
+from det_scaling.run_plot import plot_run_metrics, read_run_metrics
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +38,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_argument(parser)
+    parser.add_argument(
+        "config",
+        metavar="CONFIG",
+        nargs="?",
+        help="detectron2 config: YAML (_BASE_ allowed) or a LazyConfig .py file",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="JSON",
+        help="draw the LR these runs logged (their metrics.json) instead of a config's schedule",
+    )
     add_num_gpus_argument(parser, multiple=True)
     parser.add_argument(
         "-o", "--output", default="lr.png", metavar="PNG", help="image to write (default: lr.png)"
@@ -47,7 +64,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.config is None) == (args.metrics is None):
+        raise ValueError("give either a CONFIG or --metrics with runs' metrics.json files")
     check_image_file(args.output, "-o")
+    if args.metrics:
+        if args.opts:
+            raise ValueError(f"--metrics takes no config overrides, got {' '.join(args.opts)}")
+        for path in args.metrics:
+            if not os.path.isfile(path):
+                raise ValueError(f"--metrics {path}: no such file")
+        runs = [read_run_metrics(path, name=path) for path in args.metrics]
+        plot_run_metrics(runs, args.output, title="learning rate of " + ", ".join(args.metrics))
+        print(f"wrote {args.output}")
+        return 0
     cfg = load_cfg(args.config, args.opts)
     recipe = read_recipe(cfg)
     curves = [lr_curve(cfg, num_gpus) for num_gpus in args.num_gpus]
@@ -60,5 +89,3 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.output}")
     return 0
-
-

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from detectron2.config import instantiate
-from detectron2.engine import TrainerBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig
@@ -50,7 +49,7 @@ class LazyScalingTrainer(ScalingTrainer):
     def run_loop(self) -> None:
         """The steps from ``start_iter`` to ``max_iter`` (a LazyConfig has no expected
         results)."""
-        TrainerBase.train(self, self.start_iter, self.max_iter)
+        self.train_steps()
 
     @classmethod
     def test(cls, cfg: DictConfig, model: torch.nn.Module, evaluators: Any = None) -> dict:

@@ -39,8 +39,9 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, TrainerBase, default_writers, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
-from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.evaluation.testing import flatten_results_dict, verify_results
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
@@ -52,6 +53,7 @@ from det_scaling.engine.accumulation import (
     MicroBatchOutOfMemory,
     micro_batch_cfg,
 )
+from det_scaling.engine.adascale import AdaScale
 from det_scaling.engine.checkpoint import SafeCheckpointer, periodic_checkpointer
 from det_scaling.engine.gradient_noise import GradientNoiseMeter, NoiseScaleHook
 from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
@@ -60,7 +62,7 @@ from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.failures import ConsequenceOfAnotherRank
 from det_scaling.formats import config_format, read_recipe
 from det_scaling.launch import create_ddp_model
-from det_scaling.scaling import AUTO_RULE, choose_rule
+from det_scaling.scaling import ADASCALE_RULE, AUTO_RULE, adascale_scale, choose_rule
 
 __all__ = [
     "OutOfMemoryAtOneImage",
@@ -141,6 +143,13 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"gradient noise scale B_simple {noise['noise_scale']:.3g} images "
             f"(over {noise['steps_measured']} steps)"
         )
+    adascale = summary.get("adascale")
+    if adascale and adascale["mean_gain"] is not None:
+        lines.append(
+            f"AdaScale at S = {adascale['scale']:g}: progress {adascale['progress']:.5g} of "
+            f"{adascale['length']} steps of batch {adascale['reference_batch']} in "
+            f"{adascale['steps']} steps, mean gain ratio {adascale['mean_gain']:.3g}"
+        )
     metrics = summary["metrics"]
     if metrics:
         shown = {k: v for k, v in metrics.items() if k.endswith(("AP", "AP50", "AP75"))} or metrics
@@ -175,7 +184,9 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         self.recipe = fmt.recipe()
         self.settings = fmt.run_settings()
         self.batch_schedule = BatchSchedule.from_cfg(cfg, self.world_size)
-        _check_auto_micro_batch(self.recipe.keys, self.settings)
+        adascale = self.recipe.rule == ADASCALE_RULE
+        scale = adascale_scale(self.recipe, self.world_size) if adascale else 1.0
+        _check_auto_micro_batch(self.recipe.keys, self.settings, adascale and scale > 1)
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -183,9 +194,10 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         model = create_ddp_model(model, **self.settings.ddp)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self._trainer.micro_batch = self.batch_schedule.micro_batch
-        self.gradient_noise = self.build_gradient_noise(cfg)
+        self.gradient_noise = self.build_gradient_noise(cfg, measure=scale > 1)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.adascale = self.build_adascale(scale) if adascale else None
         # This run's base LR of each param group: a checkpoint of another GPU count carries its
         # own, which resume must not bring back. torch schedulers keep it as initial_lr.
         self._base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
@@ -250,14 +262,29 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         step.auto_micro_batch = settings.auto_micro_batch
         return step
 
-    def build_gradient_noise(self, cfg: Any) -> GradientNoiseMeter | None:
-        """With ``SCALING.NOISE_SCALE.ENABLED`` (``train.scaling.noise_scale.enabled``), the
-        measurement of the gradient noise scale in the step: ``trainer.gradient_noise``, where
-        hooks and schedulers read the statistics."""
-        noise = self.settings.noise_scale
-        if noise is None:
+    def build_gradient_noise(self, cfg: Any, measure: bool = False) -> GradientNoiseMeter | None:
+        """With ``SCALING.NOISE_SCALE.ENABLED`` (``train.scaling.noise_scale.enabled``) or
+        ``measure`` (AdaScale), the measurement of the gradient statistics in the step:
+        ``trainer.gradient_noise``, where hooks and schedulers read them."""
+        if self.settings.noise_scale is None and not measure:
             return None
-        return GradientNoiseMeter(self._trainer, self.batch_schedule.micro_batch, noise.decay)
+        return GradientNoiseMeter(
+            self._trainer, self.batch_schedule.micro_batch, self.settings.gradient_noise_decay
+        )
+
+    def build_adascale(self, scale: float) -> AdaScale:
+        """``SCALING.RULE adascale`` at ``scale`` S: the clock that sets ``self.scheduler``'s LR
+        from the gain ratio, in the step after the gradient statistics."""
+        recipe = self.recipe
+        adascale = AdaScale(
+            self.scheduler,
+            self.gradient_noise,
+            scale=scale,
+            reference_batch=recipe.adascale_reference_batch or recipe.ims_per_batch,
+            length=recipe.max_iter,
+        )
+        self._trainer.observers.append(adascale)
+        return adascale
 
     def build_hooks(self) -> list[hooks.HookBase]:
         """detectron2's default hooks (timer, LR schedule, PreciseBN, checkpoints, evaluation,
@@ -285,8 +312,9 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         ret: list[hooks.HookBase | None] = [
             hooks.IterationTimer(),
             self.progress,
+            self.adascale,  # before the checkpointer and evaluation: it may end the run here
             None
-            if self.gradient_noise is None
+            if settings.noise_scale is None
             else NoiseScaleHook(self.gradient_noise, settings.noise_scale.period),
             hooks.LRScheduler(),
             precise_bn,  # before the checkpointer: it changes the model that is saved
@@ -339,9 +367,43 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         self.progress.loaded_state = None
         self.progress.resumed_from = point.converted_from
         self.progress.start_at(point.iteration, point.images_seen)
+        if self.adascale is not None:
+            self._resume_adascale(point.images_seen)
+            self.max_iter = point.iteration + self.adascale.steps_left_at_most()
         place_scheduler(self.scheduler, self.optimizer, self._base_lrs, point.iteration)
         self.iter = point.iteration - 1
         self.start_iter = point.iteration
+
+    def _resume_adascale(self, images_seen: int) -> None:
+        adascale = self.adascale
+        if not adascale.loaded:  # a checkpoint of another rule: its images, in reference steps
+            adascale.progress = images_seen / adascale.reference_batch
+            logger.warning(
+                "The checkpoint has no AdaScale state: continuing at progress %.6g of %d (its "
+                "%d images / batch %d)",
+                adascale.progress,
+                adascale.length,
+                images_seen,
+                adascale.reference_batch,
+            )
+
+    # ---- the end of the run ----
+    def end_after_this_step(self) -> None:
+        """Makes the step under way the last (AdaScale reached its length): the hooks after it
+        (final checkpoint, evaluation, writers) see ``max_iter = iter + 1``."""
+        self.max_iter = self.iter + 1
+        for hook in self._hooks:
+            hook = getattr(hook, "hook", hook)  # ImagePeriodHook's
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook.max_iter = self.max_iter  # read once, before training
+        self.expect_end(self.max_iter)
+
+    def expect_end(self, max_iter: int) -> None:
+        """Where the console's ETA counts to (detectron2's printer reads it once)."""
+        for hook in self._hooks:
+            for writer in getattr(hook, "_writers", ()):
+                if hasattr(writer, "_max_iter"):
+                    writer._max_iter = max_iter
 
     # ---- the loop ----
     def run_step(self) -> None:
@@ -434,9 +496,32 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         return self.summary
 
     def run_loop(self) -> None:
-        """detectron2's ``DefaultTrainer.train``: the steps from ``start_iter`` to ``max_iter``,
-        then the results checked against ``TEST.EXPECTED_RESULTS``."""
-        DefaultTrainer.train(self)
+        """detectron2's ``DefaultTrainer.train``: the steps (:meth:`train_steps`), then the
+        results checked against ``TEST.EXPECTED_RESULTS``."""
+        self.train_steps()
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            if not hasattr(self, "_last_eval_results"):
+                raise RuntimeError("TEST.EXPECTED_RESULTS: nothing was evaluated")
+            verify_results(self.cfg, self._last_eval_results)
+
+    def train_steps(self) -> None:
+        """detectron2's ``TrainerBase.train`` from ``start_iter`` while ``iter < max_iter``, a
+        bound a hook may lower during the run (AdaScale ends it early)."""
+        logger.info("Starting training from iteration %d", self.start_iter)
+        self.iter = self.start_iter
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                self.before_train()
+                while self.iter < self.max_iter:
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    self.iter += 1
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
 
     def build_summary(self, wall_time: float) -> dict[str, Any]:
         """The run in one dict: scaled settings, progress, wall time (the whole ``train()``),
@@ -469,16 +554,23 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             "resumed_from": progress.resumed_from,
             "batch_stages": [dataclasses.asdict(s) for s in schedule.stages],
             "gradient_noise": self.gradient_noise and self.gradient_noise.summary(),
+            "adascale": self.adascale and self.adascale.summary(),
         }
 
 
-def _check_auto_micro_batch(keys: Any, settings: Any) -> None:
-    if settings.auto_micro_batch and settings.noise_scale is not None:
-        section = keys.auto_micro_batch.rsplit(".", 1)[0]
-        noise = keys.child(keys.child(section, "noise_scale"), "enabled")
+def _check_auto_micro_batch(keys: Any, settings: Any, adascale: bool) -> None:
+    if not settings.auto_micro_batch:
+        return
+    section = keys.auto_micro_batch.rsplit(".", 1)[0]
+    other = None
+    if settings.noise_scale is not None:
+        other = keys.child(keys.child(section, "noise_scale"), "enabled")
+    elif adascale:
+        other = f"{keys.rule} adascale"
+    if other:
         raise ValueError(
-            f"{keys.auto_micro_batch} and {noise} cannot be combined: the noise scale reads "
-            f"DDP's all-reduce, which {keys.auto_micro_batch} replaces; turn one off"
+            f"{keys.auto_micro_batch} and {other} cannot be combined: the gradient statistics "
+            f"read DDP's all-reduce, which {keys.auto_micro_batch} replaces; turn one off"
         )
 
 

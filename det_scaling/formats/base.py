@@ -61,6 +61,7 @@ class RecipeKeys:
     optimizer: str  # what names the optimizer
     adam_sde: str  # the switch of Adam's beta and eps adjustment
     auto_micro_batch: str  # the switch of the micro-batch halved on out-of-memory
+    adascale_reference_batch: str  # the total batch an AdaScale schedule is written for
 
     def child(self, section: str, name: str) -> str:
         """The key of ``name`` in ``section``, in the section's case (``SCALING.EPOCHS.MAX``,
@@ -113,6 +114,7 @@ class Recipe:
     # Adam's betas and eps (key, value) when the optimizer takes them; None otherwise.
     betas: tuple[str, tuple[float, ...]] | None = None
     eps: tuple[str, float] | None = None
+    adascale_reference_batch: int = 0  # SCALING.ADASCALE_REFERENCE_BATCH (0: ims_per_batch)
 
     @property
     def base_lr(self) -> float:
@@ -156,6 +158,9 @@ class RunSettings:
     plateau: bool = False  # reduce the LR on plateau (SOLVER.PLATEAU)
     noise_scale: NoiseScaleSettings | None = None  # None: not measured
     auto_micro_batch: bool = False  # halve the micro-batch on out-of-memory
+    # Weight kept per step by the gradient statistics' running averages (SCALING.NOISE_SCALE.DECAY),
+    # for AdaScale's gain ratio even when the noise scale is not logged.
+    gradient_noise_decay: float = 0.99
 
 
 class ConfigFormat(ABC):

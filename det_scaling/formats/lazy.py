@@ -60,6 +60,7 @@ LAZY_KEYS = RecipeKeys(
     optimizer="optimizer._target_",
     adam_sde="train.scaling.adam_sde",
     auto_micro_batch="train.scaling.auto_micro_batch",
+    adascale_reference_batch="train.scaling.adascale_reference_batch",
 )
 
 # Fields of the param schedulers in lr_multiplier, by what they measure.
@@ -162,6 +163,7 @@ class LazyFormat(ConfigFormat):
             adam_sde=bool(scaling["adam_sde"]),
             betas=self._optimizer_argument("betas"),
             eps=self._optimizer_argument("eps"),
+            adascale_reference_batch=int(scaling.get("adascale_reference_batch", 0)),
         )
 
     def schedule_fields(self) -> list[ScheduleField]:
@@ -248,6 +250,9 @@ class LazyFormat(ConfigFormat):
             else None,
             auto_micro_batch=bool(
                 OmegaConf.select(self.cfg, "train.scaling.auto_micro_batch", default=False)
+            ),
+            gradient_noise_decay=OmegaConf.select(
+                self.cfg, "train.scaling.noise_scale.decay", default=0.99
             ),
         )
 

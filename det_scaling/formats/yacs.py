@@ -45,6 +45,7 @@ YACS_KEYS = RecipeKeys(
     optimizer="SOLVER.OPTIMIZER",
     adam_sde="SCALING.ADAM_SDE",
     auto_micro_batch="SCALING.AUTO_MICRO_BATCH",
+    adascale_reference_batch="SCALING.ADASCALE_REFERENCE_BATCH",
 )
 
 # The registered optimizers that read SOLVER.ADAMW.BETAS and EPS.
@@ -128,6 +129,7 @@ class YacsFormat(ConfigFormat):
             adam_sde=bool(scaling.ADAM_SDE),
             betas=("SOLVER.ADAMW.BETAS", tuple(solver.ADAMW.BETAS)) if adamw else None,
             eps=("SOLVER.ADAMW.EPS", solver.ADAMW.EPS) if adamw else None,
+            adascale_reference_batch=int(scaling.ADASCALE_REFERENCE_BATCH),
         )
 
     def schedule_fields(self) -> list[ScheduleField]:
@@ -161,6 +163,7 @@ class YacsFormat(ConfigFormat):
             plateau=bool(cfg.SOLVER.PLATEAU.ENABLED),
             noise_scale=_noise_scale(cfg.SCALING.NOISE_SCALE),
             auto_micro_batch=bool(cfg.SCALING.AUTO_MICRO_BATCH),
+            gradient_noise_decay=cfg.SCALING.NOISE_SCALE.DECAY,
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

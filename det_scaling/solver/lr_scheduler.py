@@ -81,6 +81,21 @@ class ProgressLRScheduler(LRMultiplier):
             return scheduled
         return [max(lr * factor, min(lr, self._min_lr)) for lr in scheduled]
 
+    def set_clock(
+        self, progress: Callable[[int], float], lr_factor: Callable[[int], float]
+    ) -> None:
+        """Replaces the ``progress`` and ``lr_factor`` functions (AdaScale's clock, which the run
+        advances) and sets the LRs from them."""
+        self._progress = progress
+        self._lr_factor = lr_factor
+        self.refresh_lrs()
+
+    def refresh_lrs(self) -> None:
+        """Sets each group's LR at ``last_epoch`` again, after the clock or the plateau moved."""
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def observe(self, value: float) -> bool:
         """Feeds one evaluation's metric to the plateau rule; returns True when it reduced the LR
         (the new LR applies from the next optimizer step)."""
@@ -90,7 +105,7 @@ class ProgressLRScheduler(LRMultiplier):
             return False
         reduced = self._plateau.observe(value)
         if reduced:
-            self._apply_lrs()
+            self.refresh_lrs()
             logger.info(
                 "LR reduced on plateau (x%g, reduction %d)",
                 self._plateau.reduce_factor,
@@ -114,9 +129,4 @@ class ProgressLRScheduler(LRMultiplier):
         plateau_state = state_dict.get("plateau")
         if self._plateau is not None and plateau_state is not None:
             self._plateau.load_state_dict(plateau_state)
-        self._apply_lrs()
-
-    def _apply_lrs(self) -> None:
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.refresh_lrs()
