@@ -6,13 +6,16 @@ regressor (1 process with accumulation, and 2 gloo processes)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 from pathlib import Path
 
+import detectron2.data.build
 import pytest
 import torch
+from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 from test_engine import (
     REPO,
@@ -21,8 +24,10 @@ from test_engine import (
     continue_from,
     lr_history,
     parameters,
+    resume_cfg,
     tiny_cfg,
 )
+from test_lazy_training import lazy_resume_cfg
 
 from det_scaling import load_cfg, plan_scaling
 from det_scaling.cli import main
@@ -205,6 +210,29 @@ def test_where_noise_dominates_it_takes_max_iter_over_s_steps(tmp_path, data):
     assert summary["iterations_done"] == trainer.max_iter == 3
     assert summary["images_seen"] == 24  # the reference's 12 x 2 images
     assert (Path(cfg.OUTPUT_DIR) / "model_final.pth").is_file()
+
+
+def test_a_lazyconfig_takes_the_same_gains_and_lrs_as_its_yacs_twin(tmp_path, data, monkeypatch):
+    """test_lazy_training's twins (1 GPU x 2 images, LR 0.01, 12 steps) at S = 2, on 1 process
+    accumulating 2 micro-batches: the same weights and data order give the same r at each step,
+    hence the same LR and length."""
+    monkeypatch.setattr(  # the same data order for both loaders (see test_lazy_training)
+        detectron2.data.build, "TrainingSampler", functools.partial(TrainingSampler, seed=7)
+    )
+    yacs_cfg = resume_cfg(tmp_path / "yacs", 1)
+    yacs_cfg.SCALING.RULE = "adascale"
+    yacs = build_trainer(on_processes(yacs_cfg, 2, 1), data)
+    yacs_summary = yacs.train()
+    lazy_cfg = lazy_resume_cfg(tmp_path / "lazy", 1)
+    lazy_cfg.train.scaling.rule = "adascale"
+    lazy = build_trainer(on_processes(lazy_cfg, 2, 1), data)
+    lazy_summary = lazy.train()
+    assert type(lazy).__name__ == "LazyScalingTrainer"
+    assert lazy_summary["adascale"]["scale"] == yacs_summary["adascale"]["scale"] == 2
+    assert lazy_summary["iterations_done"] == yacs_summary["iterations_done"]
+    assert history(lazy, "adascale_gain") == pytest.approx(history(yacs, "adascale_gain"))
+    assert lr_history(lazy) == pytest.approx(lr_history(yacs))
+    assert lazy_summary["adascale"]["progress"] >= LENGTH
 
 
 # ---- resume ----
