@@ -13,7 +13,9 @@ at a total batch per optimizer step (``SOLVER.IMS_PER_BATCH``;
 * the total batch becomes ``per_gpu * N * A`` and every absolute LR follows the rule;
 * or, with keep-reference-batch, the total batch and LR stay and each GPU accumulates
   ``R * A / N`` micro-batches;
-* every iteration-valued field keeps the number of images seen (:mod:`det_scaling.batch_schedule`).
+* every iteration-valued field keeps the number of images seen (:mod:`det_scaling.batch_schedule`);
+  under AdaScale (``adascale``), the periods only: the LR and schedule stay the reference
+  batch's, and the run follows the gain ratio it measures (:mod:`det_scaling.engine.adascale`).
 
 With the linear rule the numbers are those of detectron2's ``auto_scale_workers``. The result is
 written for N GPUs (reference N), so scaling it again to N, or handing a yacs config to

@@ -84,6 +84,10 @@ CASES = [
         ["plan", "{tiny}", "SOLVER.IMS_PER_BATCH", "3"],
         "SOLVER.IMS_PER_BATCH (3) must be divisible by SOLVER.REFERENCE_WORLD_SIZE (2)",
     ),
+    (
+        ["plan", "{tiny}", "--num-gpus", "1", "SCALING.RULE", "adascale"],
+        "AdaScale scales up from the batch its schedule is written for (2)",
+    ),
     # ---- diff ----
     (["diff", "{tiny}", "{missing}"], "{missing}: no such config file"),
     (["diff", "{tiny}", "{misspelt}"], "SOLVER.BASE_LRR: no such config key"),
