@@ -272,8 +272,8 @@ def continues_the_clock(result: dict, tau: float, steps_measured: int) -> None:
 
 @pytest.mark.slow
 def test_resume_continues_the_clock_at_the_same_and_at_another_gpu_count(tmp_path, data):
-    # 2 processes at S = 2 (batch 4), a checkpoint every 2 steps (8 images).
-    whole = run_on(on_processes(reference_cfg(tmp_path / "whole"), 2, 2), 2, data)
+    # 1 process accumulating 2 micro-batches at S = 2 (batch 4), a checkpoint every 2 steps.
+    whole = run_on(on_processes(reference_cfg(tmp_path / "whole"), 2, 1), 1, data)
     assert whole["summary"]["iterations_done"] <= LENGTH <= whole["progress"][-1]
     saved = torch.load(tmp_path / "whole" / "model_0000003.pth", weights_only=False)
     clock = saved["trainer"]["hooks"]["AdaScale"]
@@ -281,8 +281,8 @@ def test_resume_continues_the_clock_at_the_same_and_at_another_gpu_count(tmp_pat
     assert tau == pytest.approx(whole["progress"][3])
     assert clock["gradient_noise"]["steps"] == 4
 
-    # The same 2 processes, and 1 process accumulating 2 micro-batches (the same S = 2).
-    for name, processes in (("two", 2), ("one_accumulating", 1)):
+    # The same process count, and 2 processes of 2 images (another GPU count, the same S = 2).
+    for name, processes in (("same", 1), ("two", 2)):
         continue_from(tmp_path / "whole" / "model_0000003.pth", tmp_path / name)
         cfg = on_processes(reference_cfg(tmp_path / name), 2, processes)
         resumed = run_on(cfg, processes, data, resume=True)
