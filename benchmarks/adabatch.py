@@ -44,7 +44,8 @@ from batch_size_sweep import CONFIG, load_base, sweep_cfg, train_one  # the swee
 from detectron2.config import CfgNode
 from tabulate import tabulate
 
-from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.config import read_recipe
+from det_scaling.scaling.batch_schedule import BatchSchedule
 
 # AdaBatch's LR factor per doubling, and the per-interval decay of the fixed batches that gives
 # the same LR per image (the paper's single-GPU setting: 0.75 / 2 = 0.375).
@@ -80,7 +81,7 @@ def setups(
 
 def describe(cfg: CfgNode) -> tuple[str, str, int]:
     """The batch schedule, LR schedule and optimizer steps of a run's config, for the table."""
-    schedule = BatchSchedule.from_cfg(cfg, world_size=1)
+    schedule = BatchSchedule.from_recipe(read_recipe(cfg), world_size=1)
     base_lr = cfg.SOLVER.BASE_LR
     dataset_size = cfg.SCALING.DATASET_SIZE
     if not schedule.grows:

@@ -38,7 +38,7 @@ import det_scaling  # first: applies the detectron2 compatibility layer
 # isort: split
 from detectron2.config import CfgNode
 
-from det_scaling.batch_schedule import micro_batch
+from det_scaling.scaling.batch_schedule import micro_batch
 
 REFERENCE_BATCH = 32
 RULES = ("linear", "sqrt", "adascale")

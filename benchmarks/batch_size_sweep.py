@@ -43,8 +43,9 @@ from detectron2.config import CfgNode
 from detectron2.utils.env import seed_all_rng
 from tabulate import tabulate
 
-from det_scaling.batch_schedule import micro_batch
 from det_scaling.classification import ClassificationTrainer, register_classification_datasets
+from det_scaling.config import config_format
+from det_scaling.scaling.batch_schedule import micro_batch
 from det_scaling.tasks import training_set_size
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def load_base(config: Path, overrides: list[str], datasets_root: Path | None) ->
         base.MODEL.DEVICE = "cpu"
     register_classification_datasets((*base.DATASETS.TRAIN, *base.DATASETS.TEST), datasets_root)
     if base.SCALING.DATASET_SIZE == 0:
-        base.SCALING.DATASET_SIZE = training_set_size(base)
+        base.SCALING.DATASET_SIZE = training_set_size(config_format(base))
     return base
 
 

@@ -38,8 +38,8 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from det_scaling.engine import ScalingTrainer
-from det_scaling.launch import default_device, launch
-from det_scaling.prepare import prepare_run
+from det_scaling.engine.launch import default_device, launch
+from det_scaling.tasks import prepare_run
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"

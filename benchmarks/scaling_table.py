@@ -10,7 +10,8 @@ This script makes the same table with det_scaling's own pieces: by default the t
 on the generated synthetic VOC-layout set (``configs/VOC07-Detection/faster_rcnn_synthetic_tiny
 .yaml``), fine-tuned from a backbone pretrained by the project on another sample of the same
 world (``--backbone pretrained``: ``faster_rcnn_synthetic_tiny_pretrain.yaml`` through
-``det_scaling.pretrain``, trained once and cached under ``$DETECTRON2_DATASETS/pretrained``;
+``det_scaling.commands.pretrain``,
+trained once and cached under ``$DETECTRON2_DATASETS/pretrained``;
 ``--backbone scratch``: the first edition's setting, from random weights).
 
 Every row starts from the config's 1-GPU form, ``plan_scaling(cfg, 1)``, with the schedule
@@ -64,11 +65,12 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from tabulate import tabulate
 
+from det_scaling.commands.pretrain import pretrained_backbone
+from det_scaling.config import config_format
 from det_scaling.data import datasets_root
 from det_scaling.engine import ScalingTrainer
-from det_scaling.failures import RankFailedError
-from det_scaling.launch import default_device, launch
-from det_scaling.pretrain import pretrained_backbone
+from det_scaling.engine.failures import RankFailedError
+from det_scaling.engine.launch import default_device, launch
 from det_scaling.tasks import register_datasets, training_set_size
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,7 +209,8 @@ def _train_runs(cfgs: list[CfgNode], threads: int) -> None:
         cfg.freeze()
         rank = comm.get_rank()
         log_to(Path(cfg.OUTPUT_DIR) / "log.txt" if rank == 0 else None)
-        register_datasets(cfg)  # a spawned worker starts with empty catalogs; data is on disk
+        # A spawned worker starts with empty catalogs; the data is on disk.
+        register_datasets(config_format(cfg))
         # detectron2's default_setup seeds SEED + rank: rank 0 (whose initial weights DDP
         # broadcasts, and whose seed picks the shared data order) is seeded alike in every row.
         seed_all_rng(cfg.SEED + rank)
@@ -494,8 +497,8 @@ def load_base(args: argparse.Namespace) -> CfgNode:
         voc = datasets_root() / "VOC2007"
         if not voc.is_dir():
             raise SystemExit(f"{args.config} trains on VOC2007, which is not at {voc}")
-    register_datasets(cfg)
-    size = training_set_size(cfg)
+    register_datasets(config_format(cfg))
+    size = training_set_size(config_format(cfg))
     if cfg.SCALING.DATASET_SIZE not in (0, size):
         print(f"note: SCALING.DATASET_SIZE {cfg.SCALING.DATASET_SIZE} -> {size} (registered set)")
     cfg.SCALING.DATASET_SIZE = size
@@ -526,8 +529,8 @@ def main() -> None:
         "--backbone",
         choices=("pretrained", "scratch"),
         default="pretrained",
-        help="pretrained: MODEL.WEIGHTS from det_scaling.pretrain (made once, cached), stem "
-        "and res2 frozen as in detectron2's fine-tuning; scratch: the config as it is",
+        help="pretrained: MODEL.WEIGHTS from det_scaling.commands.pretrain (made once, cached), "
+        "stem and res2 frozen as in detectron2's fine-tuning; scratch: the config as it is",
     )
     parser.add_argument(
         "--processes",

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import det_scaling  # first: applies the detectron2 compatibility layer
+from det_scaling.config import config_format
 from det_scaling.data import datasets_root, register_synthetic_voc
 from det_scaling.tasks import generate_synthetic_voc_for, training_set_size
 
@@ -66,11 +67,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cfg = det_scaling.load_cfg(str(args.config), args.overrides)
-    data_root = generate_synthetic_voc_for(cfg, args.data_root or datasets_root() / "synthetic_voc")
+    data_root = generate_synthetic_voc_for(
+        config_format(cfg), args.data_root or datasets_root() / "synthetic_voc"
+    )
     train_name, _ = register_synthetic_voc(data_root)
     cfg.OUTPUT_DIR = str(args.output)
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 0  # the config's total batch, as written, on this process
-    cfg.SCALING.DATASET_SIZE = training_set_size(cfg)
+    cfg.SCALING.DATASET_SIZE = training_set_size(config_format(cfg))
     cfg.freeze()
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "config.yaml").write_text(cfg.dump())

@@ -15,10 +15,10 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
     compat.apply()
 
-    from det_scaling.batch_schedule import BatchSchedule
     from det_scaling.config import add_scaling_config, get_cfg, load_cfg
     from det_scaling.engine import PlateauHook, SolverMixin
-    from det_scaling.scaling import Change, ScalingPlan, plan_scaling, scale_cfg
+    from det_scaling.scaling.batch_schedule import BatchSchedule
+    from det_scaling.scaling.plan import Change, ScalingPlan, plan_scaling, scale_cfg
     from det_scaling.solver import (
         LARS,
         LR_SCHEDULER_REGISTRY,

@@ -27,10 +27,10 @@ fix                       what it does, and when
 
 Handled elsewhere rather than patched: ``pkg_resources`` (used by ``detectron2.model_zoo``) by
 requiring ``setuptools<81``; v0.6's CUDA-only ``detectron2.engine.launch`` by
-:mod:`det_scaling.launch` (under upstream main too, whose launch can start CPU processes but
+:mod:`det_scaling.engine.launch` (under upstream main too, whose launch can start CPU processes but
 not record which rank failed);
 ``create_ddp_model``, which passes ``device_ids`` that DDP rejects for CPU models in every
-version, by :mod:`det_scaling.launch` and the trainer.
+version, by :mod:`det_scaling.engine.launch` and the trainer.
 
 Pieces upstream main has and v0.6 lacks, used from detectron2 when it has them (told by feature:
 upstream still reports version 0.6), composed here for v0.6:

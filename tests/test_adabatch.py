@@ -24,11 +24,12 @@ from torch import nn
 
 import det_scaling
 from det_scaling import get_cfg, plan_scaling
-from det_scaling.batch_schedule import BatchSchedule, Growth
+from det_scaling.commands.lr_plot import lr_curve, plot_lr_curves
+from det_scaling.commands.plan import format_plan_table
+from det_scaling.config import read_recipe
 from det_scaling.engine import ImagePeriodHook, ScalingProgress, ScalingTrainer, resume_point
-from det_scaling.lr_plot import lr_curve, plot_lr_curves, scheduled_lrs
-from det_scaling.plan import format_plan_table
-from det_scaling.solver import build_lr_multiplier, build_lr_scheduler
+from det_scaling.scaling.batch_schedule import BatchSchedule, Growth
+from det_scaling.solver import build_lr_multiplier, build_lr_scheduler, scheduled_lrs
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = REPO / "configs" / "ImageNet-Classification" / "resnet18_digits_sweep.yaml"
@@ -189,10 +190,10 @@ def test_config_keys_are_off_by_default_with_the_papers_values():
     assert cfg.SCALING.ADABATCH.ENABLED is False
     assert (cfg.SCALING.ADABATCH.INTERVAL_EPOCHS, cfg.SCALING.ADABATCH.BATCH_FACTOR) == (20.0, 2)
     assert (cfg.SCALING.ADABATCH.LR_FACTOR, cfg.SCALING.ADABATCH.MAX_STAGES) == (0.75, 0)
-    assert len(BatchSchedule.from_cfg(cfg, 1).stages) == 1
+    assert len(BatchSchedule.from_recipe(read_recipe(cfg), 1).stages) == 1
     cfg.SCALING.ADABATCH.ENABLED = True
     with pytest.raises(ValueError, match=r"SCALING\.DATASET_SIZE"):
-        BatchSchedule.from_cfg(cfg, 1)
+        BatchSchedule.from_recipe(read_recipe(cfg), 1)
 
 
 def digits_adabatch_cfg():
@@ -209,7 +210,7 @@ def digits_adabatch_cfg():
 def test_scaled_configs_grow_from_their_scaled_batch_at_the_same_epochs(num_gpus):
     cfg = digits_adabatch_cfg()
     scaled = plan_scaling(cfg, num_gpus).cfg
-    schedule = BatchSchedule.from_cfg(scaled, num_gpus)
+    schedule = BatchSchedule.from_recipe(read_recipe(scaled), num_gpus)
     batch = 32 * num_gpus
     assert [s.ims_per_batch for s in schedule.stages] == [batch * 2**k for k in range(4)]
     assert [s.grad_accum_steps for s in schedule.stages] == [1, 2, 4, 8]
@@ -220,8 +221,8 @@ def test_scaled_configs_grow_from_their_scaled_batch_at_the_same_epochs(num_gpus
         assert abs(stage.start_images - stage.index * 2 * 1438) <= previous_batch / 2
     # The KEEP_REFERENCE_BATCH route (1 GPU accumulating the 2-GPU batch) has the 2-GPU stages.
     kept = plan_scaling(plan_scaling(cfg, 2).cfg, 1, keep_reference_batch=True).cfg
-    kept_schedule = BatchSchedule.from_cfg(kept, 1)
-    two_gpus = BatchSchedule.from_cfg(plan_scaling(cfg, 2).cfg, 2)
+    kept_schedule = BatchSchedule.from_recipe(read_recipe(kept), 1)
+    two_gpus = BatchSchedule.from_recipe(read_recipe(plan_scaling(cfg, 2).cfg), 2)
     assert [s.ims_per_batch for s in kept_schedule.stages] == [64, 128, 256, 512]
     assert [s.grad_accum_steps for s in kept_schedule.stages] == [2, 4, 8, 16]
     assert kept_schedule.stage_starts == two_gpus.stage_starts
@@ -232,7 +233,7 @@ def test_scaled_configs_grow_from_their_scaled_batch_at_the_same_epochs(num_gpus
 def test_lr_is_the_schedule_at_the_images_fraction_times_the_stage_factor(name):
     cfg = plan_scaling(digits_adabatch_cfg(), 2).cfg
     cfg.SOLVER.LR_SCHEDULER_NAME = name
-    schedule = BatchSchedule.from_cfg(cfg, 2)
+    schedule = BatchSchedule.from_recipe(read_recipe(cfg), 2)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.SOLVER.BASE_LR)
     scheduler = build_lr_scheduler(cfg, optimizer)  # the batch schedule of the config
     multiplier = build_lr_multiplier(cfg)
@@ -274,7 +275,7 @@ def test_plan_lists_the_stages_of_each_gpu_count():
 def test_lr_plot_curve_follows_the_stages_and_draws_the_batch(tmp_path):
     cfg = digits_adabatch_cfg()
     curve = lr_curve(cfg, 2)
-    schedule = BatchSchedule.from_cfg(plan_scaling(cfg, 2).cfg, 2)
+    schedule = BatchSchedule.from_recipe(read_recipe(plan_scaling(cfg, 2).cfg), 2)
     assert len(curve.lrs) == len(curve.batches()) == schedule.total_iterations
     assert curve.images() == [schedule.images_at_iteration(i) for i in range(len(curve.lrs))]
     assert curve.batches()[0] == 64 and curve.batches()[-1] == 512
@@ -479,8 +480,10 @@ def test_resume_mid_growth_at_another_gpu_count_converts_by_images(tmp_path, dat
 
 def test_progress_converts_a_checkpoint_of_other_stages_by_images():
     cfg = tiny_cfg(Path("unused"), num_gpus=2)  # stages of 4, 8, 16 images from step 0, 4, 6
-    schedule = BatchSchedule.from_cfg(cfg, 1)
-    other = ScalingProgress(BatchSchedule.from_cfg(tiny_cfg(Path("unused")), 1), 0.1)
+    schedule = BatchSchedule.from_recipe(read_recipe(cfg), 1)
+    other = ScalingProgress(
+        BatchSchedule.from_recipe(read_recipe(tiny_cfg(Path("unused"))), 1), 0.1
+    )
     other.start_at(11, 28)  # 2, 4, 8 from step 0, 8, 12: 8 x 2 + 3 x 4 images
     # 28 images are in this run's stage 1 (16 .. 32 images, steps of 8 from step 4): 12 images
     # past its start are 1.5 steps, 2 to the nearest even: step 6, the first of stage 2.
@@ -492,6 +495,6 @@ def test_progress_converts_a_checkpoint_of_other_stages_by_images():
     # A checkpoint without AdaBatch at the same starting batch is converted as well.
     plain = tiny_cfg(Path("unused"), num_gpus=2)
     plain.SCALING.ADABATCH.ENABLED = False
-    saved = ScalingProgress(BatchSchedule.from_cfg(plain, 1), 0.2).state_dict()
+    saved = ScalingProgress(BatchSchedule.from_recipe(read_recipe(plain), 1), 0.2).state_dict()
     point = resume_point(saved | {"images_seen": 8}, schedule, 2)
     assert point.iteration == 2 and point.converted_from is not None

@@ -31,9 +31,9 @@ from test_lazy_training import lazy_resume_cfg
 
 from det_scaling import load_cfg, plan_scaling
 from det_scaling.cli import main
+from det_scaling.commands.run_plot import read_run_metrics
 from det_scaling.engine import ScalingTrainer
-from det_scaling.launch import launch
-from det_scaling.run_plot import read_run_metrics
+from det_scaling.engine.launch import launch
 from det_scaling.solver import build_lr_multiplier
 
 LENGTH = 12  # the reference schedule's steps

@@ -28,11 +28,12 @@ from test_engine import (
 from test_lazy_training import lazy_resume_cfg
 
 from det_scaling import plan_scaling
-from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.config import read_recipe
 from det_scaling.engine import ScalingTrainer
 from det_scaling.engine.accumulation import OUT_OF_MEMORY_ERRORS
-from det_scaling.failures import RankFailedError
-from det_scaling.launch import launch
+from det_scaling.engine.failures import RankFailedError
+from det_scaling.engine.launch import launch
+from det_scaling.scaling.batch_schedule import BatchSchedule
 
 INJECTION = "DET_SCALING_TEST_OOM"  # "rank:most images:forward|backward"; unset: no injection
 
@@ -199,7 +200,9 @@ def test_a_lazyconfig_halves_its_micro_batch_the_same_way(tmp_path, data, monkey
 
 def test_micro_batch_limit_keeps_the_total_batch_and_every_step(tmp_path):
     cfg = tiny_cfg(tmp_path, ims_per_batch=24, accum=2, max_iter=10)
-    schedule = BatchSchedule.from_cfg(cfg, 2)  # 6 images per micro-batch and process
+    schedule = BatchSchedule.from_recipe(
+        read_recipe(cfg), 2
+    )  # 6 images per micro-batch and process
     for limit, micro_batch, accumulation in [
         (3, 3, 4),
         (5, 3, 4),

@@ -1,6 +1,6 @@
 """Classification on the shared engine: the digits export, the folder loaders, scaling of the
 classification configs by the same ``scale_cfg``, the accuracy evaluator, the model, and a
-2-process CPU run through ``det_scaling.launch`` with ``ClassificationTrainer``.
+2-process CPU run through ``det_scaling.engine.launch`` with ``ClassificationTrainer``.
 
 Everything is real: the digits are written as PNG files and read back through detectron2's
 ``DatasetCatalog`` and loaders; the multi-process run is two gloo processes. Models are kept tiny
@@ -35,7 +35,7 @@ from det_scaling.classification import (
     topk_correct,
 )
 from det_scaling.classification.digits import read_manifest
-from det_scaling.launch import launch
+from det_scaling.engine.launch import launch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "ImageNet-Classification"

@@ -2,8 +2,8 @@
 GPU count, the NaN advice, the outputs.
 
 Everything runs for real on the CPU: detectron2's data loader reads small PNG files through its
-``DatasetMapper``, multi-process runs are gloo processes started by ``det_scaling.launch``, and
-checkpoints are written and read back. The model is a tiny box regressor (a convolution and a
+``DatasetMapper``, multi-process runs are gloo processes started by ``det_scaling.engine.launch``,
+and checkpoints are written and read back. The model is a tiny box regressor (a convolution and a
 linear layer, no BatchNorm, whose loss is a mean over the batch), so runs take seconds.
 """
 
@@ -33,8 +33,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 import det_scaling
 from det_scaling import get_cfg, plan_scaling
-from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.cli import parse_args
+from det_scaling.commands.train import setup_process
+from det_scaling.config import config_format, read_recipe
+from det_scaling.config.lazy import is_lazy_config
 from det_scaling.engine import (
     ScalingProgress,
     ScalingTrainer,
@@ -42,11 +44,10 @@ from det_scaling.engine import (
     place_scheduler,
     resume_point,
 )
-from det_scaling.launch import launch
-from det_scaling.lazy_config import is_lazy_config
-from det_scaling.lr_plot import scheduled_lrs
-from det_scaling.tasks import trainer_class
-from det_scaling.train import setup_process
+from det_scaling.engine.launch import launch
+from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.solver import scheduled_lrs
+from det_scaling.tasks import prepare_run, trainer_class
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "det_scaling_test_tiny_boxes"
@@ -142,7 +143,7 @@ def build_trainer(cfg, data_root: Path, resume: bool = False) -> ScalingTrainer:
     # and the data order (TrainingSampler's shared seed), so runs at any world size match.
     seed = cfg.train.seed if is_lazy_config(cfg) else cfg.SEED
     seed_all_rng(seed + comm.get_rank())
-    trainer = trainer_class(cfg)(cfg)
+    trainer = trainer_class(config_format(cfg))(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer
 
@@ -187,12 +188,14 @@ def _resume_worker(cfg, data_root: str, out: str) -> None:
 # ---- tests ----
 def test_micro_batch_is_total_over_processes_and_accumulation(tmp_path):
     cfg = tiny_cfg(tmp_path, ims_per_batch=16, accum=2)
-    schedule = BatchSchedule.from_cfg(cfg, 4)
+    schedule = BatchSchedule.from_recipe(read_recipe(cfg), 4)
     assert schedule.micro_batch == 2
-    assert micro_batch_cfg(cfg, schedule).SOLVER.IMS_PER_BATCH == 8  # 2 images x 4 processes
+    assert (
+        micro_batch_cfg(config_format(cfg), schedule).SOLVER.IMS_PER_BATCH == 8
+    )  # 2 images x 4 processes
     assert cfg.SOLVER.IMS_PER_BATCH == 16  # not changed in place
     with pytest.raises(ValueError, match=r"SCALING\.GRAD_ACCUM_STEPS"):
-        BatchSchedule.from_cfg(cfg, 3)
+        BatchSchedule.from_recipe(read_recipe(cfg), 3)
 
 
 def test_trainer_refuses_config_written_for_another_world_size(tmp_path):
@@ -477,7 +480,9 @@ def test_train_tool_setup_scales_to_the_world_size_unless_told_not_to(tmp_path, 
     config.write_text(cfg.dump())
     argv = ["train", "--config-file", str(config), *(["--no-scale"] if no_scale else [])]
     args = parse_args([*argv, "SOLVER.BASE_LR", "0.2"])
-    scaled = setup_process(args, det_scaling.load_cfg(args.config_file, args.opts))
+    run = prepare_run(det_scaling.load_cfg(args.config_file, args.opts), 1, no_scale=no_scale)
+    setup_process(args, run)
+    scaled = run.cfg
 
     assert scaled.SCALING.DATASET_SIZE == NUM_IMAGES
     saved = json.loads((tmp_path / "out" / "scaling_plan.json").read_text())
@@ -525,8 +530,8 @@ def test_resume_at_another_batch_counts_images_and_takes_this_runs_base_lr():
 def test_resume_at_the_same_batch_keeps_detectron2s_iteration():
     cfg = get_cfg()
     cfg.SOLVER.IMS_PER_BATCH = 4
-    schedule = BatchSchedule.from_cfg(cfg, 1)  # 1 GPU x 4 images, was 4 GPUs x 1
-    saved = ScalingProgress(BatchSchedule.from_cfg(cfg, 4), 0.1).state_dict()
+    schedule = BatchSchedule.from_recipe(read_recipe(cfg), 1)  # 1 GPU x 4 images, was 4 GPUs x 1
+    saved = ScalingProgress(BatchSchedule.from_recipe(read_recipe(cfg), 4), 0.1).state_dict()
     point = resume_point({**saved, "images_seen": 20}, schedule, 5)
     assert (point.iteration, point.converted_from) == (5, None)
     # A checkpoint without the state (a plain detectron2 trainer): assumed at this batch.

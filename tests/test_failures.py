@@ -16,7 +16,7 @@ import pytest
 from test_engine import tiny_cfg, write_images
 
 from det_scaling.cli import parse_args
-from det_scaling.failures import (
+from det_scaling.engine.failures import (
     ConsequenceOfAnotherRank,
     RankFailedError,
     RankFailure,
@@ -25,7 +25,7 @@ from det_scaling.failures import (
     record_failure,
     root_cause,
 )
-from det_scaling.launch import launch
+from det_scaling.engine.launch import launch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = REPO / "tests" / "tiny_run.py"
@@ -85,6 +85,8 @@ def told_once(result: subprocess.CompletedProcess, cause: str) -> str:
     [
         ("raise", "RuntimeError: injected fault on rank 1 at step 2"),
         ("nan", "FloatingPointError: Loss became infinite or NaN at iteration=2 on rank 1!"),
+        # A ValueError in the step is a bug, not a bad input: a failure with its traceback.
+        ("value", "ValueError: injected fault on rank 1 at step 2"),
     ],
 )
 def test_a_fault_on_rank_1_ends_the_run_with_one_line_naming_it(tmp_path, kind, cause):
@@ -103,6 +105,18 @@ def test_a_fault_on_rank_1_ends_the_run_with_one_line_naming_it(tmp_path, kind, 
     text = log.read_text()
     assert "rank 1 of 2 failed:\nTraceback (most recent call last):" in text
     assert cause.split("!")[0] in text
+
+
+@pytest.mark.slow
+def test_a_config_error_in_a_process_of_the_run_is_one_line_and_exit_status_2(tmp_path):
+    config, env = tiny_run_setup(tmp_path)
+    env["TINY_RUN_FAULT"] = "1:2:config"
+    command = [sys.executable, str(TINY_RUN), "--config-file", str(config), "--num-gpus", "2"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == ["det-scaling train: error: injected fault on rank 1 at step 2"]
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from host_sync import host_reads_forbidden
 from hypothesis import given
 from hypothesis import strategies as st
 
-from det_scaling.gradient_noise import (
+from det_scaling.scaling.gradient_noise import (
     GradientNoiseStats,
     gain_ratio,
     linear_rule_gpu_limit,

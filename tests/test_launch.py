@@ -1,4 +1,5 @@
-"""det_scaling.launch: spawned gloo processes on the CPU, torchrun, detectron2's comm state, DDP."""
+"""det_scaling.engine.launch: spawned gloo processes on the CPU, torchrun, detectron2's comm
+state, DDP."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from det_scaling.launch import (
+from det_scaling.engine.launch import (
     TORCHRUN_VARIABLES,
     create_ddp_model,
     default_device,
@@ -90,7 +91,7 @@ def test_under_torchrun_initialises_from_the_environment(tmp_path):
             import sys
 
             import det_scaling  # noqa: F401
-            from det_scaling.launch import launch
+            from det_scaling.engine.launch import launch
             from test_launch import _report_worker
 
             # torchrun started the processes: launch must not spawn 4 more.

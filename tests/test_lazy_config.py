@@ -14,8 +14,8 @@ from detectron2.utils.env import seed_all_rng
 from omegaconf import OmegaConf
 
 from det_scaling import LARS, build_optimizer, get_cfg, load_cfg
+from det_scaling.config.lazy import flatten_lazy_cfg
 from det_scaling.engine import LazyScalingTrainer
-from det_scaling.lazy_config import flatten_lazy_cfg
 from det_scaling.solver import lars_param_groups, lars_params
 
 TINY = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny"

@@ -18,9 +18,9 @@ from fvcore.common.param_scheduler import (
 from omegaconf import OmegaConf
 
 from det_scaling import load_cfg, plan_scaling, scale_cfg
-from det_scaling.formats import read_recipe
-from det_scaling.lazy_config import add_lazy_scaling_keys
-from det_scaling.lr_plot import scheduled_lrs
+from det_scaling.config import read_recipe
+from det_scaling.config.lazy import add_lazy_scaling_keys
+from det_scaling.solver import scheduled_lrs
 
 ZOO_1X = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x"
 LSJ_100EP = "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"

@@ -44,9 +44,10 @@ from test_engine import (
 )
 
 from det_scaling import plan_scaling
+from det_scaling.config import read_recipe
+from det_scaling.config.lazy import add_lazy_scaling_keys
 from det_scaling.engine import LazyScalingTrainer, nan_advice
-from det_scaling.launch import launch
-from det_scaling.lazy_config import add_lazy_scaling_keys
+from det_scaling.engine.launch import launch
 
 
 class LazyBoxRegressor(TinyBoxRegressor):
@@ -199,7 +200,7 @@ def test_trainer_refuses_a_lazyconfig_written_for_another_world_size(tmp_path):
 
 
 def test_nan_advice_names_the_lazyconfig_keys(tmp_path):
-    advice = nan_advice(lazy_resume_cfg(tmp_path, 2), 2)
+    advice = nan_advice(read_recipe(lazy_resume_cfg(tmp_path, 2)), 2)
     assert "this run uses optimizer.lr 0.02 on 2 process(es) with a total batch of 4" in advice
     assert "(dataloader.train.total_batch_size, 1 micro-batch(es) per step)" in advice
     assert "set train.reference_world_size to the GPU count it was written for" in advice

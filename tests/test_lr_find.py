@@ -19,7 +19,7 @@ import torch
 import det_scaling
 from det_scaling.classification import export_digits
 from det_scaling.cli import main
-from det_scaling.lr_find import (
+from det_scaling.commands.lr_find import (
     LRFindPoint,
     LRFindResult,
     exponential_lrs,

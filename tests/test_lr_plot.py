@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 import det_scaling
-from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.cli import main
-from det_scaling.lr_plot import LRCurve, lr_curve, plot_lr_curves, scheduled_lrs
-from det_scaling.solver import build_lr_multiplier
+from det_scaling.commands.lr_plot import LRCurve, lr_curve, plot_lr_curves
+from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.solver import build_lr_multiplier, scheduled_lrs
 
 VOC_CONFIG = str(
     Path(__file__).resolve().parents[1] / "configs/VOC07-Detection/faster_rcnn_R_50_FPN.yaml"

@@ -16,8 +16,8 @@ import torch
 import det_scaling
 from det_scaling.classification import export_digits
 from det_scaling.cli import main
+from det_scaling.commands.noise_scale import estimate, launch_noise_scale, measure_noise_scale
 from det_scaling.engine import StepNorms
-from det_scaling.noise_scale import estimate, launch_noise_scale, measure_noise_scale
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_SWEEP = REPO / "configs" / "ImageNet-Classification" / "resnet18_digits_sweep.yaml"

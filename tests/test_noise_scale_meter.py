@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import det_scaling  # noqa: F401  (the compat layer, before detectron2's trainer)
 from det_scaling.engine import AccumulatingTrainer, GradientNoiseMeter
-from det_scaling.gradient_noise import two_batch_estimates
-from det_scaling.launch import create_ddp_model, launch
+from det_scaling.engine.launch import create_ddp_model, launch
+from det_scaling.scaling.gradient_noise import two_batch_estimates
 
 # ---- the closed-form problem (as in tests/test_gradient_noise.py) ----
 # Linear regression y = x.w* + e, x ~ N(0, I_d), e ~ N(0, 1), loss (x.w - y)^2 / 2, at w = w* + u

@@ -14,8 +14,8 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
 from det_scaling import get_cfg, plan_scaling, scale_cfg
-from det_scaling.lazy_config import add_lazy_scaling_keys
-from det_scaling.plan import format_plan_table
+from det_scaling.commands.plan import format_plan_table
+from det_scaling.config.lazy import add_lazy_scaling_keys
 from det_scaling.solver import build_optimizer
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import det_scaling
+from det_scaling.config import config_format
 from det_scaling.data.generated import generate_once
-from det_scaling.launch import launch
-from det_scaling.prepare import plan_run, prepare_run
-from det_scaling.tasks import register_datasets, training_set_size
+from det_scaling.engine.launch import launch
+from det_scaling.tasks import prepare_run, register_datasets, resolve_run, training_set_size
 
 # isort: split
 from detectron2.data import DatasetCatalog
@@ -76,41 +76,45 @@ def test_train_tool_names_a_missing_config_file(tmp_path):
 def test_training_set_size_of_generated_sets_is_known_before_they_are_written(datasets):
     detection = det_scaling.load_cfg(str(TINY), ["DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL", "6"])
     classification = det_scaling.load_cfg(str(DIGITS))
-    sizes = {"detection": training_set_size(detection), "digits": training_set_size(classification)}
+    sizes = {
+        "detection": training_set_size(config_format(detection)),
+        "digits": training_set_size(config_format(classification)),
+    }
     assert sizes["detection"] == 6
     assert not datasets.exists()  # counted, not written
     # Once generated and registered, detectron2's catalog has exactly those images.
     detection.DATASETS.SYNTHETIC_VOC.NUM_TEST = 2
-    register_datasets(detection)
-    register_datasets(classification)
+    register_datasets(config_format(detection))
+    register_datasets(config_format(classification))
     assert len(DatasetCatalog.get("synthetic_voc_trainval")) == sizes["detection"]
     assert len(DatasetCatalog.get("digits_train")) == sizes["digits"]
 
 
-def test_plan_run_fills_the_dataset_size_and_checks_the_geometry(datasets):
+def test_resolve_run_fills_the_dataset_size_and_checks_the_geometry(datasets):
     sizes = ["SCALING.DATASET_SIZE", "0", "DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL", "40"]
     cfg = det_scaling.load_cfg(str(TINY), sizes)
-    plan = plan_run(cfg, 4, device="cpu")
-    assert plan.cfg.SCALING.DATASET_SIZE == 40
-    assert plan.cfg.MODEL.DEVICE == "cpu"
+    run = resolve_run(cfg, 4, device="cpu")
+    assert run.cfg.SCALING.DATASET_SIZE == 40
+    assert run.cfg.MODEL.DEVICE == "cpu"
+    assert run.recipe.dataset_size == 40 and run.schedule.world_size == 4
     assert cfg.SCALING.DATASET_SIZE == 0  # the input is not changed
     assert not datasets.exists()
     # Used as written, 2 images do not divide among 3 processes.
     with pytest.raises(ValueError, match=r"IMS_PER_BATCH \(2\) must be divisible by 3 process"):
-        plan_run(cfg, 3, no_scale=True)
+        resolve_run(cfg, 3, no_scale=True)
     empty = det_scaling.load_cfg(str(TINY), ["DATASETS.TRAIN", "()"])
     with pytest.raises(ValueError, match=r"DATASETS\.TRAIN is empty"):
-        plan_run(empty, 1)
+        resolve_run(empty, 1)
     unknown = det_scaling.load_cfg(str(TINY), ["DATASETS.TRAIN", "('my_set',)"])
     with pytest.raises(ValueError, match="data set 'my_set' is not registered"):
-        plan_run(unknown, 1)
+        resolve_run(unknown, 1)
 
 
 def test_prepare_run_registers_the_data_and_freezes_the_scaled_config(datasets):
     cfg = det_scaling.load_cfg(str(TINY), ["DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL", "4"])
-    plan = prepare_run(cfg, 1)
-    assert plan.cfg.is_frozen()
-    assert (plan.cfg.SOLVER.IMS_PER_BATCH, plan.num_gpus) == (1, 1)  # written for 2 GPUs x 1
+    run = prepare_run(cfg, 1)
+    assert run.cfg.is_frozen()
+    assert (run.cfg.SOLVER.IMS_PER_BATCH, run.plan.num_gpus) == (1, 1)  # written for 2 GPUs x 1
     assert len(DatasetCatalog.get("synthetic_voc_trainval")) == 4
 
 

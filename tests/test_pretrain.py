@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 
 import det_scaling
 from det_scaling.classification.model import BackboneClassifier
-from det_scaling.pretrain import export_backbone, pretrained_backbone
+from det_scaling.commands.pretrain import export_backbone, pretrained_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 DETECTOR = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"

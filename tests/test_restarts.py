@@ -26,8 +26,8 @@ from test_engine import build_trainer, tiny_cfg
 from test_failures import TINY_RUN, free_port, tiny_run_setup
 
 from det_scaling import plan_scaling
-from det_scaling.lr_plot import scheduled_lrs
-from det_scaling.train import PLAN_FILE, resume_requested
+from det_scaling.commands.train import PLAN_FILE, resume_requested
+from det_scaling.solver import scheduled_lrs
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -7,7 +7,8 @@ images under ``$TINY_RUN_DATA``) and a variant with faults that exist only for t
 ``TinyFaultyRegressor`` reads, in each process:
 
 * ``TINY_RUN_FAULT=RANK:STEP:KIND``: at its STEP-th forward pass (from 0) the process of global
-  rank RANK raises ``RuntimeError`` (KIND ``raise``) or returns a NaN loss (KIND ``nan``);
+  rank RANK raises ``RuntimeError`` (KIND ``raise``), ``ValueError`` (``value``: a bug, not a bad
+  input) or ``ConfigError`` (``config``), or returns a NaN loss (KIND ``nan``);
 * ``TINY_RUN_STEP_SECONDS``: seconds each forward pass sleeps, so that a test can act mid-run;
 * ``TINY_RUN_PROGRESS``: a file to which each forward pass appends a line, so that a test knows
   how far a run got before it was killed.
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import det_scaling  # noqa: F401  (before detectron2: the compatibility layer)
+from det_scaling.errors import ConfigError
 
 # isort: split
 import torch
@@ -50,8 +52,13 @@ class TinyFaultyRegressor(TinyBoxRegressor):
             if fault:
                 rank, at, kind = fault.split(":")
                 if comm.get_rank() == int(rank) and step == int(at):
+                    message = f"injected fault on rank {rank} at step {at}"
                     if kind == "raise":
-                        raise RuntimeError(f"injected fault on rank {rank} at step {at}")
+                        raise RuntimeError(message)
+                    if kind == "value":
+                        raise ValueError(message)
+                    if kind == "config":
+                        raise ConfigError(message)
                     losses = {name: value * torch.nan for name, value in losses.items()}
         return losses
 

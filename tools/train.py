@@ -11,7 +11,7 @@ The same as ``det-scaling train``, with detectron2's ``train_net.py`` arguments:
         --dist-url tcp://HOST0:PORT
     torchrun --nproc-per-node 8 tools/train.py --config-file CFG
 
-The work is in :mod:`det_scaling.train`.
+The work is in :mod:`det_scaling.commands.train`.
 """
 
 import sys

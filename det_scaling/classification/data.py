@@ -41,6 +41,7 @@ from det_scaling.classification.digits import export_digits
 from det_scaling.compat import build_test_loader
 from det_scaling.data import datasets_root
 from det_scaling.data.generated import generate_once
+from det_scaling.errors import ConfigError
 
 __all__ = [
     "DIGITS_SPLITS",
@@ -82,7 +83,7 @@ def load_image_folder(
     class_names = list(folders if class_names is None else class_names)
     unknown = sorted(set(folders) - set(class_names))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{split_dir} has class folders that are not among the {len(class_names)} classes "
             f"of its data set: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
         )
@@ -238,7 +239,7 @@ class ClassificationDatasetMapper:
             elif flip == "vertical":
                 steps.append(v2.RandomVerticalFlip())
             elif flip != "none":
-                raise ValueError(
+                raise ConfigError(
                     f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got {flip!r}"
                 )
         else:

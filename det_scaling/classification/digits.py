@@ -28,6 +28,7 @@ from PIL import Image
 
 from det_scaling.data.generated import GeneratedSet
 from det_scaling.data.generated import read_manifest as _read_manifest
+from det_scaling.errors import ConfigError
 
 __all__ = ["MANIFEST_NAME", "DigitsParams", "digits_counts", "export_digits", "read_manifest"]
 
@@ -111,11 +112,11 @@ def read_manifest(root: str | Path) -> dict | None:
 
 def _check_params(params: DigitsParams) -> None:
     if params.upscale < 8:
-        raise ValueError(f"upscale must be at least 8 (the images are 8x8), got {params.upscale}")
+        raise ConfigError(f"upscale must be at least 8 (the images are 8x8), got {params.upscale}")
     if not 0.0 < params.val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {params.val_fraction}")
+        raise ConfigError(f"val_fraction must be between 0 and 1, got {params.val_fraction}")
     if params.resample not in _RESAMPLING:
-        raise ValueError(f"resample must be one of {sorted(_RESAMPLING)}, got {params.resample!r}")
+        raise ConfigError(f"resample must be one of {sorted(_RESAMPLING)}, got {params.resample!r}")
 
 
 def _split(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:

@@ -19,6 +19,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_resnet_backbone
 from torch import nn
 
+from det_scaling.errors import ConfigError
+
 __all__ = [
     "BACKBONES",
     "RESNET_DEPTHS",
@@ -37,9 +39,9 @@ def build_resnet(depth: int, num_classes: int, *, zero_init_residual: bool, smal
     """A randomly initialised torchvision ResNet of ``depth`` layers with ``num_classes``
     outputs; ``small_input_stem``: a 3x3 stride-1 first convolution and no max-pool."""
     if depth not in RESNET_DEPTHS:
-        raise ValueError(f"MODEL.CLASSIFIER.DEPTH must be one of {RESNET_DEPTHS}, got {depth}")
+        raise ConfigError(f"MODEL.CLASSIFIER.DEPTH must be one of {RESNET_DEPTHS}, got {depth}")
     if num_classes < 2:
-        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES must be >= 2, got {num_classes}")
+        raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES must be >= 2, got {num_classes}")
     net = getattr(torchvision.models, f"resnet{depth}")(
         weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
     )
@@ -85,11 +87,13 @@ def build_classifier_net(cfg: CfgNode) -> nn.Module:
             small_input_stem=classifier.SMALL_INPUT_STEM,
         )
     if classifier.BACKBONE != "detectron2":
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.CLASSIFIER.BACKBONE must be one of {BACKBONES}, got {classifier.BACKBONE!r}"
         )
     if classifier.NUM_CLASSES < 2:
-        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES must be >= 2, got {classifier.NUM_CLASSES}")
+        raise ConfigError(
+            f"MODEL.CLASSIFIER.NUM_CLASSES must be >= 2, got {classifier.NUM_CLASSES}"
+        )
     resnet_cfg = cfg.clone()
     resnet_cfg.defrost()
     resnet_cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]

@@ -2,10 +2,12 @@
 
 A command module holds its arguments and output only: ``add_parser(subparsers)`` adds its
 sub-parser and sets ``func`` (called with the parsed arguments, returning the exit code); the work
-is in the library module of the same name (``det_scaling.plan``, ``.diff``, ``.lr_plot``,
-``.lr_find``, ``.noise_scale``, ``.train``). A ``ValueError`` is a bad input: one line, exit
-status 2. A process of a run that failed (:class:`~det_scaling.failures.RankFailedError`) is one
-line too, naming the rank and the cause: exit status 1.
+is in :mod:`det_scaling.commands`, in the module of the same name. A
+:class:`~det_scaling.errors.ConfigError` is a bad input: one line, exit status 2, also when a
+process of the run raised it. A process of a run that failed otherwise
+(:class:`~det_scaling.engine.failures.RankFailedError`) is one line naming the rank and the cause,
+its traceback in the rank's log: exit status 1. Any other exception is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from det_scaling.cli._common import split_overrides
-from det_scaling.failures import RankFailedError
+from det_scaling.engine.failures import RankFailedError
+from det_scaling.errors import ConfigError
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
 COMMANDS = ("plan", "diff", "lr_plot", "lr_find", "noise_scale", "train")
@@ -48,7 +51,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
     try:
         rest, overrides = split_overrides(argv)
-    except ValueError as error:
+    except ConfigError as error:
         parser.error(str(error))
     args = parser.parse_args(rest)
     args.opts = overrides
@@ -59,10 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except ValueError as error:  # bad config or arguments: one clear line, no traceback
+    except ConfigError as error:  # bad config or arguments: one clear line, no traceback
         print(f"det-scaling {args.command}: error: {error}", file=sys.stderr)
         return 2
     except RankFailedError as error:  # the traceback is in the rank's log, or printed after
+        if error.failure.config_error:  # found only in a process of the run: still one line
+            print(
+                f"det-scaling {args.command}: error: {error.failure.config_error}", file=sys.stderr
+            )
+            return 2
         print(f"det-scaling {args.command}: error: {error}", file=sys.stderr)
         if error.failure.traceback:
             print(error.failure.traceback, file=sys.stderr, end="")

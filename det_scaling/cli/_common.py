@@ -11,6 +11,8 @@ import os
 import re
 from collections.abc import Sequence
 
+from det_scaling.errors import ConfigError
+
 # detectron2 config keys are upper-case dotted paths (SOLVER.BASE_LR, MODEL.RPN.NMS_THRESH), or a
 # top-level key of the default config (OUTPUT_DIR, SEED).
 _DOTTED_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
@@ -44,7 +46,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         elif _is_config_key(token):
             value = next(tokens, None)
             if value is None:
-                raise ValueError(f"config override {token} has no value")
+                raise ConfigError(f"config override {token} has no value")
             overrides += [token, value]
         else:
             rest.append(token)
@@ -117,24 +119,16 @@ def check_image_file(path: str, option: str) -> None:
 
     suffix = os.path.splitext(path)[1][1:].lower()
     if suffix and suffix not in FigureCanvasBase.get_supported_filetypes():
-        raise ValueError(f"{option} {path}: cannot write .{suffix} images; use .png, .pdf or .svg")
+        raise ConfigError(f"{option} {path}: cannot write .{suffix} images; use .png, .pdf or .svg")
 
 
 def check_output_file(path: str, option: str) -> None:
-    """Raises ``ValueError`` naming ``option`` when ``path`` cannot be written: its folder is
+    """Raises ``ConfigError`` naming ``option`` when ``path`` cannot be written: its folder is
     missing or not writable, or it is a folder itself. Checked before any work is done."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise ValueError(f"{option} {path}: is a directory; give a file name")
+        raise ConfigError(f"{option} {path}: is a directory; give a file name")
     if not os.path.isdir(folder):
-        raise ValueError(f"{option} {path}: no such directory {folder}; create it first")
+        raise ConfigError(f"{option} {path}: no such directory {folder}; create it first")
     if not os.access(folder, os.W_OK):
-        raise ValueError(f"{option} {path}: directory {folder} is not writable")
-
-
-def require_yaml_config(config: str, command: str) -> None:
-    """Raises ``ValueError`` for a LazyConfig file: ``command`` takes YAML configs only."""
-    from det_scaling.lazy_config import is_lazy_config_file
-
-    if is_lazy_config_file(config):
-        raise ValueError(f"{config}: {command} takes YAML configs; LazyConfig files are not yet")
+        raise ConfigError(f"{option} {path}: directory {folder} is not writable")

@@ -14,7 +14,7 @@ from det_scaling.cli._common import (
     add_num_gpus_argument,
     add_overrides_argument,
 )
-from det_scaling.diff import diff_configs
+from det_scaling.commands.diff import diff_configs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

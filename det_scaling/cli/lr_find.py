@@ -8,7 +8,7 @@ CSV beside it), then prints the suggested SOLVER.BASE_LR for the config as writt
 scale_cfg makes of that at 1, 2, 4 and 8 GPUs.
 
 The suggestion is a tenth of the LR where the smoothed loss is lowest; the LR where it falls
-fastest is printed as a cross-check (see det_scaling.lr_find.LRFindResult.suggest). Nothing
+fastest is printed as a cross-check (see det_scaling.commands.lr_find.LRFindResult.suggest). Nothing
 else is written: no checkpoint, nothing in OUTPUT_DIR, not the config. Exit status 2 when the
 config cannot train (missing data, no finite loss) or the loss never decreases.
 """
@@ -20,17 +20,17 @@ from pathlib import Path
 
 from detectron2.config import CfgNode
 
-from det_scaling import lr_find
 from det_scaling.cli._common import (
     _positive_int,
     add_config_argument,
     add_overrides_argument,
     add_processes_argument,
     check_image_file,
-    require_yaml_config,
 )
-from det_scaling.cli.plan import format_plan_table
-from det_scaling.config import load_cfg
+from det_scaling.commands import lr_find
+from det_scaling.commands.plan import format_plan_table
+from det_scaling.config import load_cfg, require_yaml_config
+from det_scaling.errors import ConfigError
 
 # The GPU counts of the table printed with the suggestion.
 TABLE_GPU_COUNTS = [1, 2, 4, 8]
@@ -128,11 +128,11 @@ def run(args: argparse.Namespace) -> int:
     csv_path = png.with_suffix(".csv")
     try:
         suggestions = [result.suggest(rule) for rule in ("best/10", "steepest")]
-    except ValueError as error:
+    except ConfigError as error:
         if result.points:
             lr_find.plot_lr_find(result, png, title=_title(args.config, result))
             result.write_csv(csv_path)
-            raise ValueError(f"{error} (the curve is in {png})") from error
+            raise ConfigError(f"{error} (the curve is in {png})") from error
         raise
     lr_find.plot_lr_find(result, png, suggestions=suggestions, title=_title(args.config, result))
     result.write_csv(csv_path)

@@ -25,10 +25,10 @@ from det_scaling.cli._common import (
     add_overrides_argument,
     check_image_file,
 )
+from det_scaling.commands.lr_plot import lr_curve, plot_lr_curves
+from det_scaling.commands.run_plot import plot_run_metrics, read_run_metrics
 from det_scaling.config import load_cfg
-from det_scaling.formats import read_recipe
-from det_scaling.lr_plot import lr_curve, plot_lr_curves
-from det_scaling.run_plot import plot_run_metrics, read_run_metrics
+from det_scaling.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -65,21 +65,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if (args.config is None) == (args.metrics is None):
-        raise ValueError("give either a CONFIG or --metrics with runs' metrics.json files")
+        raise ConfigError("give either a CONFIG or --metrics with runs' metrics.json files")
     check_image_file(args.output, "-o")
     if args.metrics:
         if args.opts:
-            raise ValueError(f"--metrics takes no config overrides, got {' '.join(args.opts)}")
+            raise ConfigError(f"--metrics takes no config overrides, got {' '.join(args.opts)}")
         for path in args.metrics:
             if not os.path.isfile(path):
-                raise ValueError(f"--metrics {path}: no such file")
+                raise ConfigError(f"--metrics {path}: no such file")
         runs = [read_run_metrics(path, name=path) for path in args.metrics]
         plot_run_metrics(runs, args.output, title="learning rate of " + ", ".join(args.metrics))
         print(f"wrote {args.output}")
         return 0
     cfg = load_cfg(args.config, args.opts)
-    recipe = read_recipe(cfg)
     curves = [lr_curve(cfg, num_gpus) for num_gpus in args.num_gpus]
+    recipe = curves[0].written
     plot_lr_curves(
         curves,
         args.output,

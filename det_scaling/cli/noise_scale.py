@@ -15,16 +15,15 @@ import argparse
 
 from tabulate import tabulate
 
-from det_scaling import noise_scale
 from det_scaling.cli._common import (
     _positive_int,
     add_config_argument,
     add_overrides_argument,
     add_processes_argument,
     check_output_file,
-    require_yaml_config,
 )
-from det_scaling.config import load_cfg
+from det_scaling.commands import noise_scale
+from det_scaling.config import load_cfg, require_yaml_config
 
 # The GPU counts of the table printed with the limit.
 TABLE_GPU_COUNTS = [1, 2, 4, 8, 16]

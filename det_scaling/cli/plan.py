@@ -9,8 +9,8 @@ from det_scaling.cli._common import (
     add_num_gpus_argument,
     add_overrides_argument,
 )
+from det_scaling.commands.plan import format_plan_table
 from det_scaling.config import load_cfg
-from det_scaling.plan import format_plan_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -18,7 +18,7 @@ import re
 from datetime import timedelta
 
 from det_scaling.cli._common import add_overrides_argument
-from det_scaling.launch import DEFAULT_TIMEOUT
+from det_scaling.engine.launch import DEFAULT_TIMEOUT
 
 # --dist-timeout units.
 _SECONDS_PER = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from det_scaling.train import launch_training  # the engine: only for this command
+    from det_scaling.commands.train import launch_training  # the engine: only for this command
 
     launch_training(args)
     return 0

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from det_scaling.errors import ConfigError
+
 __all__ = ["check_class_count"]
 
 logger = logging.getLogger(__name__)
 
 
 def check_class_count(key: str, outputs: int, dataset: str, classes: Sequence[str]) -> None:
-    """Raises ``ValueError`` when data set ``dataset`` has more ``classes`` than the model's
+    """Raises ``ConfigError`` when data set ``dataset`` has more ``classes`` than the model's
     ``outputs`` (config key ``key``): labels past the last output fail in the loss or are never
     learnt. Warns when it has fewer: the other outputs are never trained."""
     if len(classes) > outputs:
-        raise ValueError(
+        raise ConfigError(
             f"{key} is {outputs} but data set {dataset!r} has {len(classes)} classes: set {key} "
             f"{len(classes)}"
         )

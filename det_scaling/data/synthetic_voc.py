@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 
 from det_scaling.data.generated import GeneratedSet
 from det_scaling.data.generated import read_manifest as _read_manifest
+from det_scaling.errors import ConfigError
 
 __all__ = [
     "CLASS_NAMES",
@@ -146,27 +147,27 @@ def _check_params(params: SyntheticVOCParams) -> None:
     if params.num_trainval < 2 or params.num_test < 2:
         # detectron2's load_voc_instances reads the split with np.loadtxt, which returns a 0-d
         # array (that cannot be iterated) for a one-line file.
-        raise ValueError(
+        raise ConfigError(
             f"num_trainval and num_test must be >= 2 (detectron2's VOC loader cannot read a "
             f"one-image split), got {params.num_trainval} and {params.num_test}"
         )
     if min(params.image_size) < 32:
-        raise ValueError(f"image_size must be at least 32 pixels a side, got {params.image_size}")
+        raise ConfigError(f"image_size must be at least 32 pixels a side, got {params.image_size}")
     low, high = params.objects_per_image
     if not 1 <= low <= high:
-        raise ValueError(
+        raise ConfigError(
             f"objects_per_image must be (low, high) with 1 <= low <= high, got {low, high}"
         )
     low, high = params.object_size
     if not 0.05 <= low <= high <= 0.9:
-        raise ValueError(
+        raise ConfigError(
             f"object_size must be (low, high) fractions with 0.05 <= low <= high <= 0.9, "
             f"got {low, high}"
         )
     if params.noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {params.noise_std}")
+        raise ConfigError(f"noise_std must be >= 0, got {params.noise_std}")
     if not 0 <= params.texture <= 1:
-        raise ValueError(f"texture must be between 0 and 1, got {params.texture}")
+        raise ConfigError(f"texture must be between 0 and 1, got {params.texture}")
 
 
 # ---- drawing ----

@@ -1,8 +1,9 @@
 """The trainer engine shared by tasks: detectron2's trainer, hooks and writers, scaled.
 
-* :class:`ScalingTrainer`: ``DefaultTrainer`` for scaled configs (CPU/gloo or CUDA/NCCL, the batch
-  schedule, det_scaling's optimizers and schedules, resume at another GPU count, NaN advice, a
-  final summary);
+* :class:`Run`: a config resolved once for the world size; :func:`build_step`: its step;
+* :class:`ScalingTrainer`: ``DefaultTrainer``'s interface for scaled configs (CPU/gloo or
+  CUDA/NCCL, the batch schedule, det_scaling's optimizers and schedules, resume at another GPU
+  count, NaN advice, a final summary);
 * :class:`LazyScalingTrainer`: the same for detectron2's LazyConfig (``.py``) configs;
 * :class:`AccumulatingTrainer`: the step with gradient accumulation, read by observers;
 * :class:`GradientNoiseMeter`, :class:`NoiseScaleHook`: the gradient noise scale in training;
@@ -23,8 +24,10 @@ from det_scaling.engine.hooks import (
 )
 from det_scaling.engine.lazy_trainer import LazyScalingTrainer
 from det_scaling.engine.resume import ResumePoint, place_scheduler, resume_point
+from det_scaling.engine.run import Run, check_scaled
 from det_scaling.engine.solver_mixin import SolverMixin
-from det_scaling.engine.trainer import ScalingTrainer, check_scaled, format_summary, nan_advice
+from det_scaling.engine.step import Step, build_step
+from det_scaling.engine.trainer import ScalingTrainer, format_summary, nan_advice
 
 __all__ = [
     "AccumulatingTrainer",
@@ -35,13 +38,16 @@ __all__ = [
     "NoiseScaleHook",
     "PlateauHook",
     "ResumePoint",
+    "Run",
     "SafeCheckpointer",
     "ScalingProgress",
     "ScalingTrainer",
     "SolverMixin",
+    "Step",
     "StepNorms",
     "UnreadableCheckpointError",
     "add_plateau_hook",
+    "build_step",
     "check_scaled",
     "format_summary",
     "micro_batch_cfg",

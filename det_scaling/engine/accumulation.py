@@ -20,9 +20,10 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.failures import ConsequenceOfAnotherRank
-from det_scaling.formats import config_format
+from det_scaling.config import ConfigFormat
+from det_scaling.engine.failures import ConsequenceOfAnotherRank
+from det_scaling.errors import ConfigError
+from det_scaling.scaling.batch_schedule import BatchSchedule
 
 __all__ = [
     "OUT_OF_MEMORY_ERRORS",
@@ -47,18 +48,17 @@ class NonFiniteLossOnAnotherRank(FloatingPointError, ConsequenceOfAnotherRank):
     is not finite, and that rank says so itself."""
 
 
-def micro_batch_cfg(cfg: Any, schedule: BatchSchedule) -> Any:
-    """A copy of ``cfg`` for building the training loader: its total batch
+def micro_batch_cfg(adapter: ConfigFormat, schedule: BatchSchedule) -> Any:
+    """A copy of the adapter's config for building the training loader: its total batch
     (``SOLVER.IMS_PER_BATCH``, ``dataloader.train.total_batch_size``) is one micro-batch over all
     processes, so loaders that follow detectron2's convention (total / world size per process)
-    load micro-batches. ``cfg`` itself when that is already so."""
+    load micro-batches. The config itself when that is already so."""
     images = schedule.micro_batch * schedule.world_size
-    fmt = config_format(cfg)
-    if fmt.get(fmt.keys.ims_per_batch) == images:
-        return cfg
-    out = fmt.writable_copy()
+    if adapter.get(adapter.keys.ims_per_batch) == images:
+        return adapter.cfg
+    out = adapter.writable_copy()
     out.set(out.keys.ims_per_batch, images)
-    if fmt.is_frozen():
+    if adapter.is_frozen():
         out.freeze()
     return out.cfg
 
@@ -123,7 +123,7 @@ class AccumulatingTrainer(SimpleTrainer):
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+            raise ConfigError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
         super().__init__(model, data_loader, optimizer)
         self.accumulation_steps = accumulation_steps
         self.grad_scaler = grad_scaler

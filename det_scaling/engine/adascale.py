@@ -3,10 +3,10 @@ Training"): the LR and the schedule's clock follow the gain ratio measured in tr
 
 A config's schedule (LR, length, steps, warmup) is written for a reference batch; a run at S
 times that batch measures, at every step, how many reference steps the step is worth:
-r = (s2 + m2) / (s2 / S + m2) in [1, S] (:func:`det_scaling.gradient_noise.gain_ratio`, from the
-statistics :class:`~det_scaling.engine.gradient_noise.GradientNoiseMeter` keeps). The step trains
-at r times the schedule's LR at the "scale-invariant" progress tau, then tau advances by r; the
-run ends once tau reaches the schedule's length. Where the gradient is mostly noise r is near S
+r = (s2 + m2) / (s2 / S + m2) in [1, S] (:func:`det_scaling.scaling.gradient_noise.gain_ratio`,
+from the statistics :class:`~det_scaling.engine.gradient_noise.GradientNoiseMeter` keeps). The step
+trains at r times the schedule's LR at the "scale-invariant" progress tau, then tau advances by r;
+the run ends once tau reaches the schedule's length. Where the gradient is mostly noise r is near S
 (the linear rule, S times fewer steps); where it is mostly signal r is near 1 (the reference
 schedule, step for step). At S = 1, r = 1: exactly the reference schedule.
 
@@ -22,6 +22,7 @@ from typing import Any
 from detectron2.engine import HookBase
 
 from det_scaling.engine.gradient_noise import GradientNoiseMeter
+from det_scaling.errors import ConfigError
 from det_scaling.solver.lr_scheduler import ProgressLRScheduler
 
 __all__ = ["AdaScale"]
@@ -52,9 +53,9 @@ class AdaScale(HookBase):
         length: int,
     ) -> None:
         if scale < 1:
-            raise ValueError(f"AdaScale needs S >= 1, got {scale}")
+            raise ConfigError(f"AdaScale needs S >= 1, got {scale}")
         if meter is None and scale != 1:
-            raise ValueError("AdaScale at S > 1 needs the gradient noise meter")
+            raise ConfigError("AdaScale at S > 1 needs the gradient noise meter")
         if not isinstance(scheduler, ProgressLRScheduler):
             raise TypeError(
                 f"AdaScale drives det_scaling's ProgressLRScheduler, got {type(scheduler).__name__}"

@@ -34,6 +34,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from detectron2.utils import comm
 
+from det_scaling.errors import ConfigError
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "READ_ERRORS",
@@ -186,9 +188,9 @@ def read_checkpoint_file(checkpointer: DetectionCheckpointer, path: str) -> dict
 
 
 def check_retention(keep: int, key: str) -> None:
-    """Raises ``ValueError`` naming ``key`` unless ``keep`` checkpoints is 0 (all) or >= 2."""
+    """Raises ``ConfigError`` naming ``key`` unless ``keep`` checkpoints is 0 (all) or >= 2."""
     if keep < 0 or keep == 1:
-        raise ValueError(
+        raise ConfigError(
             f"{key} is {keep}: use 0 to keep every checkpoint, or 2 or more so that an older one "
             "is there when the newest cannot be read"
         )

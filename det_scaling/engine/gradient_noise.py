@@ -2,8 +2,8 @@
 
 McCandlish et al. (2018): below B_simple = tr(Sigma) / |G|^2 images per step, k times the batch
 needs about k times fewer steps (the linear rule holds); past it, extra batch buys little. The
-statistics are :class:`det_scaling.gradient_noise.GradientNoiseStats`; this module feeds them from
-a running step, reading gradients that exist anyway:
+statistics are :class:`det_scaling.scaling.gradient_noise.GradientNoiseStats`; this module feeds
+them from a running step, reading gradients that exist anyway:
 
 * several processes: each process's gradient before DDP's all-reduce (its micro-batch x
   accumulation images), whose squared norm a DDP communication hook takes bucket by bucket before
@@ -38,7 +38,8 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel
 
 from det_scaling.engine.accumulation import AccumulatingTrainer
-from det_scaling.gradient_noise import GradientNoiseStats, squared_grad_norm
+from det_scaling.errors import ConfigError
+from det_scaling.scaling.gradient_noise import GradientNoiseStats, squared_grad_norm
 
 __all__ = ["GradientNoiseMeter", "NoiseScaleHook", "StepNorms"]
 
@@ -75,7 +76,7 @@ class GradientNoiseMeter:
         keep_history: bool = False,
     ) -> None:
         if micro_batch < 1:
-            raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+            raise ConfigError(f"micro_batch must be >= 1, got {micro_batch}")
         self._stats = GradientNoiseStats(decay)
         self.micro_batch = micro_batch
         self.world_size = comm.get_world_size()
@@ -90,7 +91,7 @@ class GradientNoiseMeter:
         if isinstance(model, DistributedDataParallel):
             model.register_comm_hook(None, self._comm_hook)
         elif self.world_size > 1:
-            raise ValueError("with several processes the model must be DistributedDataParallel")
+            raise ConfigError("with several processes the model must be DistributedDataParallel")
         step_trainer.observers.append(self)
 
     # ---- what other hooks and schedulers read ----
@@ -217,7 +218,7 @@ class NoiseScaleHook(HookBase):
 
     def __init__(self, meter: GradientNoiseMeter, period: int) -> None:
         if period < 1:
-            raise ValueError(f"SCALING.NOISE_SCALE.PERIOD must be >= 1, got {period}")
+            raise ConfigError(f"SCALING.NOISE_SCALE.PERIOD must be >= 1, got {period}")
         self.meter = meter
         self.period = period
 

@@ -17,7 +17,7 @@ from typing import Any
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.scaling.batch_schedule import BatchSchedule
 
 __all__ = ["ImagePeriodHook", "PlateauHook", "ScalingProgress", "add_plateau_hook", "is_periodic"]
 

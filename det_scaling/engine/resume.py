@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from det_scaling.batch_schedule import BatchSchedule
+from det_scaling.errors import ConfigError
+from det_scaling.scaling.batch_schedule import BatchSchedule
 
 __all__ = ["ResumePoint", "place_scheduler", "resume_point"]
 
@@ -106,7 +107,7 @@ def place_scheduler(
     detectron2's ``LRScheduler`` hook builds one at ``trainer.iter`` and ``initial_lr``.
     """
     if len(base_lrs) != len(optimizer.param_groups):
-        raise ValueError(
+        raise ConfigError(
             f"{len(base_lrs)} base LRs for {len(optimizer.param_groups)} optimizer param groups"
         )
     for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):

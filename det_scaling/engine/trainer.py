@@ -2,13 +2,13 @@
 
 What it changes in ``DefaultTrainer``, and why:
 
-* ``__init__`` builds the DDP model itself (:func:`det_scaling.launch.create_ddp_model`):
+* ``__init__`` builds the DDP model itself (:func:`det_scaling.engine.launch.create_ddp_model`):
   detectron2 passes ``device_ids``, which DDP rejects for CPU models. It takes the config as
   scaled and never calls ``auto_scale_workers`` (see :func:`check_scaled`).
-* the run follows its :class:`~det_scaling.batch_schedule.BatchSchedule`: micro-batches loaded,
-  accumulated per step (:class:`~det_scaling.engine.accumulation.AccumulatingTrainer`), the LR
-  schedule over images seen, periods in images (:mod:`det_scaling.engine.hooks`), the steps of
-  the run (a fixed batch is one stage; AdaBatch, several);
+* the run follows its :class:`~det_scaling.scaling.batch_schedule.BatchSchedule`: micro-batches
+  loaded, accumulated per step (:class:`~det_scaling.engine.accumulation.AccumulatingTrainer`),
+  the LR schedule over images seen, periods in images (:mod:`det_scaling.engine.hooks`), the steps
+  of the run (a fixed batch is one stage; AdaBatch, several);
 * the optimizer and LR scheduler come from det_scaling's registries (:class:`SolverMixin`);
 * checkpoints also hold the optimizer state (v0.6's ``DefaultTrainer`` leaves it out) and the
   images seen with the geometry, so ``resume_or_load`` continues at the same images seen on
@@ -17,7 +17,7 @@ What it changes in ``DefaultTrainer``, and why:
 * a non-finite loss raises ``FloatingPointError`` with scaling advice (:func:`nan_advice`);
 * ``train()`` ends with a summary, logged and written to ``OUTPUT_DIR/summary.json``.
 
-It reads the config through its format (:mod:`det_scaling.formats`): the recipe and the run
+It reads the config through its format (:mod:`det_scaling.config`): the recipe and the run
 settings (output directory, periods, AMP, DDP options) of a yacs config or a LazyConfig. A task
 other than detection overrides ``build_model``, ``build_train_loader``, ``build_test_loader`` and
 ``build_evaluator`` only; a LazyConfig's trainer (:mod:`.lazy_trainer`) overrides
@@ -34,9 +34,8 @@ import time
 import weakref
 from typing import Any
 
-import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_writers, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.evaluation.testing import flatten_results_dict, verify_results
@@ -47,27 +46,23 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 
 from det_scaling import compat
-from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.engine.accumulation import (
-    AccumulatingTrainer,
-    MicroBatchOutOfMemory,
-    micro_batch_cfg,
-)
+from det_scaling.config import Recipe
+from det_scaling.engine.accumulation import MicroBatchOutOfMemory, micro_batch_cfg
 from det_scaling.engine.adascale import AdaScale
 from det_scaling.engine.checkpoint import SafeCheckpointer, periodic_checkpointer
+from det_scaling.engine.failures import ConsequenceOfAnotherRank
 from det_scaling.engine.gradient_noise import GradientNoiseMeter, NoiseScaleHook
 from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
 from det_scaling.engine.resume import place_scheduler, resume_point
+from det_scaling.engine.run import Run
 from det_scaling.engine.solver_mixin import SolverMixin
-from det_scaling.failures import ConsequenceOfAnotherRank
-from det_scaling.formats import config_format, read_recipe
-from det_scaling.launch import create_ddp_model
-from det_scaling.scaling import ADASCALE_RULE, AUTO_RULE, adascale_scale, choose_rule
+from det_scaling.engine.step import build_step
+from det_scaling.errors import ConfigError
+from det_scaling.scaling.plan import ADASCALE_RULE, AUTO_RULE, adascale_scale, choose_rule
 
 __all__ = [
     "OutOfMemoryAtOneImage",
     "ScalingTrainer",
-    "check_scaled",
     "format_summary",
     "nan_advice",
 ]
@@ -85,24 +80,10 @@ class OutOfMemoryAtOneImageOnAnotherRank(OutOfMemoryAtOneImage, ConsequenceOfAno
     """The same, raised by a process that did not run out of memory itself."""
 
 
-def check_scaled(cfg: Any, world_size: int) -> None:
-    """Raises ``ValueError`` unless ``cfg`` is written for ``world_size`` processes (its
-    reference GPU count, ``SOLVER.REFERENCE_WORLD_SIZE`` or ``train.reference_world_size``, equal
-    to it, or 0: "as written, whatever the count")."""
-    recipe = read_recipe(cfg)
-    key, reference = recipe.keys.reference_world_size, recipe.reference_world_size
-    if reference not in (0, world_size):
-        raise ValueError(
-            f"{key} is {reference} but this run has {world_size} process(es): scale the config "
-            f"first with det_scaling.plan_scaling(cfg, {world_size}) (tools/train.py does), or "
-            f"set {key} 0 to use it as written"
-        )
-
-
-def nan_advice(cfg: Any, world_size: int) -> str:
-    """What to tell a user whose losses became NaN or infinite with ``cfg`` on ``world_size``
-    processes: the scaled settings and the fixes, under the config's own keys."""
-    recipe = read_recipe(cfg)
+def nan_advice(recipe: Recipe, world_size: int) -> str:
+    """What to tell a user whose losses became NaN or infinite with a config of this (scaled)
+    recipe on ``world_size`` processes: the scaled settings and the fixes, under the config's own
+    keys."""
     keys = recipe.keys
     advice = (
         f"det_scaling: this run uses {keys.base_lr} {recipe.base_lr:g} on {world_size} "
@@ -157,8 +138,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class ScalingTrainer(SolverMixin, DefaultTrainer):
-    """detectron2's ``DefaultTrainer`` for a config scaled by ``plan_scaling`` (see the module).
+class ScalingTrainer(SolverMixin, TrainerBase):
+    """A trainer with ``DefaultTrainer``'s interface for a config scaled by ``plan_scaling`` (see
+    the module): detectron2's ``TrainerBase`` loop, hooks, writers, checkpointer and evaluation,
+    and ``DefaultTrainer``'s ``build_*`` classmethods, ``test`` and ``resume_or_load``, which a
+    task overrides as it would there.
 
     Use it as ``DefaultTrainer``::
 
@@ -166,34 +150,38 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         trainer.resume_or_load(resume=args.resume)
         summary = trainer.train()
 
-    It works on CUDA (NCCL) and on the CPU (``MODEL.DEVICE cpu``, gloo processes).
+    ``run``, when given, is the config already resolved for this process (``tools/train.py``
+    passes it); otherwise it is resolved here. It works on CUDA (NCCL) and on the CPU
+    (``MODEL.DEVICE cpu``, gloo processes).
     """
 
-    def __init__(self, cfg: Any) -> None:
-        # DefaultTrainer.__init__ is skipped on purpose: it calls auto_scale_workers and builds
-        # DDP with device_ids. The rest follows it, in its order.
-        TrainerBase.__init__(self)
+    # detectron2's DefaultTrainer pieces, kept as they are there.
+    build_model = DefaultTrainer.__dict__["build_model"]
+    build_test_loader = DefaultTrainer.__dict__["build_test_loader"]
+    test = DefaultTrainer.__dict__["test"]
+    model = DefaultTrainer.__dict__["model"]  # the step's (DDP) model, data loader, optimizer
+    data_loader = DefaultTrainer.__dict__["data_loader"]
+    optimizer = DefaultTrainer.__dict__["optimizer"]
+
+    def __init__(self, cfg: Any, run: Run | None = None) -> None:
+        super().__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        fmt = config_format(cfg)
-        if not fmt.has_toolkit_keys():
-            fmt = fmt.writable_copy()
-            cfg = fmt.cfg
         self.world_size = comm.get_world_size()
-        check_scaled(cfg, self.world_size)
-        self.recipe = fmt.recipe()
-        self.settings = fmt.run_settings()
-        self.batch_schedule = BatchSchedule.from_cfg(cfg, self.world_size)
+        if run is None:
+            run = Run.of_scaled(cfg, self.world_size)
+        cfg = run.cfg
+        self.recipe = run.recipe
+        self.settings = run.settings
+        self.batch_schedule = run.schedule
         adascale = self.recipe.rule == ADASCALE_RULE
         scale = adascale_scale(self.recipe, self.world_size) if adascale else 1.0
         _check_auto_micro_batch(self.recipe.keys, self.settings, adascale and scale > 1)
 
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(micro_batch_cfg(cfg, self.batch_schedule))
-        model = create_ddp_model(model, **self.settings.ddp)
-        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
-        self._trainer.micro_batch = self.batch_schedule.micro_batch
+        self.run = run
+        step = build_step(run, self)
+        optimizer, model = step.optimizer, step.ddp_model
+        self._trainer = step.trainer
         self.gradient_noise = self.build_gradient_noise(cfg, measure=scale > 1)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
@@ -218,7 +206,7 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         ``SOLVER.IMS_PER_BATCH`` is one micro-batch over all processes (:func:`micro_batch_cfg`),
         so an override keeps detectron2's convention: ``IMS_PER_BATCH / world size`` images per
         process and batch."""
-        return super().build_train_loader(cfg)
+        return build_detection_train_loader(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> DatasetEvaluator:
@@ -238,29 +226,6 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             f"no evaluator for data set {dataset_name!r} (evaluator_type {evaluator_type!r}); "
             "override ScalingTrainer.build_evaluator"
         )
-
-    @classmethod
-    def build_step_trainer(
-        cls,
-        cfg: Any,
-        model: torch.nn.Module,
-        data_loader,
-        optimizer: torch.optim.Optimizer,
-    ) -> AccumulatingTrainer:
-        """The object that runs one optimizer step over ``SCALING.GRAD_ACCUM_STEPS``
-        micro-batches (the trainer sets the count of each step from the batch schedule), under
-        AMP with ``SOLVER.AMP.ENABLED`` (``train.amp.enabled``), agreeing on out-of-memory errors
-        with ``SCALING.AUTO_MICRO_BATCH`` (``train.scaling.auto_micro_batch``)."""
-        settings = config_format(cfg).run_settings()
-        step = AccumulatingTrainer(
-            model,
-            data_loader,
-            optimizer,
-            read_recipe(cfg).grad_accum_steps,
-            grad_scaler=_cuda_grad_scaler() if settings.amp else None,
-        )
-        step.auto_micro_batch = settings.auto_micro_batch
-        return step
 
     def build_gradient_noise(self, cfg: Any, measure: bool = False) -> GradientNoiseMeter | None:
         """With ``SCALING.NOISE_SCALE.ENABLED`` (``train.scaling.noise_scale.enabled``) or
@@ -295,13 +260,12 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         settings = self.settings
         precise_bn = None
         if settings.precise_bn_iters and get_bn_modules(self.model):
-            cfg = self.cfg.clone()  # PreciseBN is a yacs setting (TEST.PRECISE_BN)
-            cfg.defrost()
-            cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's own loader: save memory and time
+            adapter = self.run.adapter.writable_copy()  # PreciseBN is a yacs setting
+            adapter.cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's own loader: save memory and time
             precise_bn = hooks.PreciseBN(
                 settings.eval_period,
                 self.model,
-                self.build_train_loader(micro_batch_cfg(cfg, self.batch_schedule)),
+                self.build_train_loader(micro_batch_cfg(adapter, self.batch_schedule)),
                 settings.precise_bn_iters,
             )
 
@@ -416,7 +380,7 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
             except FloatingPointError as error:
                 # The step raises it when a loss is not finite; the same class (the failure
                 # report tells a rank's own loss from another's by it), with the advice added.
-                advice = nan_advice(self.cfg, self.world_size)
+                advice = nan_advice(self.recipe, self.world_size)
                 raise type(error)(f"{error}\n{advice}") from error
             except MicroBatchOutOfMemory as error:  # every process: retry the step smaller
                 out_of_memory = error
@@ -443,7 +407,7 @@ class ScalingTrainer(SolverMixin, DefaultTrainer):
         old = self.batch_schedule
         schedule = old.with_micro_batch_limit(limit)
         if schedule.micro_batch != old.micro_batch:
-            loader = self.build_train_loader(micro_batch_cfg(self.cfg, schedule))
+            loader = self.build_train_loader(micro_batch_cfg(self.run.adapter, schedule))
             self._trainer.replace_data_loader(loader)
             self._trainer.micro_batch = schedule.micro_batch
             logger.info(
@@ -568,14 +532,7 @@ def _check_auto_micro_batch(keys: Any, settings: Any, adascale: bool) -> None:
     elif adascale:
         other = f"{keys.rule} adascale"
     if other:
-        raise ValueError(
+        raise ConfigError(
             f"{keys.auto_micro_batch} and {other} cannot be combined: the gradient statistics "
             f"read DDP's all-reduce, which {keys.auto_micro_batch} replaces; turn one off"
         )
-
-
-def _cuda_grad_scaler():
-    # torch.amp.GradScaler("cuda") since torch 2.3; torch.cuda.amp.GradScaler before (deprecated).
-    if hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler("cuda")
-    return torch.cuda.amp.GradScaler()

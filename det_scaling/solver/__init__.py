@@ -15,6 +15,7 @@ from det_scaling.solver.build import (
     build_optimizer,
     lars_param_groups,
     lars_params,
+    scheduled_lrs,
 )
 from det_scaling.solver.lars import LARS
 from det_scaling.solver.lr_scheduler import ProgressLRScheduler
@@ -32,4 +33,5 @@ __all__ = [
     "build_optimizer",
     "lars_param_groups",
     "lars_params",
+    "scheduled_lrs",
 ]

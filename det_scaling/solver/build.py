@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,8 +46,9 @@ from fvcore.common.param_scheduler import (
 )
 from omegaconf import OmegaConf
 
-from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.lazy_config import is_lazy_config
+from det_scaling.config import ConfigFormat, config_format
+from det_scaling.errors import ConfigError
+from det_scaling.scaling.batch_schedule import BatchSchedule
 from det_scaling.solver.lars import LARS
 from det_scaling.solver.lr_scheduler import ProgressLRScheduler
 from det_scaling.solver.plateau import Plateau
@@ -123,7 +125,7 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
 
     For a LazyConfig, ``cfg.optimizer`` instantiated with ``optimizer.params.model`` set to
     ``model``, as detectron2's ``lazyconfig_train_net`` does (the config is not changed)."""
-    if is_lazy_config(cfg):
+    if _adapter(cfg).is_lazy:
         optimizer_cfg = copy.deepcopy(cfg.optimizer)
         OmegaConf.set_readonly(optimizer_cfg, False)
         optimizer_cfg.params.model = model
@@ -139,7 +141,7 @@ def build_lr_multiplier(cfg: Any) -> ParamScheduler:
 
     For a LazyConfig, ``cfg.lr_multiplier`` instantiated (any fvcore ``ParamScheduler``, the
     schedules of :mod:`det_scaling.solver.schedules` included)."""
-    if is_lazy_config(cfg):
+    if _adapter(cfg).is_lazy:
         return _param_scheduler(instantiate(cfg.lr_multiplier), "lr_multiplier")
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     schedule = _lookup(LR_SCHEDULER_REGISTRY, name, "SOLVER.LR_SCHEDULER_NAME")(cfg)
@@ -168,14 +170,15 @@ def build_lr_scheduler(
     optimizer step.
 
     The multiplier is evaluated at the fraction of the run's images seen and multiplied by the
-    batch stage's LR factor (:class:`~det_scaling.batch_schedule.BatchSchedule`; built from
+    batch stage's LR factor (:class:`~det_scaling.scaling.batch_schedule.BatchSchedule`; built from
     ``cfg`` when not given). With a fixed batch that is ``iteration / MAX_ITER`` and 1; when the
     batch grows (AdaBatch), warmup, STEPS and decay keep their epochs. A LazyConfig's
     ``lr_multiplier`` is evaluated the same way (it has no plateau)."""
+    adapter = _adapter(cfg)
     if schedule is None:
         # The LR does not depend on how the batch is split among processes.
-        schedule = BatchSchedule.from_cfg(cfg, world_size=1)
-    plateau = {} if is_lazy_config(cfg) else _plateau_options(cfg, schedule)
+        schedule = BatchSchedule.from_recipe(adapter.recipe(), world_size=1)
+    plateau = {} if adapter.is_lazy else _plateau_options(cfg, schedule)
     return ProgressLRScheduler(
         optimizer,
         build_lr_multiplier(cfg),
@@ -273,7 +276,9 @@ def _default_param_options(cfg: CfgNode) -> dict[str, Any]:
 
 def _lookup(registry: Registry, name: str, key: str) -> Callable[..., Any]:
     if name not in registry:
-        raise ValueError(f"{key}: unknown name {name!r}; registered: {', '.join(registry.names())}")
+        raise ConfigError(
+            f"{key}: unknown name {name!r}; registered: {', '.join(registry.names())}"
+        )
     return registry.get(name)
 
 
@@ -332,7 +337,7 @@ def _end_ratio(cfg: CfgNode) -> float:
     """BASE_LR_END / BASE_LR: unchanged by scaling, which multiplies both by the same factor."""
     ratio = cfg.SOLVER.BASE_LR_END / cfg.SOLVER.BASE_LR
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.BASE_LR_END ({cfg.SOLVER.BASE_LR_END}) must be between 0 and SOLVER.BASE_LR "
             f"({cfg.SOLVER.BASE_LR})"
         )
@@ -366,9 +371,9 @@ def _step_with_fixed_gamma(cfg: CfgNode) -> ParamScheduler:
     """upstream detectron2's: GAMMA ** k on the k-th of NUM_DECAYS + 1 equal parts of the run."""
     num_decays, gamma = cfg.SOLVER.NUM_DECAYS, cfg.SOLVER.GAMMA
     if isinstance(num_decays, bool) or not isinstance(num_decays, int) or num_decays < 1:
-        raise ValueError(f"SOLVER.NUM_DECAYS must be a positive integer, got {num_decays!r}")
+        raise ConfigError(f"SOLVER.NUM_DECAYS must be a positive integer, got {num_decays!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.GAMMA must be a positive number for WarmupStepWithFixedGammaLR, got {gamma!r}"
         )
     return FixedGammaStepParamScheduler(
@@ -387,7 +392,7 @@ def _exponential(cfg: CfgNode) -> ParamScheduler:
     """EXPONENTIAL_LR_DECAY ** progress: the factor reached at MAX_ITER."""
     decay = cfg.SOLVER.EXPONENTIAL_LR_DECAY
     if not decay > 0:
-        raise ValueError(f"SOLVER.EXPONENTIAL_LR_DECAY must be > 0, got {decay}")
+        raise ConfigError(f"SOLVER.EXPONENTIAL_LR_DECAY must be > 0, got {decay}")
     return ExponentialParamScheduler(1.0, decay)
 
 
@@ -401,3 +406,30 @@ def _inverse_time(cfg: CfgNode) -> ParamScheduler:
 def _constant(cfg: CfgNode) -> ParamScheduler:
     """BASE_LR after warmup (with SOLVER.PLATEAU, the classic reduce-on-plateau)."""
     return FlatParamScheduler(1.0)
+
+
+def scheduled_lrs(cfg: Any, schedule: BatchSchedule | None = None) -> list[float]:
+    """The LR of each step of the run, as the scheduler built from ``cfg`` (a CfgNode or a
+    LazyConfig) sets it when stepped once per step (``schedule``: the run's batch schedule, built
+    from ``cfg`` when not given)."""
+    adapter = _adapter(cfg)
+    recipe = adapter.recipe()
+    schedule = schedule or BatchSchedule.from_recipe(recipe, world_size=1)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.base_lr)
+    scheduler = build_lr_scheduler(cfg, optimizer, schedule)
+    group = optimizer.param_groups[0]
+    lrs = []
+    with warnings.catch_warnings():
+        # No optimizer step is taken, on purpose: torch warns about the order of the two.
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(schedule.total_iterations):
+            lrs.append(group["lr"])
+            scheduler.step()
+    return lrs
+
+
+def _adapter(cfg: Any) -> ConfigFormat:
+    """``cfg`` in its format's adapter, with the toolkit's keys at their defaults where it lacks
+    them: the builders take a user's own config."""
+    adapter = config_format(cfg)
+    return adapter if adapter.has_toolkit_keys() else adapter.writable_copy()

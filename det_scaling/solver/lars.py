@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from det_scaling.errors import ConfigError
+
 __all__ = ["LARS"]
 
 # On CPU, each multi-tensor op walks its whole tensor list, so a step over ResNet-50's 100 MB of
@@ -71,17 +73,17 @@ class LARS(torch.optim.Optimizer):
         nesterov: bool = False,
     ) -> None:
         if isinstance(lr, Tensor) or not lr >= 0.0:
-            raise ValueError(f"lr must be a non-negative number, got {lr!r}")
+            raise ConfigError(f"lr must be a non-negative number, got {lr!r}")
         if not momentum >= 0.0:
-            raise ValueError(f"momentum must be >= 0, got {momentum}")
+            raise ConfigError(f"momentum must be >= 0, got {momentum}")
         if not weight_decay >= 0.0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
         if not trust_coefficient > 0.0:
-            raise ValueError(f"trust_coefficient must be > 0, got {trust_coefficient}")
+            raise ConfigError(f"trust_coefficient must be > 0, got {trust_coefficient}")
         if not eps >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+            raise ConfigError(f"eps must be >= 0, got {eps}")
         if nesterov and momentum == 0.0:
-            raise ValueError("nesterov momentum needs momentum > 0")
+            raise ConfigError("nesterov momentum needs momentum > 0")
         defaults = {
             "lr": lr,
             "momentum": momentum,

@@ -3,8 +3,8 @@
 It is detectron2's ``LRMultiplier`` (so detectron2's ``LRScheduler`` hook steps it and saves its
 state) with a :class:`~det_scaling.solver.plateau.Plateau` factor fed by
 :meth:`ProgressLRScheduler.observe`, and ``progress`` and ``lr_factor`` functions of the
-iteration (from the run's batch schedule, :mod:`det_scaling.batch_schedule`), so that its state
-is the iteration and the plateau, and a resume is exact.
+iteration (from the run's batch schedule, :mod:`det_scaling.scaling.batch_schedule`), so that its
+state is the iteration and the plateau, and a resume is exact.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import ParamScheduler
 
+from det_scaling.errors import ConfigError
 from det_scaling.solver.plateau import Plateau
 
 __all__ = ["ProgressLRScheduler"]
@@ -54,7 +55,7 @@ class ProgressLRScheduler(LRMultiplier):
         lr_factor: Callable[[int], float] | None = None,
     ) -> None:
         if max_iter < 1:
-            raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
+            raise ConfigError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
         self._progress = progress
         self._lr_factor = lr_factor
         self._plateau = plateau

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from det_scaling.errors import ConfigError
+
 __all__ = ["Plateau"]
 
 _MODES = ("min", "max")
@@ -39,16 +41,16 @@ class Plateau:
         threshold_mode: str = "rel",
     ) -> None:
         if mode not in _MODES:
-            raise ValueError(f"SOLVER.PLATEAU.MODE must be one of {list(_MODES)}, got {mode!r}")
+            raise ConfigError(f"SOLVER.PLATEAU.MODE must be one of {list(_MODES)}, got {mode!r}")
         if threshold_mode not in _THRESHOLD_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"SOLVER.PLATEAU.THRESHOLD_MODE must be one of {list(_THRESHOLD_MODES)}, "
                 f"got {threshold_mode!r}"
             )
         if not 0.0 < reduce_factor < 1.0:
-            raise ValueError(f"SOLVER.PLATEAU.FACTOR must be in (0, 1), got {reduce_factor}")
+            raise ConfigError(f"SOLVER.PLATEAU.FACTOR must be in (0, 1), got {reduce_factor}")
         if patience < 0 or cooldown < 0 or threshold < 0:
-            raise ValueError(
+            raise ConfigError(
                 "SOLVER.PLATEAU.PATIENCE, COOLDOWN and THRESHOLD must be >= 0, got "
                 f"{patience}, {cooldown}, {threshold}"
             )

@@ -25,6 +25,8 @@ from fvcore.common.param_scheduler import (
     StepWithFixedGammaParamScheduler,
 )
 
+from det_scaling.errors import ConfigError
+
 __all__ = [
     "WARMUP_METHODS",
     "FixedGammaStepParamScheduler",
@@ -73,7 +75,7 @@ class PolynomialParamScheduler(ParamScheduler):
 
     def __init__(self, start_value: float, end_value: float, power: float) -> None:
         if power < 0:
-            raise ValueError(f"polynomial decay power must be >= 0, got {power}")
+            raise ConfigError(f"polynomial decay power must be >= 0, got {power}")
         self._start = start_value
         self._end = end_value
         self._power = power
@@ -88,7 +90,7 @@ class InverseTimeParamScheduler(ParamScheduler):
 
     def __init__(self, start_value: float, k: float) -> None:
         if k < 0:
-            raise ValueError(f"inverse-time decay rate k must be >= 0, got {k}")
+            raise ConfigError(f"inverse-time decay rate k must be >= 0, got {k}")
         self._start = start_value
         self._k = k
 
@@ -116,17 +118,17 @@ def with_warmup(
     as if it were the whole (its progress rescaled to [0, 1]). Both hold for every method.
     """
     if not 0.0 <= warmup_length <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"warmup length must be a fraction of training in [0, 1], got {warmup_length}"
         )
     if method not in WARMUP_METHODS:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.WARMUP_METHOD: unknown warmup method {method!r}; choose one of "
             f"{list(WARMUP_METHODS)}"
         )
     if rescale_interval and warmup_length >= 1.0:
         # Nothing is left to rescale the schedule to: upstream divides by zero at the last step.
-        raise ValueError(
+        raise ConfigError(
             "SOLVER.RESCALE_INTERVAL True needs SOLVER.WARMUP_ITERS < SOLVER.MAX_ITER: the warmup "
             "covers the whole run; shorten the warmup or set SOLVER.RESCALE_INTERVAL False"
         )
@@ -143,11 +145,11 @@ def with_warmup(
         warmup = ConstantParamScheduler(start)
     else:
         if not warmup_factor > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"SOLVER.WARMUP_FACTOR must be > 0 for exponential warmup, got {warmup_factor}"
             )
         if not start > 0:
-            raise ValueError("exponential warmup needs a schedule that starts above 0")
+            raise ConfigError("exponential warmup needs a schedule that starts above 0")
         warmup = ExponentialParamScheduler(start, end / start)
     return CompositeParamScheduler(
         [warmup, scheduler],

@@ -13,9 +13,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.formats import Recipe, read_recipe
-from det_scaling.scaling import ADASCALE_RULE, AUTO_RULE, choose_rule, plan_scaling
+from det_scaling.config import Recipe
+from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.scaling.plan import ADASCALE_RULE, AUTO_RULE, choose_rule, plan_scaling
 
 __all__ = ["format_plan_table"]
 
@@ -25,18 +25,18 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
     then any field scaling left as written because it cannot tell what it measures."""
     rows = []
     stage_rows = []
-    written = read_recipe(cfg)
+    plans = [plan_scaling(cfg, num_gpus) for num_gpus in gpu_counts]
+    written = plans[0].written
     dataset_size = written.dataset_size
     warnings: list[str] = []
     adam_keys = {pair[0] for pair in (written.betas, written.eps) if written.adam_sde and pair}
     adam_lines = []
-    for num_gpus in gpu_counts:
-        plan = plan_scaling(cfg, num_gpus)
+    for num_gpus, plan in zip(gpu_counts, plans, strict=True):
         warnings = plan.warnings
         gpus = f"{num_gpus} GPU{'s' if num_gpus > 1 else ''}"
         adam_lines += [f"{gpus}: {change.format()}" for change in plan if change.key in adam_keys]
-        scaled = read_recipe(plan.cfg)
-        schedule = BatchSchedule.from_cfg(plan.cfg, num_gpus)
+        scaled = plan.recipe
+        schedule = BatchSchedule.from_recipe(scaled, num_gpus)
         per_gpu = schedule.micro_batch
         length = _length_text(schedule, schedule.total_images)
         if scaled.rule == ADASCALE_RULE:  # r = S: the reference's images; r = 1: S times them

@@ -1,6 +1,6 @@
-"""What a config's task needs before training: its data sets registered and sized, its trainer.
+"""The data sets a config names: registered, sized and checked against its model.
 
-Detection and classification differ only in model, data and metric; this module is the one place
+Detection and classification differ only in model, data and metric; this package is the one place
 that tells them apart. A LazyConfig builds its model, data and evaluator itself (its trainer
 instantiates them); its data sets are the names its loaders read
 (``dataloader.{train,test}.dataset.names``).
@@ -11,18 +11,18 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from det_scaling.classification import ClassificationTrainer, register_classification_datasets
 from det_scaling.classification.data import (
     DIGITS_SPLITS,
     EVALUATOR_TYPE,
     IMAGENET_SPLITS,
+    register_classification_datasets,
     register_imagenet,
 )
 from det_scaling.classification.digits import digits_counts
+from det_scaling.config import ConfigFormat
 from det_scaling.data import (
     SYNTHETIC_CLASS_NAMES,
     count_images,
@@ -33,16 +33,13 @@ from det_scaling.data import (
 )
 from det_scaling.data.classes import check_class_count
 from det_scaling.data.generated import generate_once
-from det_scaling.engine import LazyScalingTrainer, ScalingTrainer
-from det_scaling.formats import ConfigFormat, config_format
-from det_scaling.lazy_config import is_lazy_config
+from det_scaling.errors import ConfigError
 
 __all__ = [
     "SYNTHETIC_VOC_SPLITS",
     "check_task",
     "generate_synthetic_voc_for",
     "register_datasets",
-    "trainer_class",
     "training_set_size",
 ]
 
@@ -58,47 +55,38 @@ _NUM_CLASSES_KEYS = {
 _DIGITS_CLASS_NAMES = tuple(str(label) for label in range(10))
 
 
-def trainer_class(cfg: Any) -> type[ScalingTrainer]:
-    """The trainer for the config's task: a LazyConfig's, classification for the
-    ``ImageClassifier`` meta-architecture, detection otherwise."""
-    if is_lazy_config(cfg):
-        return LazyScalingTrainer
-    if cfg.MODEL.META_ARCHITECTURE == "ImageClassifier":
-        return ClassificationTrainer
-    return ScalingTrainer
-
-
-def register_datasets(cfg: Any) -> None:
+def register_datasets(adapter: ConfigFormat) -> None:
     """Registers the data sets the config names, under ``$DETECTRON2_DATASETS`` (``./datasets``):
     ``voc_2007_*`` from ``VOC2007/``; ``synthetic_voc_*``, generated on first use from
     ``DATASETS.SYNTHETIC_VOC`` (``dataloader.synthetic_voc``); ``digits_*`` (exported on first
     use) and ``imagenet_*``. Generated sets are written once per machine
     (:func:`~det_scaling.data.generated.generate_once`)."""
-    train, test = config_format(cfg).dataset_names()
+    train, test = adapter.dataset_names()
     names = (*train, *test)
     register_voc2007()
     if set(names) & set(SYNTHETIC_VOC_SPLITS):
         root = datasets_root() / "synthetic_voc"
-        generate_once(lambda: generate_synthetic_voc_for(cfg, root))
+        generate_once(lambda: generate_synthetic_voc_for(adapter, root))
         register_synthetic_voc(root)
     register_classification_datasets(names)
 
 
-def check_task(cfg: Any) -> None:
-    """Raises ``ValueError`` when a data set of ``DATASETS.TRAIN`` is of the other task than the
+def check_task(adapter: ConfigFormat) -> None:
+    """Raises ``ConfigError`` when a data set of ``DATASETS.TRAIN`` is of the other task than the
     model (a detection set for ``ImageClassifier``, a classification set for a detector) or has
     more classes than the model has outputs. Reads nothing that is not there: generated sets are
     known from the config; call after :func:`training_set_size` (which registers the others).
     A LazyConfig's model is known only once instantiated, so it is not checked here."""
-    if is_lazy_config(cfg):
+    if adapter.is_lazy:
         return
+    cfg = adapter.cfg
     classifier = cfg.MODEL.META_ARCHITECTURE == "ImageClassifier"
     task = "classification" if classifier else "detection"
     key = _NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
     for name in cfg.DATASETS.TRAIN:
         dataset_task, classes = _task_and_classes(name)
         if dataset_task is not None and dataset_task != task:
-            raise ValueError(
+            raise ConfigError(
                 f"DATASETS.TRAIN: {name!r} is a {dataset_task} data set but "
                 f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} is a {task} model; "
                 f"use a {task} data set, or a config written for {dataset_task}"
@@ -126,25 +114,24 @@ def _task_and_classes(name: str) -> tuple[str | None, tuple[str, ...] | None]:
     return task, tuple(classes) if classes is not None else None
 
 
-def training_set_size(cfg: Any) -> int:
+def training_set_size(adapter: ConfigFormat) -> int:
     """Images in the training data sets (``DATASETS.TRAIN``, ``dataloader.train.dataset.names``),
     without writing anything: generated sets from their parameters, the others read from disk.
-    Raises ``ValueError`` naming the data sets when they are not registered, not on disk or
+    Raises ``ConfigError`` naming the data sets when they are not registered, not on disk or
     empty."""
-    fmt = config_format(cfg)
-    key = fmt.keys.train_datasets
-    names = list(fmt.dataset_names()[0])
+    key = adapter.keys.train_datasets
+    names = list(adapter.dataset_names()[0])
     if not names:
-        raise ValueError(f"{key} is empty: training needs a data set")
+        raise ConfigError(f"{key} is empty: training needs a data set")
     try:
-        size = sum(_size(fmt, name) for name in names)
+        size = sum(_size(adapter, name) for name in names)
     except (FileNotFoundError, NotADirectoryError) as error:
-        raise ValueError(
+        raise ConfigError(
             f"cannot load the training data {names}: {error}; put the data set under "
             f"{datasets_root()} or point $DETECTRON2_DATASETS at the folder that holds it"
         ) from error
     if size == 0:
-        raise ValueError(f"{key}: the training data {names} has no images")
+        raise ConfigError(f"{key}: the training data {names} has no images")
     return size
 
 
@@ -158,18 +145,18 @@ def _size(fmt: ConfigFormat, name: str) -> int:
     if name in IMAGENET_SPLITS:
         register_imagenet()
     if name not in DatasetCatalog.list():
-        raise ValueError(
+        raise ConfigError(
             f"{fmt.keys.train_datasets}: data set {name!r} is not registered; use a registered "
             "name or register it with detectron2's DatasetCatalog first"
         )
     return count_images(name)
 
 
-def generate_synthetic_voc_for(cfg: Any, root: str | os.PathLike) -> Path:
+def generate_synthetic_voc_for(adapter: ConfigFormat, root: str | os.PathLike) -> Path:
     """Generates (or finds already made) the synthetic VOC-layout set that
     ``DATASETS.SYNTHETIC_VOC`` (``dataloader.synthetic_voc``) describes, under ``root``; returns
     ``root`` as a Path."""
-    spec = config_format(cfg).synthetic_voc()
+    spec = adapter.synthetic_voc()
     return generate_synthetic_voc(
         root,
         spec["num_trainval"],

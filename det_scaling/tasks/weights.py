@@ -14,38 +14,38 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
+from det_scaling.config import ConfigFormat
 from det_scaling.engine.checkpoint import READ_ERRORS, read_checkpoint_file
-from det_scaling.formats import config_format
-from det_scaling.tasks import trainer_class
+from det_scaling.engine.run import Run
+from det_scaling.errors import ConfigError
+from det_scaling.tasks.trainers import trainer_class
 
 __all__ = ["check_weights"]
 
 logger = logging.getLogger(__name__)
 
 
-def check_weights(cfg: Any) -> None:
-    """Raises ``ValueError`` naming ``MODEL.WEIGHTS`` (``train.init_checkpoint``) when it is set
+def check_weights(run: Run) -> None:
+    """Raises ``ConfigError`` naming ``MODEL.WEIGHTS`` (``train.init_checkpoint``) when it is set
     and the file cannot be fetched or read, or none of the model's parameters is in it (by name,
     after detectron2's name conversions, and shape)."""
-    fmt = config_format(cfg)
-    key, weights = fmt.keys.weights, fmt.run_settings().weights
+    key, weights = run.adapter.keys.weights, run.settings.weights
     if not weights:
         return
     path = _local_path(weights, key)
-    model = _meta_model(cfg)
+    model = _meta_model(run.adapter)
     # detectron2's reader: its formats (.pth, Detectron .pkl, pycls .pyth) and name conversions.
     checkpointer = DetectionCheckpointer(model if model is not None else torch.nn.Module())
     try:
         checkpoint = read_checkpoint_file(checkpointer, path)
     except (*READ_ERRORS, ValueError, KeyError, AssertionError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
-        raise ValueError(
+        raise ConfigError(
             f"{key} {weights}: cannot be read as a checkpoint ({reason}); point it at a whole "
             "checkpoint, or set it to '' to train from scratch"
         ) from None
@@ -59,7 +59,7 @@ def check_weights(cfg: Any) -> None:
     unmatched = set(incompatible.missing_keys) | {key for key, *_ in incompatible.incorrect_shapes}
     parameters = [name for name, _ in model.named_parameters()]
     if not set(parameters) - unmatched:
-        raise ValueError(
+        raise ConfigError(
             f"{key} {weights}: none of its {num_tensors} tensors matches a parameter of the "
             f"model ({type(model).__name__}, {len(parameters)} parameters, by name and shape): it "
             f"is a checkpoint of another model; use one of this model, or set {key} '' to train "
@@ -77,27 +77,26 @@ def _local_path(weights: str, key: str) -> str:
             path = PathManager.get_local_path(weights)
     except Exception as error:
         reason = " ".join(str(error).split()) or type(error).__name__
-        raise ValueError(
+        raise ConfigError(
             f"{key} {weights}: cannot be fetched ({reason}); download it and set {key} to the "
             "file, or to '' to train from scratch"
         ) from None
     if not PathManager.isfile(path):
-        raise ValueError(
+        raise ConfigError(
             f"{key} {weights}: no such file; set it to a checkpoint, or to '' to train from scratch"
         )
     return path
 
 
-def _meta_model(cfg: Any) -> torch.nn.Module | None:
+def _meta_model(adapter: ConfigFormat) -> torch.nn.Module | None:
     """The config's model with meta tensors, or None when its code cannot be built that way (then
     only the file's readability is checked)."""
-    fmt = config_format(cfg).writable_copy()
-    fmt.set(fmt.keys.device, "meta")
-    meta_cfg = fmt.cfg
+    meta = adapter.writable_copy()
+    meta.set(meta.keys.device, "meta")
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return trainer_class(meta_cfg).build_model(meta_cfg)
+            return trainer_class(meta).build_model(meta.cfg)
     except Exception as error:  # a model whose construction needs real tensors
         logger.info("MODEL.WEIGHTS not compared with the model: %s", error)
         return None

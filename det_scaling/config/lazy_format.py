@@ -21,7 +21,8 @@ from typing import Any
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from det_scaling.formats.base import (
+from det_scaling.config.lazy import add_lazy_scaling_keys, is_lazy_config, toolkit_defaults
+from det_scaling.config.recipe import (
     FRACTION,
     LENGTH,
     PERIOD,
@@ -35,7 +36,7 @@ from det_scaling.formats.base import (
     RunSettings,
     ScheduleField,
 )
-from det_scaling.lazy_config import add_lazy_scaling_keys, is_lazy_config, toolkit_defaults
+from det_scaling.errors import ConfigError
 
 __all__ = ["LAZY_KEYS", "LazyFormat"]
 
@@ -101,9 +102,10 @@ _TRAIN_DEFAULTS = {
 
 class LazyFormat(ConfigFormat):
     """A LazyConfig (an omegaconf ``DictConfig``) with the toolkit's keys
-    (:func:`det_scaling.lazy_config.add_lazy_scaling_keys`)."""
+    (:func:`det_scaling.config.lazy.add_lazy_scaling_keys`)."""
 
     keys = LAZY_KEYS
+    is_lazy = True
 
     @staticmethod
     def holds(cfg: Any) -> bool:
@@ -122,7 +124,7 @@ class LazyFormat(ConfigFormat):
         """The value of ``key`` (a list as a plain list)."""
         value = OmegaConf.select(self.cfg, key, default=_MISSING)
         if value is _MISSING:
-            raise ValueError(
+            raise ConfigError(
                 f"{key}: the LazyConfig has no such key; det_scaling reads it as detectron2's "
                 "lazyconfig_train_net does (see its configs/common)"
             )
@@ -194,7 +196,7 @@ class LazyFormat(ConfigFormat):
                 multistep.append((path, node))
         if len(multistep) > 1 or bool(multistep) != bool(epochs.steps):
             found = ", ".join(f"{path}.milestones" for path, _ in multistep) or "none"
-            raise ValueError(
+            raise ConfigError(
                 f"{self.keys.child(self.keys.epochs, 'steps')}: a schedule written in epochs "
                 "gives the milestones of the one multi-step scheduler in lr_multiplier (both or "
                 f"neither); lr_multiplier has {found}"
@@ -208,7 +210,7 @@ class LazyFormat(ConfigFormat):
             )
         warmups = [key for key, _ in self._fields_named("warmup_length")]
         if epochs.warmup > 0 and not warmups:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.keys.child(self.keys.epochs, 'warmup')}: lr_multiplier has no "
                 "warmup_length to set; wrap it in detectron2's WarmupParamScheduler"
             )

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import torch
 
+from det_scaling.commands.train import launch_training, training_args
 from det_scaling.config import load_cfg
 from det_scaling.data import datasets_root
 from det_scaling.data.generated import GeneratedSet
+from det_scaling.errors import ConfigError
 
 __all__ = ["BACKBONE_FILE", "BACKBONE_PREFIXES", "export_backbone", "pretrained_backbone"]
 
@@ -42,7 +44,7 @@ _MANIFEST = "pretrained.json"
 
 def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
     """Writes the ResNet weights of ``checkpoint`` to ``output`` in the form ``MODEL.WEIGHTS``
-    loads into a detector (see the module); returns ``output`` as a Path. Raises ``ValueError``
+    loads into a detector (see the module); returns ``output`` as a Path. Raises ``ConfigError``
     when the checkpoint holds no detectron2 ResNet."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = state.get("model", state)
@@ -51,7 +53,7 @@ def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
         if "stem.conv1.weight" in weights:
             break
     else:
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint}: no detectron2 ResNet (stem.conv1.weight under any of "
             f"{', '.join(BACKBONE_PREFIXES)}); export a detector or an ImageClassifier with "
             'MODEL.CLASSIFIER.BACKBONE "detectron2"'
@@ -59,7 +61,11 @@ def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"model": weights, "__author__": "det_scaling.pretrain", "matching_heuristics": True},
+        {
+            "model": weights,
+            "__author__": "det_scaling.commands.pretrain",
+            "matching_heuristics": True,
+        },
         output,
     )
     return output
@@ -77,10 +83,6 @@ def pretrained_backbone(
     replaced). Its data sets are read, or generated, under ``data_root`` (default: the cache's
     ``datasets/``; pass ``det_scaling.data.datasets_root()`` for real data such as ImageNet).
     Call it outside a process group: it launches its own."""
-    # Imported here: det_scaling.train imports the trainers, which import this package's data.
-    from det_scaling.cli import parse_args
-    from det_scaling.train import launch_training
-
     cfg = load_cfg(str(config_file), list(overrides))
     root = datasets_root() / "pretrained" / Path(config_file).stem
     cache = GeneratedSet(root, _MANIFEST, ("train", "datasets"), {"config": cfg.dump()})
@@ -90,8 +92,7 @@ def pretrained_backbone(
     logger.info("Pretraining a backbone with %s into %s", config_file, root)
     cache.begin()
     output = root / "train"
-    command = ["train", "--config-file", str(config_file), "--num-gpus", str(num_gpus)]
-    args = parse_args([*command, *overrides, "OUTPUT_DIR", str(output)])
+    args = training_args(config_file, [*overrides, "OUTPUT_DIR", str(output)], num_gpus=num_gpus)
     saved = os.environ.get("DETECTRON2_DATASETS")
     os.environ["DETECTRON2_DATASETS"] = str(data_root or root / "datasets")
     try:

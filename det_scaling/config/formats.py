@@ -9,45 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from det_scaling.formats.base import (
-    FRACTION,
-    LENGTH,
-    PERIOD,
-    POINT,
-    STEPS,
-    AdaBatchSettings,
-    ConfigFormat,
-    EpochSchedule,
-    NoiseScaleSettings,
-    Recipe,
-    RecipeKeys,
-    RunSettings,
-    ScheduleField,
-)
-from det_scaling.formats.lazy import LAZY_KEYS, LazyFormat
-from det_scaling.formats.yacs import YACS_KEYS, YacsFormat
+from det_scaling.config.lazy_format import LazyFormat
+from det_scaling.config.recipe import ConfigFormat, Recipe
+from det_scaling.config.yacs_format import YacsFormat
 
-__all__ = [
-    "FRACTION",
-    "LAZY_KEYS",
-    "LENGTH",
-    "PERIOD",
-    "POINT",
-    "STEPS",
-    "YACS_KEYS",
-    "AdaBatchSettings",
-    "ConfigFormat",
-    "EpochSchedule",
-    "LazyFormat",
-    "NoiseScaleSettings",
-    "Recipe",
-    "RecipeKeys",
-    "RunSettings",
-    "ScheduleField",
-    "YacsFormat",
-    "config_format",
-    "read_recipe",
-]
+__all__ = ["FORMATS", "config_format", "read_recipe"]
 
 FORMATS: tuple[type[ConfigFormat], ...] = (YacsFormat, LazyFormat)
 

@@ -21,6 +21,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from det_scaling.errors import ConfigError
+
 __all__ = [
     "ConsequenceOfAnotherRank",
     "RankFailedError",
@@ -60,6 +62,8 @@ class RankFailure:
     consequence: bool = False
     log_file: str | None = None
     traceback: str = ""
+    # A ConfigError: its message alone is what the user reads (exit status 2, no traceback).
+    config_error: str = ""
 
     def describe(self) -> str:
         """The one line a user reads."""
@@ -120,6 +124,7 @@ def record_failure(
         consequence=is_consequence(error),
         log_file=log_file,
         traceback="" if log_file else stack,
+        config_error=str(error) if isinstance(error, ConfigError) else "",
     )
     if records_dir is not None:
         path = Path(records_dir) / f"rank{rank}.json"

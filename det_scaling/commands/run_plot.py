@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from det_scaling.lr_plot import finish_lr_figure
+from det_scaling.commands.lr_plot import finish_lr_figure
+from det_scaling.errors import ConfigError
 
 __all__ = ["RunMetrics", "plot_run_metrics", "read_run_metrics"]
 
@@ -39,18 +40,18 @@ def read_run_metrics(path: str | Path, name: str | None = None) -> RunMetrics:
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file; give a run's metrics.json") from None
+        raise ConfigError(f"{path}: not a text file; give a run's metrics.json") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a metrics.json line ({error})") from None
+            raise ConfigError(f"{path}:{number}: not a metrics.json line ({error})") from None
         if isinstance(row, dict) and "lr" in row and "iteration" in row:
             by_iteration[int(row["iteration"])] = row
     if not by_iteration:
-        raise ValueError(f"{path}: no line with an 'lr' (is it a detectron2 metrics.json?)")
+        raise ConfigError(f"{path}: no line with an 'lr' (is it a detectron2 metrics.json?)")
     rows = [by_iteration[i] for i in sorted(by_iteration)]
     return RunMetrics(
         name=name or str(path.parent.name or path),

@@ -22,7 +22,8 @@ from typing import Any
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, OmegaConf
 
-from det_scaling.config import get_cfg
+from det_scaling.config.defaults import get_cfg
+from det_scaling.errors import ConfigError
 
 __all__ = [
     "add_lazy_scaling_keys",
@@ -68,7 +69,7 @@ def toolkit_defaults() -> dict[str, dict[str, Any]]:
 def add_lazy_scaling_keys(cfg: DictConfig, where: str = "") -> None:
     """Adds the toolkit's keys at their defaults where ``cfg`` lacks them (in place; calling it
     twice is harmless): ``train.reference_world_size`` and ``train.scaling``; and
-    ``dataloader.synthetic_voc`` when the config has it. Raises ``ValueError`` (prefixed with
+    ``dataloader.synthetic_voc`` when the config has it. Raises ``ConfigError`` (prefixed with
     ``where``) for a key under them that does not exist, naming the closest one."""
     if OmegaConf.select(cfg, "train", default=None) is None:
         cfg.train = {}
@@ -94,10 +95,10 @@ def _check_known(written: DictConfig, defaults: DictConfig, prefix: str, where: 
 
 def load_lazy_cfg(config_file: str, overrides: Sequence[str] = ()) -> DictConfig:
     """``config_file`` loaded by ``LazyConfig.load``, with the toolkit's keys added and the
-    ``key=value`` ``overrides`` applied. Raises ``ValueError`` in one line naming the file or key
+    ``key=value`` ``overrides`` applied. Raises ``ConfigError`` in one line naming the file or key
     (with the closest existing key for a misspelt one)."""
     if not os.path.isfile(config_file):
-        raise ValueError(f"{config_file}: no such config file")
+        raise ConfigError(f"{config_file}: no such config file")
     try:
         with warnings.catch_warnings():
             # detectron2.model_zoo, which LazyConfigs import, uses pkg_resources (setuptools<81
@@ -106,7 +107,7 @@ def load_lazy_cfg(config_file: str, overrides: Sequence[str] = ()) -> DictConfig
             cfg = LazyConfig.load(config_file)
     except Exception as error:  # a LazyConfig is Python: it can raise anything
         reason = " ".join(f"{type(error).__name__}: {error}".split())
-        raise ValueError(f"{config_file}: cannot load the LazyConfig ({reason})") from None
+        raise ConfigError(f"{config_file}: cannot load the LazyConfig ({reason})") from None
     add_lazy_scaling_keys(cfg, f"{config_file}: ")
     apply_lazy_overrides(cfg, overrides)
     return cfg
@@ -120,11 +121,11 @@ def apply_lazy_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key.lstrip("+"):
-            raise ValueError(
+            raise ConfigError(
                 f"{override}: a LazyConfig override is key=value (e.g. train.max_iter=1000)"
             )
         if "[" in key:
-            raise ValueError(
+            raise ConfigError(
                 f"{override}: detectron2's key=value overrides cannot name a list item; change "
                 "it in the config file"
             )
@@ -135,7 +136,7 @@ def apply_lazy_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
         LazyConfig.apply_overrides(cfg, plain)
     except Exception as error:  # hydra's parser and OmegaConf raise their own types
         reason = " ".join(str(error).split())
-        raise ValueError(f"cannot apply the overrides {list(overrides)}: {reason}") from None
+        raise ConfigError(f"cannot apply the overrides {list(overrides)}: {reason}") from None
 
 
 def _check_override_key(cfg: DictConfig, key: str) -> None:
@@ -165,10 +166,10 @@ def _accepts(target: Any, name: str) -> bool:
     return any(p.kind is p.VAR_KEYWORD or p.name == name for p in parameters)
 
 
-def _no_such_key(key: str, known: list[str], where: str) -> ValueError:
+def _no_such_key(key: str, known: list[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
-    return ValueError(f"{where}{key}: no such config key{hint}")
+    return ConfigError(f"{where}{key}: no such config key{hint}")
 
 
 def flatten_lazy_cfg(cfg: DictConfig) -> dict[str, Any]:

@@ -11,8 +11,8 @@ detectron2 v0.6 lacks (upstream main has some of it; see the notes on each funct
 * :func:`create_ddp_model`, which passes ``device_ids`` only for CUDA models (detectron2's, in
   v0.6 and main, always passes them, which ``DistributedDataParallel`` rejects for CPU models);
 * a failure told once: a process that raises appends its traceback to its log, the others here
-  are stopped, and :class:`~det_scaling.failures.RankFailedError` names the rank that failed
-  first and why (:mod:`det_scaling.failures`).
+  are stopped, and :class:`~det_scaling.engine.failures.RankFailedError` names the rank that failed
+  first and why (:mod:`det_scaling.engine.failures`).
 
 The launcher knows nothing of scaling: ``main_func`` reads the world size from
 ``detectron2.utils.comm`` and scales its config itself.
@@ -39,7 +39,7 @@ from detectron2.utils import comm
 from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 from torch.nn.parallel import DistributedDataParallel
 
-from det_scaling.failures import (
+from det_scaling.engine.failures import (
     RankFailedError,
     RankFailure,
     rank_log_file,
@@ -47,7 +47,8 @@ from det_scaling.failures import (
     record_failure,
     root_cause,
 )
-from det_scaling.logs import quiet_logger
+from det_scaling.errors import ConfigError
+from det_scaling.utils.logs import quiet_logger
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -96,9 +97,9 @@ def launch(
     whose peer is gone waits that long at most. When a process raises, its traceback is appended
     to its log file in ``log_dir`` (detectron2's ``log.txt.rank<N>``; without ``log_dir``, kept in
     the error), the other processes of this machine are stopped, and
-    :class:`~det_scaling.failures.RankFailedError` is raised here naming the rank that failed first
-    and why. A world of one process does the same with ``log_dir``; without it, exceptions
-    propagate as they are.
+    :class:`~det_scaling.engine.failures.RankFailedError` is raised here naming the rank that
+    failed first and why. A world of one process does the same with ``log_dir``; without it,
+    exceptions propagate as they are.
     """
     if under_torchrun():
         _run_under_torchrun(main_func, args, timeout, log_dir)
@@ -113,10 +114,10 @@ def launch(
             main_func(*args)
         return
     if dist_url is None:
-        raise ValueError("dist_url is required for a multi-process launch (or pass 'auto')")
+        raise ConfigError("dist_url is required for a multi-process launch (or pass 'auto')")
     if dist_url == "auto":
         if num_machines != 1:
-            raise ValueError("dist_url='auto' works on one machine only; pass tcp://HOST:PORT")
+            raise ConfigError("dist_url='auto' works on one machine only; pass tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// is not a reliable init_method across machines; prefer tcp://")
@@ -162,8 +163,8 @@ def launch_for_result(
 ) -> Any:
     """``main_func(*args)`` in ``num_processes`` processes on this machine (:func:`launch`, a free
     local port); returns the main process's return value (picklable). One process runs here,
-    without spawning. A ``ValueError`` (a bad input: every process raises it alike) is raised here
-    with its message; any other failure ends the processes as :func:`launch` does."""
+    without spawning. A ``ConfigError`` (a bad input: every process raises it alike) is raised
+    here with its message; any other failure ends the processes as :func:`launch` does."""
     if num_processes == 1:
         return main_func(*args)
     with tempfile.TemporaryDirectory(prefix="det_scaling_result_") as directory:
@@ -172,14 +173,14 @@ def launch_for_result(
         with open(path, "rb") as f:
             outcome = pickle.load(f)
     if "error" in outcome:
-        raise ValueError(outcome["error"])
+        raise ConfigError(outcome["error"])
     return outcome["result"]
 
 
 def _result_worker(main_func: Callable[..., Any], args: Sequence[Any], path: str) -> None:
     try:
         outcome: dict[str, Any] = {"result": main_func(*args)}
-    except ValueError as error:
+    except ConfigError as error:
         outcome = {"error": str(error)}
     if comm.is_main_process():
         with open(path, "wb") as f:
@@ -305,7 +306,7 @@ def _failure_recorded(
     rank: int, world_size: int, records_dir: str | None, log_dir: str | None
 ) -> Iterator[None]:
     """Turns an exception of this process into :class:`RankFailedError`, after recording it
-    (:func:`~det_scaling.failures.record_failure`; for torchrun, also in its error file)."""
+    (:func:`~det_scaling.engine.failures.record_failure`; for torchrun, also in its error file)."""
     try:
         yield
     except Exception as error:
@@ -383,7 +384,7 @@ def _create_local_process_group(processes_per_machine: int) -> None:
     # in comm._LOCAL_PROCESS_GROUP, as done here.
     world_size, rank = dist.get_world_size(), dist.get_rank()
     if world_size % processes_per_machine:
-        raise ValueError(
+        raise ConfigError(
             f"world size {world_size} is not a multiple of {processes_per_machine} processes "
             "per machine"
         )

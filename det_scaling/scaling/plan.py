@@ -1,6 +1,6 @@
 """Rescale a detectron2 config written for one GPU count to another, and say what changed.
 
-The math knows no config format: it works on the config's recipe (:mod:`det_scaling.formats`:
+The math knows no config format: it works on the config's recipe (:mod:`det_scaling.config`:
 reference GPU count, total batch, accumulation, LRs, iteration-valued fields), read from a yacs
 CfgNode or a LazyConfig and written back under the config's own keys.
 
@@ -13,9 +13,10 @@ at a total batch per optimizer step (``SOLVER.IMS_PER_BATCH``;
 * the total batch becomes ``per_gpu * N * A`` and every absolute LR follows the rule;
 * or, with keep-reference-batch, the total batch and LR stay and each GPU accumulates
   ``R * A / N`` micro-batches;
-* every iteration-valued field keeps the number of images seen (:mod:`det_scaling.batch_schedule`);
-  under AdaScale (``adascale``), the periods only: the LR and schedule stay the reference
-  batch's, and the run follows the gain ratio it measures (:mod:`det_scaling.engine.adascale`).
+* every iteration-valued field keeps the number of images seen
+  (:mod:`det_scaling.scaling.batch_schedule`); under AdaScale (``adascale``), the periods only:
+  the LR and schedule stay the reference batch's, and the run follows the gain ratio it
+  measures (:mod:`det_scaling.engine.adascale`).
 
 With the linear rule the numbers are those of detectron2's ``auto_scale_workers``. The result is
 written for N GPUs (reference N), so scaling it again to N, or handing a yacs config to
@@ -30,8 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from det_scaling.batch_schedule import micro_batch, rescale_iterations
-from det_scaling.formats import (
+from det_scaling.config import (
     FRACTION,
     LENGTH,
     PERIOD,
@@ -42,6 +42,8 @@ from det_scaling.formats import (
     ScheduleField,
     config_format,
 )
+from det_scaling.errors import ConfigError
+from det_scaling.scaling.batch_schedule import micro_batch, rescale_iterations
 
 __all__ = [
     "ADASCALE_RULE",
@@ -122,6 +124,15 @@ class ScalingPlan:
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # The scaled config in its format's adapter, through which the plan's config is read, and
+    # the recipe as written (with the rule and keep-reference-batch the plan applied).
+    adapter: ConfigFormat | None = field(default=None, repr=False, compare=False)
+    written: Recipe | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def recipe(self) -> Recipe:
+        """The scaled config's recipe."""
+        return self.adapter.recipe()
 
     def __iter__(self) -> Iterator[Change]:
         return iter(self.changes)
@@ -163,7 +174,7 @@ def scale_cfg(
     (the input is not changed).
 
     ``rule`` and ``keep_reference_batch`` override the config's (``SCALING.RULE``,
-    ``SCALING.KEEP_REFERENCE_BATCH``; ``train.scaling.*``). Raises ``ValueError`` naming the key
+    ``SCALING.KEEP_REFERENCE_BATCH``; ``train.scaling.*``). Raises ``ConfigError`` naming the key
     when the config cannot be scaled. :func:`plan_scaling` returns the same config with the
     record of every change.
     """
@@ -179,13 +190,13 @@ def plan_scaling(
 ) -> ScalingPlan:
     """Like :func:`scale_cfg`, returning a :class:`ScalingPlan` (scaled config + changes)."""
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
-        raise ValueError(f"num_gpus must be a positive integer, got {num_gpus!r}")
+        raise ConfigError(f"num_gpus must be a positive integer, got {num_gpus!r}")
     written = config_format(cfg)
     out = written.writable_copy()
     keys = out.keys
     rule = out.get(keys.rule) if rule is None else rule
     if rule not in RULES:
-        raise ValueError(
+        raise ConfigError(
             f"{keys.rule}: unknown scaling rule {rule!r}; choose one of {sorted(RULES)}"
         )
     if keep_reference_batch is None:
@@ -200,7 +211,16 @@ def plan_scaling(
     _check_adam_sde(recipe, applied_rule)
 
     reference = recipe.reference_world_size
-    plan = ScalingPlan(out.cfg, num_gpus, reference, applied_rule, batch_ratio=1.0, lr_factor=1.0)
+    plan = ScalingPlan(
+        out.cfg,
+        num_gpus,
+        reference,
+        applied_rule,
+        batch_ratio=1.0,
+        lr_factor=1.0,
+        adapter=out,
+        written=recipe,
+    )
     plan.warnings += _other_lengths(out)
     if rule == AUTO_RULE:
         plan.notes.append(f"{keys.rule} auto: the {applied_rule} rule; {why}")
@@ -237,17 +257,17 @@ def _check_inputs(recipe: Recipe) -> None:
     accumulation = recipe.grad_accum_steps
     batch = recipe.ims_per_batch
     if reference < 0:
-        raise ValueError(f"{keys.reference_world_size} must be >= 0, got {reference}")
+        raise ConfigError(f"{keys.reference_world_size} must be >= 0, got {reference}")
     if accumulation < 1:
-        raise ValueError(f"{keys.grad_accum_steps} must be >= 1, got {accumulation}")
+        raise ConfigError(f"{keys.grad_accum_steps} must be >= 1, got {accumulation}")
     if batch < 1:
-        raise ValueError(f"{keys.ims_per_batch} must be positive, got {batch}")
+        raise ConfigError(f"{keys.ims_per_batch} must be positive, got {batch}")
     if not recipe.base_lr > 0:
-        raise ValueError(f"{keys.base_lr} must be positive, got {recipe.base_lr}")
+        raise ConfigError(f"{keys.base_lr} must be positive, got {recipe.base_lr}")
     if recipe.max_iter < 1:
-        raise ValueError(f"{keys.max_iter} must be positive, got {recipe.max_iter}")
+        raise ConfigError(f"{keys.max_iter} must be positive, got {recipe.max_iter}")
     if reference and batch % (reference * accumulation):
-        raise ValueError(
+        raise ConfigError(
             f"{keys.ims_per_batch} ({batch}) must be divisible by "
             f"{keys.reference_world_size} ({reference}) x {keys.grad_accum_steps} "
             f"({accumulation}): each GPU's micro-batch must be a whole number of images"
@@ -261,14 +281,14 @@ def _check_adam_sde(recipe: Recipe, rule: str) -> None:
         return
     keys = recipe.keys
     if not is_adam_like(recipe.optimizer) or recipe.betas is None or recipe.eps is None:
-        raise ValueError(
+        raise ConfigError(
             f"{keys.adam_sde}: adjusts the betas and eps of an Adam-like optimizer, but "
             f"{keys.optimizer} is {recipe.optimizer or 'unnamed'} (det_scaling reads betas and "
             "eps of SOLVER.OPTIMIZER AdamW, or of a LazyConfig optimizer that takes them); set "
             "it False"
         )
     if rule != "sqrt":
-        raise ValueError(
+        raise ConfigError(
             f"{keys.adam_sde}: is the square-root rule's adjustment, but {keys.rule} applies "
             f"the {rule} rule; set {keys.rule} sqrt or auto, or {keys.adam_sde} False"
         )
@@ -282,14 +302,14 @@ def adascale_scale(recipe: Recipe, num_gpus: int) -> float:
     keys = recipe.keys
     reference = recipe.adascale_reference_batch or recipe.ims_per_batch
     if reference < 0 or recipe.ims_per_batch < reference:
-        raise ValueError(
+        raise ConfigError(
             f"{keys.adascale_reference_batch}: AdaScale scales up from the batch its schedule "
             f"is written for ({reference}), but {keys.ims_per_batch} is {recipe.ims_per_batch}; "
             f"keep that batch ({keys.keep_reference_batch} True) or choose another {keys.rule}"
         )
     scale = recipe.ims_per_batch / reference
     if scale > 1 and num_gpus == 1 and recipe.grad_accum_steps == 1:
-        raise ValueError(
+        raise ConfigError(
             f"{keys.rule} adascale measures the gain ratio from two batch sizes, which one "
             f"process without accumulation does not have: run on 2+ processes or set "
             f"{keys.grad_accum_steps} >= 2"
@@ -302,7 +322,7 @@ def _plan_adascale(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) -> None
     does with it."""
     keys = recipe.keys
     if recipe.adabatch.enabled:
-        raise ValueError(
+        raise ConfigError(
             f"{keys.rule} adascale and {keys.child(keys.adabatch, 'enabled')} both change the LR "
             "with the batch during the run; use one"
         )
@@ -345,18 +365,18 @@ def _check_schedule(out: ConfigFormat, recipe: Recipe) -> None:
                 length_key = name(run)
             for earlier, later in itertools.pairwise(steps):
                 if later <= earlier:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{name(f)} {_format_value(tuple(steps))}: steps must increase "
                         f"({later:g} comes after {earlier:g}); write them in order"
                     )
             for step in steps:
                 if step <= 0 or step >= length:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{name(f)}: step {step:g} is not inside the run ({length_key} "
                         f"{length:g}), so it never applies; remove it or make the run longer"
                     )
         elif f.kind == POINT and f.written > run.written:
-            raise ValueError(
+            raise ConfigError(
                 f"{name(f)} {f.written:g} is longer than the run ({name(run)} {run.written:g}): "
                 f"the LR would never reach {keys.base_lr}; shorten the warmup"
             )
@@ -423,7 +443,7 @@ def _rescale_batch_and_lr(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
     if recipe.keep_reference_batch:
         setting = keys.keep_reference_batch.rsplit(".", 1)[-1]
         if micro_batches % num_gpus:
-            raise ValueError(
+            raise ConfigError(
                 f"{keys.keep_reference_batch}: the reference batch of {old_batch} images is "
                 f"{micro_batches} micro-batches of {per_gpu}, which do not divide evenly among "
                 f"{num_gpus} GPUs; use a GPU count that divides {micro_batches}, or set "
@@ -477,7 +497,7 @@ def _adjust_adam(record: Callable[..., None], recipe: Recipe, kappa: float) -> N
     new_betas = tuple(1.0 - kappa * (1.0 - beta) for beta in betas)
     for beta, new in zip(betas, new_betas, strict=True):
         if new < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{betas_key}: beta {beta:g} cannot follow a batch x{kappa:.6g} "
                 f"(1 - {kappa:.6g} x (1 - {beta:g}) = {new:.6g} < 0); write betas closer to 1 "
                 f"for the reference batch, or set {keys.adam_sde} False"
@@ -528,7 +548,7 @@ def _schedule_from_epochs(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
     # AdaScale's schedule is in steps of its reference batch; periods follow the images.
     batch = out.get(keys.adascale_reference_batch) if plan.rule == ADASCALE_RULE else period_batch
     if dataset_size <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"{keys.child(keys.epochs, 'max')}: a schedule written in epochs needs "
             f"{keys.dataset_size} (images per epoch); set it, or let the trainer fill it in from "
             "the registered data set"
@@ -574,8 +594,8 @@ def _set_schedule(
     record = _recorder(plan, out)
     batch = out.get(out.keys.ims_per_batch)
 
-    def fail(key: str, message: str) -> ValueError:
-        return ValueError(
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(
             f"{key}: {message} at {_gpus(plan.num_gpus)} ({batch} images/step; schedule written "
             f"{written_as}); lengthen the schedule or use fewer GPUs"
         )

@@ -25,20 +25,18 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.config import add_scaling_config
-from det_scaling.engine import GradientNoiseMeter, StepNorms, micro_batch_cfg, place_scheduler
-from det_scaling.gradient_noise import linear_rule_gpu_limit, two_batch_estimates
-from det_scaling.launch import create_ddp_model, launch_for_result
-from det_scaling.prepare import plan_run, prepare_run
-from det_scaling.scaling import plan_scaling
-from det_scaling.tasks import trainer_class
+from det_scaling.engine import GradientNoiseMeter, Run, StepNorms, build_step, place_scheduler
+from det_scaling.engine.launch import launch_for_result
+from det_scaling.errors import ConfigError
+from det_scaling.scaling.gradient_noise import linear_rule_gpu_limit, two_batch_estimates
+from det_scaling.scaling.plan import plan_scaling
+from det_scaling.tasks import prepare_run, resolve_run, trainer_class
 
 __all__ = [
     "DEFAULT_NUM_ITER",
@@ -72,9 +70,10 @@ class NoiseScaleEstimate:
 
 def estimate(norms: list[StepNorms]) -> NoiseScaleEstimate:
     """B_simple from the steps' squared norms: the ratio of the means of their unbiased
-    estimates of tr(Sigma) and |G|^2 (:func:`~det_scaling.gradient_noise.two_batch_estimates`)."""
+    estimates of tr(Sigma) and |G|^2
+    (:func:`~det_scaling.scaling.gradient_noise.two_batch_estimates`)."""
     if not norms:
-        raise ValueError("no step was measured")
+        raise ConfigError("no step was measured")
     pairs = [
         two_batch_estimates(n.small_sq_norm, n.small_batch, n.big_sq_norm, n.big_batch)
         for n in norms
@@ -159,35 +158,30 @@ def measure_noise_scale(
     ``start_iter`` (at the reference batch, see the module) and returns every step's norms.
 
     Call it in every process of a process group (or in one process); all return the same result.
-    Raises ``ValueError`` for bad arguments, a config that cannot be scaled to this world size,
+    Raises ``ConfigError`` for bad arguments, a config that cannot be scaled to this world size,
     missing data, or a schedule shorter than ``start_iter + num_iter`` steps.
     """
     if num_iter < 2:
-        raise ValueError(f"num_iter must be at least 2, got {num_iter}")
+        raise ConfigError(f"num_iter must be at least 2, got {num_iter}")
     if start_iter < 0:
-        raise ValueError(f"start_iter must be >= 0, got {start_iter}")
+        raise ConfigError(f"start_iter must be >= 0, got {start_iter}")
     world_size = comm.get_world_size()
-    scaled, notes = _measurable_cfg(cfg, world_size)
-    schedule = BatchSchedule.from_cfg(scaled, world_size)
+    run, notes = _measurable_run(cfg, world_size)
+    scaled, schedule = run.cfg, run.schedule
     if start_iter + num_iter > schedule.total_iterations:
-        raise ValueError(
+        raise ConfigError(
             f"the schedule has {schedule.total_iterations} steps at {schedule.ims_per_batch} "
             f"images/step; {start_iter} + {num_iter} do not fit (fewer --num-iter or an earlier "
             "--start-iter)"
         )
     seed_all_rng(None if scaled.SEED < 0 else scaled.SEED + comm.get_rank())
 
-    trainer_cls = trainer_class(scaled)
-    model = trainer_cls.build_model(scaled)
-    if scaled.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(scaled.MODEL.WEIGHTS)
-    optimizer = trainer_cls.build_optimizer(scaled, model)
+    trainer_cls = trainer_class(run.adapter)
+    step = build_step(run, trainer_cls, weights=run.settings.weights)
+    optimizer, step_trainer = step.optimizer, step.trainer
     scheduler = trainer_cls.build_lr_scheduler(scaled, optimizer)
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     place_scheduler(scheduler, optimizer, base_lrs, start_iter)
-    loader = trainer_cls.build_train_loader(micro_batch_cfg(scaled, schedule))
-    model = create_ddp_model(model, broadcast_buffers=False)
-    step_trainer = trainer_cls.build_step_trainer(scaled, model, loader, optimizer)
     meter = GradientNoiseMeter(step_trainer, schedule.micro_batch, keep_history=True)
 
     losses, lrs = [], []
@@ -203,7 +197,7 @@ def measure_noise_scale(
                 float(storage.history("total_loss").latest()) if comm.is_main_process() else 0.0
             )
             scheduler.step()
-    del step_trainer, loader  # the loader's workers, if any, end with its iterator
+    del step, step_trainer  # the loader's workers, if any, end with its iterator
     if comm.get_world_size() > 1:
         losses = comm.all_gather(losses)[0]  # the main process's, logged over all processes
 
@@ -233,7 +227,7 @@ def launch_noise_scale(
     """:func:`measure_noise_scale` in ``num_gpus`` processes on this machine (GPUs, or gloo
     processes on the CPU); the config is checked here before any process starts."""
     if num_gpus > 1:
-        plan_run(cfg, num_gpus, keep_reference_batch=True)
+        resolve_run(cfg, num_gpus, keep_reference_batch=True)
     return launch_for_result(_measure, num_gpus, args=(cfg, num_iter, start_iter))
 
 
@@ -242,19 +236,21 @@ def _measure(cfg: CfgNode, num_iter: int, start_iter: int) -> NoiseScaleResult:
     return measure_noise_scale(cfg, num_iter=num_iter, start_iter=start_iter)
 
 
-def _measurable_cfg(cfg: CfgNode, world_size: int) -> tuple[CfgNode, list[str]]:
-    """The config at its reference batch on ``world_size`` processes, with two batch sizes per
-    step (see the module); and a note when it had to double the batch for that."""
-    scaled = prepare_run(cfg, world_size, keep_reference_batch=True).cfg
+def _measurable_run(cfg: CfgNode, world_size: int) -> tuple[Run, list[str]]:
+    """The config's run at its reference batch on ``world_size`` processes, with two batch sizes
+    per step (see the module); and a note when it had to double the batch for that."""
+    run = prepare_run(cfg, world_size, keep_reference_batch=True)
+    scaled = run.cfg
     if world_size > 1 or scaled.SCALING.GRAD_ACCUM_STEPS > 1:
-        return scaled, []
+        return run, []
     twice = plan_scaling(scaled, 2, keep_reference_batch=False).cfg
-    doubled = plan_scaling(twice, 1, keep_reference_batch=True).cfg
-    doubled.freeze()
+    plan = plan_scaling(twice, 1, keep_reference_batch=True)
+    plan.adapter.freeze()
+    doubled = plan.cfg
     note = (
         f"one process at the reference batch ({scaled.SOLVER.IMS_PER_BATCH} images/step) has "
         f"one batch size per step: measured at {doubled.SOLVER.IMS_PER_BATCH} images/step "
         f"(2 micro-batches of {scaled.SOLVER.IMS_PER_BATCH}), LR {doubled.SOLVER.BASE_LR:g} "
         f"by the {doubled.SCALING.RULE} rule"
     )
-    return doubled, [note]
+    return Run.from_plan(plan, 1), [note]

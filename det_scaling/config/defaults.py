@@ -1,4 +1,4 @@
-"""The toolkit's config keys, added to detectron2's CfgNode in one place.
+"""The toolkit's config keys, added to detectron2's CfgNode in one place, a function a section.
 
 Every key det_scaling reads is added by :func:`add_scaling_config`, with its default and meaning
 documented beside it. detectron2's own keys keep their meaning; in particular the reference setup
@@ -8,19 +8,10 @@ a config is written for is detectron2's ``SOLVER.REFERENCE_WORLD_SIZE`` together
 
 from __future__ import annotations
 
-import difflib
-import os
-import re
-from collections.abc import Sequence
-from typing import Any
-
-import yaml
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as _detectron2_get_cfg
 
-from det_scaling.logs import quiet_logger
-
-__all__ = ["add_scaling_config", "flatten_cfg", "get_cfg", "load_cfg"]
+__all__ = ["add_scaling_config", "get_cfg"]
 
 
 def add_scaling_config(cfg: CfgNode) -> None:
@@ -30,7 +21,16 @@ def add_scaling_config(cfg: CfgNode) -> None:
         return
     was_frozen = cfg.is_frozen()
     cfg.defrost()
+    add_scaling_keys(cfg)
+    add_synthetic_voc_keys(cfg)
+    add_solver_keys(cfg)
+    add_classification_keys(cfg)
+    if was_frozen:
+        cfg.freeze()
 
+
+def add_scaling_keys(cfg: CfgNode) -> None:
+    """``SCALING.*``: how a config written for REFERENCE_WORLD_SIZE GPUs moves to another count."""
     # ---- scaling: how a config written for REFERENCE_WORLD_SIZE GPUs moves to another count ----
     cfg.SCALING = CfgNode()
     # How BASE_LR and BASE_LR_END follow the total batch: "linear" (Goyal et al. 2017; what
@@ -80,6 +80,35 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # the last stage then lasts to the end with its batch and LR factor.
     cfg.SCALING.ADABATCH.MAX_STAGES = 0
 
+    # ---- gradient noise scale: where the linear rule stops holding (engine/gradient_noise.py) ----
+    # B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), in images: below it the linear rule
+    # holds. Measured from the gradient norms at the two batch sizes each step has (one process's
+    # before DDP's all-reduce and the all-reduced one; on one process, the first micro-batch and
+    # the accumulated step), so it needs 2+ processes or SCALING.GRAD_ACCUM_STEPS >= 2.
+    cfg.SCALING.NOISE_SCALE = CfgNode()
+    cfg.SCALING.NOISE_SCALE.ENABLED = False  # measure it in training; logged as noise_scale
+    # Weight kept per step by the running averages of |G|^2 and tr(Sigma) (0.99: about 100 steps).
+    cfg.SCALING.NOISE_SCALE.DECAY = 0.99
+    cfg.SCALING.NOISE_SCALE.PERIOD = 20  # steps between two logged readings (one host sync each)
+
+    # With an Adam-like optimizer and the "sqrt" or "auto" rule, also apply Malladi et al. 2022's
+    # square-root rule to Adam's betas and eps when the batch changes by kappa:
+    # beta -> 1 - kappa (1 - beta), eps -> eps / sqrt(kappa) (SOLVER.ADAMW.BETAS / EPS).
+    cfg.SCALING.ADAM_SDE = False
+    # On a CUDA out-of-memory error in the forward or backward pass, all processes agree to halve
+    # the micro-batch per process and double the accumulation (total batch, LR, schedule kept);
+    # stops with an error at 1 image. One small all-reduce per micro-batch while it is on.
+    cfg.SCALING.AUTO_MICRO_BATCH = False
+    # SCALING.RULE "adascale" (Johnson et al. 2020): BASE_LR, MAX_ITER, STEPS and WARMUP_ITERS
+    # stay those of this total batch (0: SOLVER.IMS_PER_BATCH as written; scaling sets it). A run
+    # at S times this batch multiplies the LR by the gain ratio r in [1, S] measured each step
+    # (SCALING.NOISE_SCALE.DECAY smooths it), advances the schedule by r steps per step, and ends
+    # when it reaches MAX_ITER: between MAX_ITER / S and MAX_ITER steps.
+    cfg.SCALING.ADASCALE_REFERENCE_BATCH = 0
+
+
+def add_synthetic_voc_keys(cfg: CfgNode) -> None:
+    """``DATASETS.SYNTHETIC_VOC.*``: the generated VOC-layout set."""
     # ---- data: the synthetic VOC-layout set that stands in for VOC07 when none is on disk ----
     # Data sets named synthetic_voc_trainval / synthetic_voc_test are generated (once,
     # deterministically) under $DETECTRON2_DATASETS/synthetic_voc with these parameters, then read
@@ -93,6 +122,9 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # Object side as a fraction of the image side.
     cfg.DATASETS.SYNTHETIC_VOC.OBJECT_SIZE = (0.15, 0.4)
 
+
+def add_solver_keys(cfg: CfgNode) -> None:
+    """``SOLVER.*``: optimizers and schedules by name, upstream's newer keys, checkpoints kept."""
     # ---- solver: optimizers and schedules, chosen by name from the registries ----
     # Upstream detectron2 added the next three keys after v0.6; each is added here, with
     # upstream's default and meaning, only when the installed detectron2 lacks it, so configs
@@ -143,6 +175,16 @@ def add_scaling_config(cfg: CfgNode) -> None:
     cfg.SOLVER.PLATEAU.THRESHOLD_MODE = "rel"  # "rel" or "abs"
     cfg.SOLVER.PLATEAU.MIN_LR = 0.0
 
+    # ---- reliability: checkpoints that a crash cannot make unresumable (engine/checkpoint) ----
+    # Periodic checkpoints kept in OUTPUT_DIR, the oldest deleted first; 0 keeps all (detectron2's
+    # behaviour). Otherwise at least 2, so that resume has an older one when the newest cannot be
+    # read; model_final.pth is never deleted.
+    cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
+
+
+def add_classification_keys(cfg: CfgNode) -> None:
+    """``MODEL.CLASSIFIER.*``, ``INPUT.CLS_*``, ``TEST.CLS_IMS_PER_PROCESS``: the classification
+    baseline."""
     # ---- classification: image classification on the same engine (det_scaling.classification) ----
     # Read by the "ImageClassifier" meta-architecture, the folder loaders and their mapper; the
     # solver, schedule and scaling keys above apply unchanged. INPUT.FORMAT, INPUT.RANDOM_FLIP
@@ -175,47 +217,11 @@ def add_scaling_config(cfg: CfgNode) -> None:
     # batch, which is slow for classification; the result does not depend on it).
     cfg.TEST.CLS_IMS_PER_PROCESS = 32
 
-    # ---- reliability: checkpoints that a crash cannot make unresumable (engine/checkpoint) ----
-    # Periodic checkpoints kept in OUTPUT_DIR, the oldest deleted first; 0 keeps all (detectron2's
-    # behaviour). Otherwise at least 2, so that resume has an older one when the newest cannot be
-    # read; model_final.pth is never deleted.
-    cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
-    # ==== the science of scaling (issue 13): the noise scale, a backbone to pretrain ====
-    # ---- gradient noise scale: where the linear rule stops holding (engine/gradient_noise.py) ----
-    # B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), in images: below it the linear rule
-    # holds. Measured from the gradient norms at the two batch sizes each step has (one process's
-    # before DDP's all-reduce and the all-reduced one; on one process, the first micro-batch and
-    # the accumulated step), so it needs 2+ processes or SCALING.GRAD_ACCUM_STEPS >= 2.
-    cfg.SCALING.NOISE_SCALE = CfgNode()
-    cfg.SCALING.NOISE_SCALE.ENABLED = False  # measure it in training; logged as noise_scale
-    # Weight kept per step by the running averages of |G|^2 and tr(Sigma) (0.99: about 100 steps).
-    cfg.SCALING.NOISE_SCALE.DECAY = 0.99
-    cfg.SCALING.NOISE_SCALE.PERIOD = 20  # steps between two logged readings (one host sync each)
-
     # The classifier's network: "torchvision" (torchvision's ResNet, MODEL.CLASSIFIER.DEPTH) or
     # "detectron2" (detectron2's ResNet from MODEL.RESNETS, e.g. with GroupNorm, plus a linear
     # layer), whose backbone weights load into a detectron2 detector of the same MODEL.RESNETS
-    # (det_scaling.pretrain.export_backbone): ImageNet pretraining for a detector.
+    # (det_scaling.commands.pretrain.export_backbone): ImageNet pretraining for a detector.
     cfg.MODEL.CLASSIFIER.BACKBONE = "torchvision"
-
-    # ==== beyond the anchors (issue 14): optimizer-aware rules, micro-batch on out-of-memory ====
-    # With an Adam-like optimizer and the "sqrt" or "auto" rule, also apply Malladi et al. 2022's
-    # square-root rule to Adam's betas and eps when the batch changes by kappa:
-    # beta -> 1 - kappa (1 - beta), eps -> eps / sqrt(kappa) (SOLVER.ADAMW.BETAS / EPS).
-    cfg.SCALING.ADAM_SDE = False
-    # On a CUDA out-of-memory error in the forward or backward pass, all processes agree to halve
-    # the micro-batch per process and double the accumulation (total batch, LR, schedule kept);
-    # stops with an error at 1 image. One small all-reduce per micro-batch while it is on.
-    cfg.SCALING.AUTO_MICRO_BATCH = False
-    # SCALING.RULE "adascale" (Johnson et al. 2020): BASE_LR, MAX_ITER, STEPS and WARMUP_ITERS
-    # stay those of this total batch (0: SOLVER.IMS_PER_BATCH as written; scaling sets it). A run
-    # at S times this batch multiplies the LR by the gain ratio r in [1, S] measured each step
-    # (SCALING.NOISE_SCALE.DECAY smooths it), advances the schedule by r steps per step, and ends
-    # when it reaches MAX_ITER: between MAX_ITER / S and MAX_ITER steps.
-    cfg.SCALING.ADASCALE_REFERENCE_BATCH = 0
-
-    if was_frozen:
-        cfg.freeze()
 
 
 def get_cfg() -> CfgNode:
@@ -223,122 +229,3 @@ def get_cfg() -> CfgNode:
     cfg = _detectron2_get_cfg()
     add_scaling_config(cfg)
     return cfg
-
-
-def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> Any:
-    """Default config, merged with ``config_file`` (``_BASE_`` inheritance as in detectron2) and
-    then with ``KEY VALUE`` ``overrides`` as detectron2's tools take them. Raises ``ValueError``
-    in one line naming the file or key (with the closest existing key for a misspelt one).
-
-    A ``.py`` file is a LazyConfig: it is loaded by :func:`det_scaling.lazy_config.load_lazy_cfg`
-    (``key=value`` overrides) and returned as detectron2's ``LazyConfig.load`` returns it."""
-    # Imported here: det_scaling.lazy_config takes its defaults from this module.
-    from det_scaling.lazy_config import is_lazy_config_file, load_lazy_cfg
-
-    if config_file and is_lazy_config_file(config_file):
-        _check_override_style(config_file, overrides, lazy=True)
-        return load_lazy_cfg(config_file, overrides)
-    _check_override_style(config_file or "the default config", overrides, lazy=False)
-    cfg = get_cfg()
-    if config_file:
-        if os.path.isdir(config_file):
-            raise ValueError(f"{config_file}: is a directory; give a config file (.yaml or .py)")
-        if not os.path.isfile(config_file):
-            raise ValueError(f"{config_file}: no such config file")
-        try:
-            # detectron2 warns that a config without VERSION is taken as the latest version:
-            # what every config here means.
-            with quiet_logger("detectron2.config.compat"):
-                cfg.merge_from_file(config_file)
-        except KeyError as error:  # yacs: "Non-existent config key: A.B"
-            raise _unknown_key(cfg, str(error.args[0]), f"{config_file}: ") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"{config_file}: not a text file; give a YAML config") from None
-        except PermissionError as error:
-            raise ValueError(f"{config_file}: cannot be read ({error.strerror})") from None
-        except ValueError as error:  # yacs: type mismatch, naming the key
-            raise ValueError(f"{config_file}: {_type_mismatch(error)}") from None
-        except (OSError, yaml.YAMLError, AttributeError, TypeError) as error:
-            reason = " ".join(str(error).split())
-            raise ValueError(f"{config_file}: not a detectron2 YAML config ({reason})") from None
-    if overrides:
-        if len(overrides) % 2:
-            raise ValueError(
-                f"overrides must be KEY VALUE pairs; got an odd number: {list(overrides)}"
-            )
-        try:
-            cfg.merge_from_list(list(overrides))
-        except AssertionError as error:  # yacs: "Non-existent key: A.B"
-            raise _unknown_key(cfg, str(error), "") from None
-        except ValueError as error:  # yacs: type mismatch, naming the key
-            raise ValueError(_type_mismatch(error)) from None
-    return cfg
-
-
-# yacs: "Type mismatch (<class 'int'> vs. <class 'str'>) with values (40000 vs. ten) for config
-# key: SOLVER.MAX_ITER"
-_TYPE_MISMATCH = re.compile(
-    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
-    r"for config key: (\S+)",
-    re.DOTALL,
-)
-
-
-def _type_mismatch(error: ValueError) -> str:
-    """yacs's type mismatch as ``KEY: expected TYPE (like DEFAULT), got VALUE``."""
-    match = _TYPE_MISMATCH.match(str(error))
-    if match is None:
-        return str(error)
-    expected, got, default, value, key = match.groups()
-    return f"{key}: expected {expected} (like {default}), got {got} {value!r}"
-
-
-def _check_override_style(config: str, overrides: Sequence[str], *, lazy: bool) -> None:
-    """A LazyConfig takes ``key=value`` overrides, a YAML config ``KEY VALUE`` pairs."""
-    if lazy:
-        plain = [o for o in overrides if "=" not in o]
-        if plain:
-            raise ValueError(
-                f"{config}: a LazyConfig takes key=value overrides (e.g. train.max_iter=1000), "
-                f"got {plain}"
-            )
-    else:
-        key_value = [key for key in overrides[::2] if "=" in key]
-        if key_value:
-            raise ValueError(
-                f"{config}: key=value overrides are for LazyConfig (.py) files, got {key_value}; "
-                "a YAML config takes KEY VALUE pairs (e.g. SOLVER.BASE_LR 0.01)"
-            )
-
-
-def _unknown_key(cfg: CfgNode, message: str, where: str) -> ValueError:
-    key = message.rsplit(":", 1)[-1].strip()
-    keys = [*flatten_cfg(cfg), *(_section_keys(cfg))]
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return ValueError(f"{where}{key}: no such config key{hint}")
-
-
-def flatten_cfg(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"SOLVER.BASE_LR": 0.02, ...}``: every leaf of ``cfg`` by its dotted key (lists as
-    tuples, so values compare alike whatever YAML made of them). A LazyConfig is flattened by
-    :func:`det_scaling.lazy_config.flatten_lazy_cfg`."""
-    if not isinstance(cfg, CfgNode):
-        from det_scaling.lazy_config import flatten_lazy_cfg  # (see load_cfg)
-
-        return flatten_lazy_cfg(cfg)
-    flat: dict[str, Any] = {}
-    for key, value in cfg.items():
-        if isinstance(value, CfgNode):
-            flat.update(flatten_cfg(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return flat
-
-
-def _section_keys(node: CfgNode, prefix: str = "") -> list[str]:
-    keys = []
-    for name, value in node.items():
-        if isinstance(value, CfgNode):
-            keys += [f"{prefix}{name}", *_section_keys(value, f"{prefix}{name}.")]
-    return keys

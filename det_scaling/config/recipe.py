@@ -1,7 +1,7 @@
 """The recipe scaling works on, and what a config format provides to read and write one.
 
 A recipe is the reference setup a config is written for (GPU count, total batch, accumulation),
-its LRs, the run's length and the toolkit's scaling settings. :mod:`det_scaling.scaling` scales
+its LRs, the run's length and the toolkit's scaling settings. :mod:`det_scaling.scaling.plan` scales
 it knowing no config format; a :class:`ConfigFormat` reads it from one config, lists the config's
 iteration-valued fields, and writes scaled values back under the config's own keys. yacs CfgNode
 (:mod:`.yacs`) and LazyConfig (:mod:`.lazy`) are the two formats.
@@ -167,6 +167,7 @@ class ConfigFormat(ABC):
     """One config format as det_scaling reads and writes it, around one config."""
 
     keys: ClassVar[RecipeKeys]
+    is_lazy: ClassVar[bool]  # a LazyConfig (its own model, data and evaluator), not a CfgNode
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -21,8 +21,8 @@ to any GPU count. Nothing is written: no checkpoint, no ``OUTPUT_DIR``, no confi
 trained weights are dropped.
 
 :func:`lr_range_test` runs in the current process (or in every process of a process group);
-:func:`launch_lr_range_test` starts ``num_gpus`` processes through :func:`det_scaling.launch.launch`
-and returns the main process's result.
+:func:`launch_lr_range_test` starts ``num_gpus`` processes through
+:func:`det_scaling.engine.launch.launch` and returns the main process's result.
 """
 
 from __future__ import annotations
@@ -41,13 +41,11 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from det_scaling.batch_schedule import BatchSchedule
 from det_scaling.config import add_scaling_config
-from det_scaling.engine import micro_batch_cfg
-from det_scaling.launch import create_ddp_model, launch_for_result
-from det_scaling.prepare import plan_run, prepare_run
-from det_scaling.tasks import trainer_class
-from det_scaling.weights import check_weights
+from det_scaling.engine.launch import launch_for_result
+from det_scaling.engine.step import build_step
+from det_scaling.errors import ConfigError
+from det_scaling.tasks import check_weights, prepare_run, resolve_run, trainer_class
 
 __all__ = [
     "DEFAULT_DIVERGE_FACTOR",
@@ -145,7 +143,7 @@ class LRFindResult:
     def best(self) -> LRFindPoint:
         """The step with the lowest smoothed loss."""
         if not self.points:
-            raise ValueError("the sweep recorded no finite loss")
+            raise ConfigError("the sweep recorded no finite loss")
         return min(self.points, key=lambda point: point.smoothed_loss)
 
     def suggest(
@@ -164,11 +162,11 @@ class LRFindResult:
           it jumps; it is printed as a cross-check (the two agreeing within a few times means
           the curve is well behaved).
 
-        Raises ``ValueError`` when the smoothed loss never fell by ``min_decrease`` (a fraction)
+        Raises ``ConfigError`` when the smoothed loss never fell by ``min_decrease`` (a fraction)
         below its first value: then the curve has no falling part to read.
         """
         if rule not in SUGGESTION_RULES:
-            raise ValueError(f"unknown suggestion rule {rule!r}; choose one of {SUGGESTION_RULES}")
+            raise ConfigError(f"unknown suggestion rule {rule!r}; choose one of {SUGGESTION_RULES}")
         self._check_decreased(min_decrease)
         best_index = self.points.index(self.best())
         if rule == "best/10":
@@ -209,7 +207,7 @@ class LRFindResult:
             if self.diverged_at is not None
             else f" over {len(self.points)} steps up to LR {self.end_lr:g}"
         )
-        raise ValueError(
+        raise ConfigError(
             f"the loss never decreased ({start}{stop}), so there is no LR to suggest. A loss "
             f"that rises at once means the LR is already too high at the start: lower the start "
             f"LR (now {self.start_lr:g}); one that stays flat means the sweep is too short or "
@@ -252,24 +250,20 @@ def lr_range_test(
 
     Call it in every process of a process group (or in one process); all of them return the
     same result. The data sets the config names are registered as ``tools/train.py`` does
-    (generated or exported when missing). Raises ``ValueError`` for bad arguments, a config
+    (generated or exported when missing). Raises ``ConfigError`` for bad arguments, a config
     that cannot be scaled to this world size with its reference batch, missing data, or a model
     whose loss is not finite before any update.
     """
     _check_sweep_arguments(start_lr, end_lr, num_iter, smoothing, diverge_factor)
     world_size = comm.get_world_size()
-    scaled = prepare_run(cfg, world_size, keep_reference_batch=True).cfg
-    schedule = BatchSchedule.from_cfg(scaled, world_size)
+    run = prepare_run(cfg, world_size, keep_reference_batch=True)
+    scaled, schedule = run.cfg, run.schedule
     seed_all_rng(None if scaled.SEED < 0 else scaled.SEED + comm.get_rank())
 
-    trainer_cls = trainer_class(scaled)
-    model = trainer_cls.build_model(scaled)
-    optimizer = trainer_cls.build_optimizer(scaled, model)
+    step = build_step(run, trainer_class(run.adapter))
+    optimizer, step_trainer = step.optimizer, step.trainer
     # Each group's LR relative to BASE_LR (bias LR factor, LARS exclusions ...), kept in the sweep.
     lr_factors = [group["lr"] / scaled.SOLVER.BASE_LR for group in optimizer.param_groups]
-    loader = trainer_cls.build_train_loader(micro_batch_cfg(scaled, schedule))
-    model = create_ddp_model(model, broadcast_buffers=False)
-    step_trainer = trainer_cls.build_step_trainer(scaled, model, loader, optimizer)
 
     points: list[LRFindPoint] = []
     diverged_at: int | None = None
@@ -283,7 +277,7 @@ def lr_range_test(
             loss = _broadcast_from_main(_run_step(step_trainer, storage))
             if not math.isfinite(loss):
                 if iteration == 0:
-                    raise ValueError(
+                    raise ConfigError(
                         f"the model's loss is {loss} before any update: the config cannot train "
                         "(check the data, MODEL.PIXEL_STD and the model's initialisation)"
                     )
@@ -300,7 +294,7 @@ def lr_range_test(
                     f"{diverge_factor:g} x the lowest, {best:.4g}"
                 )
                 break
-    del step_trainer, loader  # the loader's workers, if any, end with its iterator
+    del step, step_trainer  # the loader's workers, if any, end with its iterator
 
     result = LRFindResult(
         points=points,
@@ -331,7 +325,7 @@ def launch_lr_range_test(
     diverge_factor: float = DEFAULT_DIVERGE_FACTOR,
 ) -> LRFindResult:
     """:func:`lr_range_test` (same arguments) in ``num_gpus`` processes on this machine (one GPU
-    each, or gloo processes on the CPU, see :func:`det_scaling.launch.launch`), gradient
+    each, or gloo processes on the CPU, see :func:`det_scaling.engine.launch.launch`), gradient
     accumulation making up the rest of the reference batch; returns the result. One process runs
     here, without spawning."""
     settings = {
@@ -344,8 +338,7 @@ def launch_lr_range_test(
     # Checked here first, so that bad settings, missing data or a GPU count that does not divide
     # the reference batch are reported before any process starts or data set is generated.
     _check_sweep_arguments(**settings)
-    plan_run(cfg, num_gpus, keep_reference_batch=True)
-    check_weights(cfg)
+    check_weights(resolve_run(cfg, num_gpus, keep_reference_batch=True))
     return launch_for_result(_sweep, num_gpus, args=(cfg, settings))
 
 
@@ -415,15 +408,15 @@ def _check_sweep_arguments(
 ) -> None:
     # Named as the lr-find options that set them.
     if not 0 < start_lr < end_lr or not math.isfinite(end_lr):
-        raise ValueError(
+        raise ConfigError(
             f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start LR < end LR"
         )
     if num_iter < 2:
-        raise ValueError(f"--num-iter {num_iter}: the sweep needs at least 2 steps")
+        raise ConfigError(f"--num-iter {num_iter}: the sweep needs at least 2 steps")
     if not 0 <= smoothing < 1:
-        raise ValueError(f"--smoothing {smoothing:g}: must be in [0, 1)")
+        raise ConfigError(f"--smoothing {smoothing:g}: must be in [0, 1)")
     if not diverge_factor > 1:
-        raise ValueError(f"--diverge-factor {diverge_factor:g}: must be > 1")
+        raise ConfigError(f"--diverge-factor {diverge_factor:g}: must be > 1")
 
 
 def _as_written(cfg: CfgNode, scaled: CfgNode) -> CfgNode:

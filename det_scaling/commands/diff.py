@@ -3,9 +3,8 @@ and why (what ``diff`` prints)."""
 
 from __future__ import annotations
 
-from det_scaling.config import flatten_cfg, load_cfg
-from det_scaling.lazy_config import is_lazy_config_file
-from det_scaling.scaling import Change, plan_scaling
+from det_scaling.config import check_same_format, flatten_cfg, load_cfg
+from det_scaling.scaling.plan import Change, plan_scaling
 
 __all__ = ["diff_configs"]
 
@@ -17,11 +16,8 @@ def diff_configs(
 ) -> list[Change]:
     """The changes from ``config`` to ``config_b`` (or ``config``) + ``opts``, scaled to
     ``num_gpus`` when given, sorted by key. YAML or LazyConfig files, both of one format."""
-    if config_b and is_lazy_config_file(config) != is_lazy_config_file(config_b):
-        raise ValueError(
-            f"{config} and {config_b}: one is YAML, the other a LazyConfig (.py); compare configs "
-            "of one format"
-        )
+    if config_b:
+        check_same_format(config, config_b)
     left = load_cfg(config)
     right_file = config_b or config
     reasons: dict[str, str] = {}

@@ -7,18 +7,15 @@ its stages' steps, the LR includes each stage's factor, and a third panel draws 
 from __future__ import annotations
 
 import itertools
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from det_scaling.config import Recipe
+from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.scaling.plan import plan_scaling
+from det_scaling.solver import scheduled_lrs
 
-from det_scaling.batch_schedule import BatchSchedule
-from det_scaling.formats import read_recipe
-from det_scaling.scaling import plan_scaling
-from det_scaling.solver import build_lr_scheduler
-
-__all__ = ["LRCurve", "finish_lr_figure", "lr_curve", "plot_lr_curves", "scheduled_lrs"]
+__all__ = ["LRCurve", "finish_lr_figure", "lr_curve", "plot_lr_curves"]
 
 
 @dataclass
@@ -29,6 +26,7 @@ class LRCurve:
     lr_factor: float  # the scaling rule's factor on the reference LR
     schedule: BatchSchedule
     lrs: list[float]  # lrs[i]: the LR of step i, for every step of the run
+    written: Recipe | None = None  # the config's recipe as written
 
     @property
     def ims_per_batch(self) -> int:
@@ -46,27 +44,9 @@ class LRCurve:
 def lr_curve(cfg: Any, num_gpus: int) -> LRCurve:
     """Scales ``cfg`` to ``num_gpus`` and steps the scheduler it builds through the run."""
     plan = plan_scaling(cfg, num_gpus)
-    schedule = BatchSchedule.from_cfg(plan.cfg, num_gpus)
-    return LRCurve(num_gpus, plan.lr_factor, schedule, scheduled_lrs(plan.cfg, schedule))
-
-
-def scheduled_lrs(cfg: Any, schedule: BatchSchedule | None = None) -> list[float]:
-    """The LR of each step of the run, as the scheduler built from ``cfg`` (a CfgNode or a
-    LazyConfig) sets it when stepped once per step (``schedule``: the run's batch schedule, built
-    from ``cfg`` when not given)."""
-    schedule = schedule or BatchSchedule.from_cfg(cfg, world_size=1)
-    base_lr = read_recipe(cfg).base_lr
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
-    scheduler = build_lr_scheduler(cfg, optimizer, schedule)
-    group = optimizer.param_groups[0]
-    lrs = []
-    with warnings.catch_warnings():
-        # No optimizer step is taken, on purpose: torch warns about the order of the two.
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(schedule.total_iterations):
-            lrs.append(group["lr"])
-            scheduler.step()
-    return lrs
+    schedule = BatchSchedule.from_recipe(plan.recipe, num_gpus)
+    lrs = scheduled_lrs(plan.cfg, schedule)
+    return LRCurve(num_gpus, plan.lr_factor, schedule, lrs, written=plan.written)
 
 
 def plot_lr_curves(

@@ -16,7 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from det_scaling.formats import YACS_KEYS, RecipeKeys, read_recipe
+from det_scaling.config import YACS_KEYS, Recipe, RecipeKeys
+from det_scaling.errors import ConfigError
 
 __all__ = [
     "BatchSchedule",
@@ -34,9 +35,9 @@ def micro_batch(
     """Images each process loads per micro-batch; raises ``ValueError`` naming the keys (as
     ``keys`` names them) when that is not a whole number."""
     if grad_accum_steps < 1:
-        raise ValueError(f"{keys.grad_accum_steps} must be >= 1, got {grad_accum_steps}")
+        raise ConfigError(f"{keys.grad_accum_steps} must be >= 1, got {grad_accum_steps}")
     if ims_per_batch < 1 or ims_per_batch % (world_size * grad_accum_steps):
-        raise ValueError(
+        raise ConfigError(
             f"{keys.ims_per_batch} ({ims_per_batch}) must be divisible by {world_size} "
             f"process(es) x {keys.grad_accum_steps} ({grad_accum_steps}): each process loads a "
             "whole number of images per micro-batch"
@@ -55,7 +56,7 @@ def rescale_iterations(iterations: int, old_batch: int, new_batch: int) -> int:
 def iterations_for_images(images: int, ims_per_batch: int) -> int:
     """The steps of ``ims_per_batch`` images that come nearest to ``images`` (ties to even)."""
     if ims_per_batch <= 0:
-        raise ValueError(f"ims_per_batch must be positive, got {ims_per_batch}")
+        raise ConfigError(f"ims_per_batch must be positive, got {ims_per_batch}")
     return round(images / ims_per_batch)
 
 
@@ -129,7 +130,7 @@ class BatchSchedule:
     ) -> None:
         _check(keys.max_iter, total_images >= 1, total_images, "(in images) must be positive")
         if world_size < 1:
-            raise ValueError(f"world size must be positive, got {world_size}")
+            raise ConfigError(f"world size must be positive, got {world_size}")
         self.keys = keys
         self.world_size = world_size
         self.micro_batch = micro_batch(ims_per_batch, world_size, grad_accum_steps, keys)
@@ -145,16 +146,14 @@ class BatchSchedule:
         self.stage_starts = tuple(stage.start_iter for stage in self.stages)
 
     @classmethod
-    def from_cfg(cls, cfg: Any, world_size: int) -> BatchSchedule:
-        """The schedule of ``cfg`` (a CfgNode or a LazyConfig, as scaled for ``world_size``
-        processes). Raises ``ValueError`` naming the key when the config does not describe a
-        runnable schedule."""
-        recipe = read_recipe(cfg)
+    def from_recipe(cls, recipe: Recipe, world_size: int) -> BatchSchedule:
+        """The schedule of a config's recipe (as scaled for ``world_size`` processes). Raises
+        ``ConfigError`` naming the key when the config does not describe a runnable schedule."""
         keys, adabatch, dataset_size = recipe.keys, recipe.adabatch, recipe.dataset_size
         growth = None
         if adabatch.enabled:
             if dataset_size <= 0:
-                raise ValueError(
+                raise ConfigError(
                     f"{keys.child(keys.adabatch, 'interval_epochs')}: growing the batch every so "
                     f"many epochs needs {keys.dataset_size} (images per epoch); set it, or let "
                     "the trainer fill it in from the registered data set"
@@ -193,7 +192,7 @@ class BatchSchedule:
                 if last and stages:
                     stages[-1] = _extended(stages[-1], self.total_images)
                     break
-                raise ValueError(
+                raise ConfigError(
                     f"{self.keys.child(self.keys.adabatch, 'interval_epochs')}: stage {index} has "
                     f"{planned_end - start_images} images, less than half a step of its batch of "
                     f"{batch}; lengthen the interval or use a smaller BATCH_FACTOR or MAX_STAGES"
@@ -215,9 +214,9 @@ class BatchSchedule:
         """This schedule with each process's micro-batch at most ``limit`` images: the largest
         that divides the current one (half of an even one; 3 -> 1), the accumulation multiplied
         by the same factor. The total batch of every step, hence every steps <-> images map and
-        the LR, stay. Raises ``ValueError`` when ``limit`` is below 1."""
+        the LR, stay. Raises ``ConfigError`` when ``limit`` is below 1."""
         if limit < 1:
-            raise ValueError(f"a micro-batch limit must be at least 1 image, got {limit}")
+            raise ConfigError(f"a micro-batch limit must be at least 1 image, got {limit}")
         size = max(
             d for d in range(1, min(limit, self.micro_batch) + 1) if self.micro_batch % d == 0
         )
@@ -354,4 +353,4 @@ def _extended(stage: Stage, end_images: int) -> Stage:
 
 def _check(key: str, ok: bool, value: object, requirement: str) -> None:
     if not ok:
-        raise ValueError(f"{key} {requirement}, got {value!r}")
+        raise ConfigError(f"{key} {requirement}, got {value!r}")

@@ -6,8 +6,8 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
-from det_scaling.config import add_scaling_config
-from det_scaling.formats.base import (
+from det_scaling.config.defaults import add_scaling_config
+from det_scaling.config.recipe import (
     LENGTH,
     PERIOD,
     POINT,
@@ -61,6 +61,7 @@ class YacsFormat(ConfigFormat):
     (:func:`det_scaling.config.add_scaling_config`)."""
 
     keys = YACS_KEYS
+    is_lazy = False
 
     @staticmethod
     def holds(cfg: Any) -> bool:

@@ -23,6 +23,8 @@ from typing import Any, TypeAlias
 
 import torch
 
+from det_scaling.errors import ConfigError
+
 __all__ = [
     "GradientNoiseStats",
     "SquaredNorm",
@@ -44,7 +46,7 @@ def squared_grad_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        raise ValueError("no parameter has a gradient")
+        raise ConfigError("no parameter has a gradient")
     dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
     return torch.stack(torch._foreach_norm(grads, 2, dtype=dtype)).square().sum()
 
@@ -61,7 +63,7 @@ def two_batch_estimates(
     may be part of the big one. Either estimate can be negative on a single step.
     """
     if not 0 < small_batch < big_batch:
-        raise ValueError(
+        raise ConfigError(
             f"need 0 < small_batch < big_batch, got small_batch={small_batch}, "
             f"big_batch={big_batch}"
         )
@@ -103,7 +105,7 @@ def linear_rule_gpu_limit(noise_scale: float, per_gpu_batch: int) -> int:
     accumulation).
     """
     if per_gpu_batch < 1:
-        raise ValueError(f"per_gpu_batch must be >= 1, got {per_gpu_batch}")
+        raise ConfigError(f"per_gpu_batch must be >= 1, got {per_gpu_batch}")
     return max(1, math.floor(noise_scale / per_gpu_batch))
 
 
@@ -123,7 +125,7 @@ class GradientNoiseStats:
 
     def __init__(self, decay: float = 0.99) -> None:
         if not 0 <= decay < 1:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
+            raise ConfigError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
         self._steps = 0
         self._weight = 0.0
@@ -213,4 +215,4 @@ def _as_float64(value: SquaredNorm) -> SquaredNorm:
 
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ConfigError(f"{name} must be positive, got {value}")

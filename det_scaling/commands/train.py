@@ -1,15 +1,15 @@
 """Training (or evaluating) a config on any number of processes: what ``tools/train.py`` and
 ``det-scaling train`` run.
 
-:func:`launch_training` checks the config for the run's world size in the launching process (a
+:func:`launch_training` resolves the config for the run's world size in the launching process (a
 bad config, an OUTPUT_DIR that cannot be written or MODEL.WEIGHTS that cannot initialise the
-model is one ``ValueError`` before any worker starts, nothing written), then runs
+model is one ``ConfigError`` before any worker starts, nothing written), then runs
 :func:`train_process` in every process: the config loaded again (as detectron2's tools do: a
-LazyConfig may hold what cannot be sent to a spawned process), the per-process setup
-(:func:`det_scaling.prepare.prepare_run`), the plan logged and saved beside the config, then the
-task's trainer. A failing
-process is reported once (:mod:`det_scaling.failures`); under torchrun a restarted worker group
-resumes by itself (:func:`resume_requested`).
+LazyConfig may hold what cannot be sent to a spawned process) and resolved into the process's
+:class:`~det_scaling.engine.run.Run` (:func:`det_scaling.tasks.prepare_run`), the plan logged
+and saved beside the config, then the task's trainer on that run. A failing process is reported
+once (:mod:`det_scaling.engine.failures`); under torchrun a restarted worker
+group resumes by itself (:func:`resume_requested`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from detectron2.engine import default_setup
@@ -27,18 +28,18 @@ from detectron2.utils.logger import setup_logger
 
 from det_scaling.config import load_cfg
 from det_scaling.engine import SafeCheckpointer
-from det_scaling.failures import keep_tracebacks_off_the_console
-from det_scaling.formats import config_format
-from det_scaling.launch import (
+from det_scaling.engine.failures import keep_tracebacks_off_the_console
+from det_scaling.engine.launch import (
+    DEFAULT_TIMEOUT,
     launch,
     planned_world_size,
     torchrun_restart_count,
     under_torchrun,
 )
-from det_scaling.prepare import plan_run, prepare_run
-from det_scaling.scaling import ScalingPlan
-from det_scaling.tasks import trainer_class
-from det_scaling.weights import check_weights
+from det_scaling.engine.run import Run
+from det_scaling.errors import ConfigError
+from det_scaling.scaling.plan import ScalingPlan
+from det_scaling.tasks import check_weights, prepare_run, resolve_run, trainer_class
 
 __all__ = [
     "PLAN_FILE",
@@ -47,37 +48,60 @@ __all__ = [
     "save_plan",
     "setup_process",
     "train_process",
+    "training_args",
 ]
 
-logger = logging.getLogger("det_scaling.train")
+logger = logging.getLogger("det_scaling.commands.train")
 
 PLAN_FILE = "scaling_plan.json"
 
 
+def training_args(config_file: str, opts: Sequence[str] = (), **options: Any) -> argparse.Namespace:
+    """The arguments :func:`launch_training` takes, as ``det-scaling train --config-file
+    CONFIG_FILE [KEY VALUE ...]`` parses them: its defaults, with ``options`` (``num_gpus=2``,
+    ``resume=True``, ...) changed."""
+    args = argparse.Namespace(
+        config_file=str(config_file),
+        opts=list(opts),
+        resume=False,
+        eval_only=False,
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
+        dist_url="auto",
+        dist_timeout=DEFAULT_TIMEOUT,
+        no_scale=False,
+    )
+    for name, value in options.items():
+        if not hasattr(args, name):
+            raise TypeError(f"training_args: no option {name!r}")
+        setattr(args, name, value)
+    return args
+
+
 def launch_training(args: argparse.Namespace) -> None:
     """Checks the config for the run's world size here, then trains (or evaluates) in every
-    process of the run; ``args`` as ``det-scaling train`` parses them. Raises ``ValueError``
+    process of the run; ``args`` as ``det-scaling train`` parses them. Raises ``ConfigError``
     before starting any process when the config, its data, OUTPUT_DIR, MODEL.WEIGHTS or the GPU
-    count cannot make a run, and :class:`~det_scaling.failures.RankFailedError` when a process
-    of the run fails."""
+    count cannot make a run, and :class:`~det_scaling.engine.failures.RankFailedError` when a
+    process of the run fails."""
     if args.num_gpus < 1 or args.num_machines < 1:
-        raise ValueError(
+        raise ConfigError(
             f"--num-gpus {args.num_gpus} --num-machines {args.num_machines}: both must be >= 1"
         )
     if not 0 <= args.machine_rank < args.num_machines:
-        raise ValueError(f"--machine-rank must be in [0, {args.num_machines - 1}]")
-    cfg = load_cfg(args.config_file, args.opts)
-    plan_run(cfg, planned_world_size(args.num_gpus, args.num_machines), no_scale=args.no_scale)
-    fmt = config_format(cfg)
-    keys, settings = fmt.keys, fmt.run_settings()
+        raise ConfigError(f"--machine-rank must be in [0, {args.num_machines - 1}]")
+    world_size = planned_world_size(args.num_gpus, args.num_machines)
+    run = resolve_run(load_cfg(args.config_file, args.opts), world_size, no_scale=args.no_scale)
+    keys, settings = run.adapter.keys, run.settings
     check_output_dir(settings.output_dir, keys.output_dir)
     if args.eval_only and not settings.weights and not args.resume:
-        raise ValueError(
+        raise ConfigError(
             f"--eval-only evaluates {keys.weights}, which is empty: set it to a checkpoint (e.g. "
             f"model_final.pth in {keys.output_dir}), or add --resume for {keys.output_dir}'s last"
         )
     if not _resumes_from_output_dir(args, settings.output_dir):
-        check_weights(cfg)  # else detectron2 loads the output directory's checkpoint
+        check_weights(run)  # else detectron2 loads the output directory's checkpoint
     launch(
         train_process,
         args.num_gpus,
@@ -94,11 +118,11 @@ def train_process(args: argparse.Namespace) -> dict[str, Any]:
     """Runs in every process: loads the config, then returns the evaluation results with
     ``--eval-only``, else the training summary."""
     cfg = load_cfg(args.config_file, args.opts)
-    # Read once: scaling changes neither the output directory nor the weights.
-    settings = config_format(cfg).run_settings()
+    run = prepare_run(cfg, comm.get_world_size(), no_scale=args.no_scale)
+    settings = run.settings
     output_dir = settings.output_dir
     resume = resume_requested(args, output_dir)  # before setup_process saves this run's plan
-    cfg = setup_process(args, cfg)
+    setup_process(args, run)
     if comm.get_world_size() > 1:
         resume = comm.all_gather(resume)[0]  # the main process decides, for every process
     if resume and not args.resume:
@@ -109,14 +133,14 @@ def train_process(args: argparse.Namespace) -> dict[str, Any]:
             comm.get_world_size(),
             output_dir,
         )
-    trainer_cls = trainer_class(cfg)
+    trainer_cls = trainer_class(run.adapter)
     if args.eval_only:
-        model = trainer_cls.build_model(cfg)
+        model = trainer_cls.build_model(run.cfg)
         SafeCheckpointer(model, save_dir=settings.output_dir).resume_or_load(
             settings.weights, resume=resume
         )
-        return trainer_cls.test(cfg, model)
-    trainer = trainer_cls(cfg)
+        return trainer_cls.test(run.cfg, model)
+    trainer = trainer_cls(run.cfg, run=run)
     trainer.resume_or_load(resume=resume)
     return trainer.train()
 
@@ -138,19 +162,19 @@ def resume_requested(args: argparse.Namespace, output_dir: str) -> bool:
 
 
 def check_output_dir(output_dir: str, key: str = "OUTPUT_DIR") -> None:
-    """Raises ``ValueError`` naming ``key`` when ``output_dir`` cannot be created or written
+    """Raises ``ConfigError`` naming ``key`` when ``output_dir`` cannot be created or written
     (checked without writing: on the nearest existing directory above it)."""
     path = os.path.abspath(output_dir)
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise ValueError(
+        raise ConfigError(
             f"{key} {output_dir}: {existing} is a file, so the directory cannot be made; "
             f"choose another {key}"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(
+        raise ConfigError(
             f"{key} {output_dir}: {existing} is not writable; choose another {key} or fix its "
             "permissions"
         )
@@ -170,14 +194,12 @@ def _saved_plan(output_dir: str) -> dict[str, Any]:
         return {}
 
 
-def setup_process(args: argparse.Namespace, cfg: Any) -> Any:
-    """This process's scaled config (:func:`~det_scaling.prepare.prepare_run`), with detectron2's
-    ``default_setup`` (loggers, config.yaml in the output directory, seeds) and the plan logged
-    and saved."""
-    world_size = comm.get_world_size()
-    plan = prepare_run(cfg, world_size, no_scale=args.no_scale)
-    default_setup(plan.cfg, args)
-    output_dir = config_format(plan.cfg).run_settings().output_dir
+def setup_process(args: argparse.Namespace, run: Run) -> None:
+    """detectron2's ``default_setup`` for this process's run (loggers, config.yaml in the output
+    directory, seeds), and the scaling plan logged and saved."""
+    world_size, plan = run.world_size, run.plan
+    default_setup(run.cfg, args)
+    output_dir = run.settings.output_dir
     setup_logger(output_dir, distributed_rank=comm.get_rank(), name="det_scaling")
     keep_tracebacks_off_the_console("detectron2", "fvcore", "det_scaling")
     if comm.is_main_process():
@@ -188,7 +210,6 @@ def setup_process(args: argparse.Namespace, cfg: Any) -> Any:
             plan.format() or "(nothing to change)",
         )
         save_plan(args, plan, output_dir)
-    return plan.cfg
 
 
 def save_plan(args: argparse.Namespace, plan: ScalingPlan, output_dir: str) -> None:

@@ -1,0 +1,2 @@
+"""The work behind each command (train, plan, diff, lr-plot, lr-find, noise-scale, pretrain);
+their arguments are in :mod:`det_scaling.cli`."""

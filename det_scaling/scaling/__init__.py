@@ -1,0 +1,30 @@
+"""The scaling math, free of processes and formats: rules and plans, the batch schedule in images
+seen, and the gradient-noise statistics that say where a rule holds."""
+
+from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.scaling.plan import (
+    ADASCALE_RULE,
+    AUTO_RULE,
+    SCALING_RULES,
+    Change,
+    ScalingPlan,
+    adascale_scale,
+    choose_rule,
+    is_adam_like,
+    plan_scaling,
+    scale_cfg,
+)
+
+__all__ = [
+    "ADASCALE_RULE",
+    "AUTO_RULE",
+    "SCALING_RULES",
+    "BatchSchedule",
+    "Change",
+    "ScalingPlan",
+    "adascale_scale",
+    "choose_rule",
+    "is_adam_like",
+    "plan_scaling",
+    "scale_cfg",
+]
