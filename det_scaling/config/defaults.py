@@ -31,7 +31,6 @@ def add_scaling_config(cfg: CfgNode) -> None:
 
 def add_scaling_keys(cfg: CfgNode) -> None:
     """``SCALING.*``: how a config written for REFERENCE_WORLD_SIZE GPUs moves to another count."""
-    # ---- scaling: how a config written for REFERENCE_WORLD_SIZE GPUs moves to another count ----
     cfg.SCALING = CfgNode()
     # How BASE_LR and BASE_LR_END follow the total batch: "linear" (Goyal et al. 2017; what
     # detectron2's auto_scale_workers does), "sqrt" (Krizhevsky 2014; for adaptive optimizers),
@@ -108,8 +107,7 @@ def add_scaling_keys(cfg: CfgNode) -> None:
 
 
 def add_synthetic_voc_keys(cfg: CfgNode) -> None:
-    """``DATASETS.SYNTHETIC_VOC.*``: the generated VOC-layout set."""
-    # ---- data: the synthetic VOC-layout set that stands in for VOC07 when none is on disk ----
+    """``DATASETS.SYNTHETIC_VOC.*``: the generated VOC-layout set that stands in for VOC07."""
     # Data sets named synthetic_voc_trainval / synthetic_voc_test are generated (once,
     # deterministically) under $DETECTRON2_DATASETS/synthetic_voc with these parameters, then read
     # by detectron2's VOC loader and evaluated by its VOC07 evaluator like the real VOC2007.
@@ -125,7 +123,6 @@ def add_synthetic_voc_keys(cfg: CfgNode) -> None:
 
 def add_solver_keys(cfg: CfgNode) -> None:
     """``SOLVER.*``: optimizers and schedules by name, upstream's newer keys, checkpoints kept."""
-    # ---- solver: optimizers and schedules, chosen by name from the registries ----
     # Upstream detectron2 added the next three keys after v0.6; each is added here, with
     # upstream's default and meaning, only when the installed detectron2 lacks it, so configs
     # written for upstream load and train the same under v0.6.
@@ -185,7 +182,6 @@ def add_solver_keys(cfg: CfgNode) -> None:
 def add_classification_keys(cfg: CfgNode) -> None:
     """``MODEL.CLASSIFIER.*``, ``INPUT.CLS_*``, ``TEST.CLS_IMS_PER_PROCESS``: the classification
     baseline."""
-    # ---- classification: image classification on the same engine (det_scaling.classification) ----
     # Read by the "ImageClassifier" meta-architecture, the folder loaders and their mapper; the
     # solver, schedule and scaling keys above apply unchanged. INPUT.FORMAT, INPUT.RANDOM_FLIP
     # ("horizontal", "vertical" or "none"), MODEL.PIXEL_MEAN / PIXEL_STD (0-255 scale, normalised

@@ -1,0 +1,198 @@
+"""Smoke tests of benchmarks/scaling_table.py's helpers: the configs of the rows, the overhead
+config, the table and the plot. Nothing trains here (the benchmark itself does)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import det_scaling
+
+# isort: split
+from detectron2.engine import DefaultTrainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    # benchmarks/ is not a package: load the script as a module (its main() does not run).
+    path = REPO / "benchmarks" / "scaling_table.py"
+    spec = importlib.util.spec_from_file_location("scaling_table_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is created.
+    sys.modules[spec.name] = module
+    # As when the script runs: its folder is on the path (it imports benchmarks/_logs.py).
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(path.parent))
+        del sys.modules[spec.name]
+
+
+@pytest.fixture
+def cfg():
+    """The shape of the synthetic tiny config, fixed here: 2 GPUs x 2 images, LR 0.02, 800 steps
+    (8 epochs of 400 images), LR steps at 6 and 7.2 epochs, 1 epoch of warmup."""
+    cfg = det_scaling.get_cfg()
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 2
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    cfg.SOLVER.BASE_LR = 0.02
+    cfg.SOLVER.MAX_ITER = 800
+    cfg.SOLVER.STEPS = (600, 720)
+    cfg.SOLVER.WARMUP_ITERS = 100
+    cfg.SCALING.DATASET_SIZE = 400
+    return cfg
+
+
+def test_processes_for(bench):
+    assert bench.processes_for(1, 2) == 1
+    assert bench.processes_for(2, 2) == 2
+    assert bench.processes_for(8, 2) == 2
+    assert bench.processes_for(8, 16) == 8
+    assert bench.processes_for(3, 2) == 1  # 3 micro-batches do not split between 2 processes
+    assert bench.processes_for(6, 4) == 3
+    with pytest.raises(ValueError):
+        bench.processes_for(0, 2)
+
+
+def test_plan_rows(bench):
+    rows = bench.plan_rows([1, 2, 4, 8, 16], 2, [8, 16])
+    assert [(r.gpus, r.series, r.how) for r in rows] == [
+        (1, "linear", "1 x 1"),
+        (2, "linear", "2 x 1"),
+        (4, "linear", "2 x 2"),
+        (8, "linear", "2 x 4"),
+        (16, "linear", "2 x 8"),
+        # no kept or sqrt 1-GPU rows: every rule gives the 1-GPU LR there (the same run)
+        (2, "none", "2 x 1"),
+        (4, "none", "2 x 2"),
+        (8, "none", "2 x 4"),
+        (16, "none", "2 x 8"),
+        (2, "sqrt", "2 x 1"),
+        (4, "sqrt", "2 x 2"),
+        (8, "sqrt", "2 x 4"),
+        (16, "sqrt", "2 x 8"),
+        (8, "larc", "2 x 4"),
+        (16, "larc", "2 x 8"),
+    ]
+    assert len({r.name for r in rows}) == len(rows)
+    assert {r.rule for r in rows if r.series == "larc"} == {"linear"}
+    only_kept = bench.plan_rows([1, 2], 2, [], ("none",))
+    assert [(r.gpus, r.series) for r in only_kept] == [(1, "linear"), (2, "none")]
+
+
+def test_epoch_schedule(bench, cfg):
+    full = bench.epoch_schedule(cfg, None)
+    assert full.SCALING.EPOCHS.MAX == pytest.approx(8)
+    assert full.SCALING.EPOCHS.STEPS == pytest.approx((6, 7.2))
+    assert full.SCALING.EPOCHS.WARMUP == pytest.approx(1)
+    short = bench.epoch_schedule(cfg, 2.0)
+    assert short.SCALING.EPOCHS.MAX == pytest.approx(2)
+    assert short.SCALING.EPOCHS.STEPS == pytest.approx((1.5, 1.8))
+    assert short.SCALING.EPOCHS.WARMUP == pytest.approx(0.25)
+    assert cfg.SCALING.EPOCHS.MAX == 0  # the input is unchanged
+    # An epoch schedule gives back the iterations it was converted from.
+    planned = det_scaling.plan_scaling(full, 2).cfg
+    assert planned.SOLVER.MAX_ITER == 800
+    assert planned.SOLVER.STEPS == (600, 720)
+    assert planned.SOLVER.WARMUP_ITERS == 100
+
+
+def test_row_cfgs_see_the_same_images(bench, cfg, tmp_path):
+    one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, 2.0))
+    assert one_gpu.SOLVER.IMS_PER_BATCH == 2
+    assert one_gpu.SOLVER.BASE_LR == pytest.approx(0.01)
+    by_key = {}
+    for row in bench.plan_rows([1, 2, 4, 8], 2, [8]):
+        run = bench.row_cfg(one_gpu, row, 3, tmp_path)
+        by_key[row.gpus, row.series] = run
+        assert run.SOLVER.IMS_PER_BATCH == 2 * row.gpus
+        assert run.SOLVER.REFERENCE_WORLD_SIZE == row.processes
+        assert run.SCALING.GRAD_ACCUM_STEPS == row.accumulation
+        assert run.SOLVER.MAX_ITER * run.SOLVER.IMS_PER_BATCH == 800  # 2 epochs of 400
+        expected_lr = {"linear": 0.01 * row.gpus, "larc": 0.01 * row.gpus, "none": 0.01}.get(
+            row.series, 0.01 * row.gpus**0.5
+        )
+        assert run.SOLVER.BASE_LR == pytest.approx(expected_lr)
+        assert run.SOLVER.OPTIMIZER == ("LARC" if row.series == "larc" else "SGD")
+        # Measured wherever a step has two batch sizes (not at 1 x 1).
+        assert run.SCALING.NOISE_SCALE.ENABLED == (row.gpus > 1)
+        assert run.SEED == 3
+        assert run.SOLVER.CHECKPOINT_PERIOD > run.SOLVER.MAX_ITER  # model_final only
+        assert run.TEST.EVAL_PERIOD == 0  # evaluated once, at the end
+        assert Path(run.OUTPUT_DIR) == tmp_path / "seed3" / row.name
+    eight, eight_kept = by_key[8, "linear"], by_key[8, "none"]
+    assert eight.SOLVER.MAX_ITER == eight_kept.SOLVER.MAX_ITER == 50
+    assert eight.SOLVER.STEPS == eight_kept.SOLVER.STEPS == (38, 45)  # 37.5 rounds to even
+
+
+def test_overhead_cfg_is_what_stock_detectron2_runs(bench, cfg, tmp_path):
+    one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, None))
+    stock = bench.overhead_cfg(one_gpu, tmp_path)
+    assert stock.SOLVER.OPTIMIZER == "SGD"
+    assert stock.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR"
+    assert stock.SCALING.GRAD_ACCUM_STEPS == 1
+    # DefaultTrainer rescales nothing for 1 process: both trainers run the same config.
+    assert DefaultTrainer.auto_scale_workers(stock, 1) == stock
+
+
+def test_table_verdict_and_plot(bench, cfg, tmp_path):
+    one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, 2.0))
+    rows = bench.plan_rows([1, 2, 4], 2, [4])
+    table = []
+    for row in rows:
+        runs = []
+        for seed in (0, 1):
+            run = bench.row_cfg(one_gpu, row, seed, tmp_path)
+            kept = row.series == "none"
+            summary = {
+                "metrics": {
+                    "bbox/AP50": 40.0 - (5 if kept else 0) * row.gpus + seed,
+                    "bbox/AP": 20.0,
+                },
+                "epochs_seen": 2.0,
+                "train_time_s": 1.0,
+                "gradient_noise": {"noise_scale": 5.0 + seed} if row.gpus > 1 else None,
+            }
+            runs.append(bench.run_result(row, run, summary))
+        table.append(bench.table_row(row, runs, 2))
+    diverged = bench.run_result(rows[-1], run, {"diverged": "rank 1 of 2 failed: ..."})
+    assert diverged["AP50"] == 0.0 and diverged["diverged"]
+    with_diverged = bench.table_row(rows[-1], [runs[0], diverged], 2)
+    assert with_diverged["AP50 per seed"] == f"{runs[0]['AP50']:.1f} / diverged"
+    assert with_diverged["AP50 mean"] == round(runs[0]["AP50"] / 2, 2)
+    first = table[0]
+    assert first["AP50 per seed"] == "40.0 / 41.0" and first["AP50 mean"] == 40.5
+    assert first["AP50 spread"] == 1.0 and first["B_simple (end)"] is None
+    assert table[1]["B_simple (end)"] == 5.5 and table[1]["how (processes x accum)"] == "2 x 1"
+    assert bench.baseline_noise_scale(table) == 5.5  # the linear 2-GPU row
+    checks = {c["GPUs"]: c for c in bench.verdict(table, 5.5)}
+    assert checks[2]["linear within 1 of 1 GPU"] == "yes"
+    assert checks[2]["kept - linear (AP50)"] == -10.0 and checks[2]["kept >= 3 below"] == "yes"
+    assert checks[2]["total batch <= B_simple"] == "yes"  # 4 images <= 5.5
+    assert checks[4]["total batch <= B_simple"] == "no"  # 8 images
+    json.dumps(table)  # results.json holds them as they are
+    path = tmp_path / "table.png"
+    bench.plot([*table, with_diverged], path, "test", 5.5, 2)
+    assert path.stat().st_size > 0
+
+
+def test_format_overhead(bench):
+    result = {
+        "iterations": 4,
+        "chunk": 2,
+        "warmup": 1,
+        "ims_per_batch": 2,
+        "median_s": {"ours": 0.5, "stock": 0.4},
+        "quartiles_s": {"ours": [0.45, 0.55], "stock": [0.35, 0.45]},
+        "ratio": 1.25,
+    }
+    text = bench.format_overhead(result)
+    assert "1.250" in text and "0.4500-0.5500" in text

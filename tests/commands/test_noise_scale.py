@@ -1,0 +1,147 @@
+"""``noise-scale``: the estimate from step norms, a real measurement on a tiny classifier (one
+process accumulating; one process at a batch that must be doubled; two gloo processes), the
+command's output and its refusals.
+
+The model is the digits sweep config's ResNet-18 at 8x8 inputs, as in tests/test_lr_find.py.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+import det_scaling
+from det_scaling.classification import export_digits
+from det_scaling.cli import main
+from det_scaling.commands.noise_scale import estimate, launch_noise_scale, measure_noise_scale
+from det_scaling.engine import StepNorms
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS_SWEEP = REPO / "configs" / "ImageNet-Classification" / "resnet18_digits_sweep.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def environment(tmp_path_factory):
+    """The digits under a data sets root of the module's own, and one torch thread."""
+    root = tmp_path_factory.mktemp("datasets")
+    export_digits(root / "digits")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DETECTRON2_DATASETS", str(root))
+        yield
+    torch.set_num_threads(threads)
+
+
+def write_config(directory: Path, ims_per_batch: int = 32, reference: int = 2) -> Path:
+    text = (
+        f'_BASE_: "{DIGITS_SWEEP}"\n'
+        'MODEL:\n  DEVICE: "cpu"\n'
+        "INPUT:\n  CLS_TRAIN_SIZE: 8\n"
+        f"SOLVER:\n  IMS_PER_BATCH: {ims_per_batch}\n  REFERENCE_WORLD_SIZE: {reference}\n"
+        "SEED: 1\n"
+        f'OUTPUT_DIR: "{directory / "output"}"\n'
+    )
+    path = directory / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---- the estimate ----
+
+
+def norms_for(sq_grad_norm: float, trace: float, iteration: int) -> StepNorms:
+    """A step whose norms are the expected ones at b = 2 and B = 8: its estimates are exact."""
+    return StepNorms(iteration, sq_grad_norm + trace / 2, 2, sq_grad_norm + trace / 8, 8)
+
+
+def test_estimate_is_the_ratio_of_the_mean_estimates() -> None:
+    steps = [norms_for(1.0, 10.0, 0), norms_for(3.0, 50.0, 1)]
+    result = estimate(steps)
+    assert (result.sq_grad_norm, result.trace_sigma) == pytest.approx((2.0, 30.0))
+    assert result.noise_scale == pytest.approx(15.0)  # not the mean of 10 and 16.7
+    assert (result.first, result.last, result.steps) == (0, 1, 2)
+    # Residuals t - 15 g: -5 and +5, sample variance 50: sqrt(50 / 2 steps) / mean |G|^2 2.
+    assert result.standard_error == pytest.approx(2.5)
+    unresolved = estimate([StepNorms(0, 10.0, 2, 1.0, 8)])  # |G|^2 estimate < 0
+    assert unresolved.noise_scale is None and unresolved.standard_error is None
+    with pytest.raises(ValueError, match="no step"):
+        estimate([])
+
+
+# ---- measurements ----
+
+
+def test_measurement_on_the_reference_batch_with_accumulation(tmp_path: Path) -> None:
+    cfg = det_scaling.load_cfg(str(write_config(tmp_path)))
+    result = measure_noise_scale(cfg, num_iter=12)
+    # 32 images written for 2 GPUs, on 1 process: 2 micro-batches of 16.
+    assert (result.ims_per_batch, result.grad_accum_steps, result.micro_batch) == (32, 2, 16)
+    assert {(n.small_batch, n.big_batch) for n in result.norms} == {(16, 32)}
+    assert [n.iteration for n in result.norms] == list(range(12))
+    assert len(result.losses) == len(result.lrs) == 12 and result.notes == []
+    assert result.per_gpu_batch == 16 and result.cfg.SCALING.DATASET_SIZE == 1438
+    windows = result.windows(3)
+    assert [(w.first, w.last) for w in windows] == [(0, 3), (4, 7), (8, 11)]
+    assert result.overall.steps == 12
+    # The LR follows the config's schedule from its warmup (WarmupMultiStepLR, factor 0.1).
+    assert result.lrs[0] == pytest.approx(0.1 * 0.05, rel=1e-6)
+    assert result.lrs[-1] > result.lrs[0]
+    if result.overall.noise_scale is not None:
+        assert result.gpu_limit() == max(1, int(result.overall.noise_scale // 16))
+
+
+def test_one_process_without_accumulation_measures_at_twice_the_batch(tmp_path: Path) -> None:
+    cfg = det_scaling.load_cfg(str(write_config(tmp_path, ims_per_batch=16, reference=1)))
+    result = measure_noise_scale(cfg, num_iter=4, start_iter=10)
+    assert (result.ims_per_batch, result.grad_accum_steps) == (32, 2)
+    assert {(n.small_batch, n.big_batch) for n in result.norms} == {(16, 32)}
+    assert [n.iteration for n in result.norms] == [10, 11, 12, 13]
+    assert "one batch size per step" in result.notes[0]
+    assert result.per_gpu_batch == 16  # the limit is counted in the config's own per-GPU batch
+
+
+@pytest.mark.slow
+def test_two_processes_measure_before_and_after_the_all_reduce(tmp_path: Path) -> None:
+    cfg = det_scaling.load_cfg(str(write_config(tmp_path)))
+    result = launch_noise_scale(cfg, 2, num_iter=4)
+    assert (result.world_size, result.grad_accum_steps) == (2, 1)
+    assert {(n.small_batch, n.big_batch) for n in result.norms} == {(16, 32)}
+    assert len(result.losses) == 4 and all(loss > 0 for loss in result.losses)
+
+
+# ---- the command ----
+
+
+def test_command_prints_the_noise_scale_its_movement_and_the_gpu_limit(
+    tmp_path: Path, capsys
+) -> None:
+    config = write_config(tmp_path)
+    csv_path = tmp_path / "norms.csv"
+    code = main(["noise-scale", str(config), "--num-iter", "10", "--windows", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "batch: 32 images/step (1 process(es) x 2 micro-batch(es) of 16)" in out
+    assert "the two batch sizes: 16 and 32 images" in out
+    assert "| 0-4 " in out and "| 5-9 " in out
+    assert "B_simple over the 10 steps:" in out
+    assert "per-GPU batch as written: 16 image(s)" in out
+    assert ("linear rule expected to hold up to" in out) or ("not resolved" in out)
+    assert not (tmp_path / "output").exists()  # nothing written
+    main(["noise-scale", str(config), "--num-iter", "3", "--csv", str(csv_path)])
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
+    assert {(r["small_batch"], r["big_batch"]) for r in rows} == {("16", "32")}
+
+
+def test_command_refuses_a_measurement_longer_than_the_schedule(tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path)
+    assert main(["noise-scale", str(config), "--num-iter", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("det-scaling noise-scale: error: the schedule has")
+    assert main(["noise-scale", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""det_scaling.engine.launch: spawned gloo processes on the CPU, torchrun, detectron2's comm
+state, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from detectron2.utils import comm
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from det_scaling.engine.launch import (
+    TORCHRUN_VARIABLES,
+    create_ddp_model,
+    default_device,
+    launch,
+    pick_backend,
+    under_torchrun,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _report_worker(out_dir: str) -> None:
+    """Runs in each launched process: all-reduces, trains one DDP step, reports what it saw."""
+    rank = comm.get_rank()
+    total = torch.tensor([rank + 1.0])
+    dist.all_reduce(total)
+    model = create_ddp_model(nn.Linear(2, 1, bias=False))
+    model(torch.full((1, 2), rank + 1.0)).sum().backward()
+    report = {
+        "world_size": comm.get_world_size(),
+        "local_rank": comm.get_local_rank(),
+        "local_size": comm.get_local_size(),
+        "backend": dist.get_backend(),
+        "device": default_device(),
+        "sum": total.item(),
+        "ddp": isinstance(model, DistributedDataParallel),
+        "grad": model.module.weight.grad.tolist(),
+        "threads": torch.get_num_threads(),
+    }
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+def read_reports(out_dir: Path, world_size: int) -> list[dict]:
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world_size)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
+def test_two_cpu_processes_all_reduce_and_know_their_ranks(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    launch(_report_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    reports = read_reports(tmp_path, 2)
+    for rank, report in enumerate(reports):
+        # Each process takes its share of the cores, not all of them.
+        assert report["threads"] == max(1, (os.cpu_count() or 1) // 2)
+        assert report["world_size"] == 2
+        assert report["local_rank"] == rank
+        assert report["local_size"] == 2
+        assert report["backend"] == "gloo"
+        assert report["device"] == "cpu"
+        assert report["sum"] == 3.0  # 1 + 2
+        assert report["ddp"]
+        # DDP on CPU models (no device_ids) averages the gradients: inputs 1 and 2 -> 1.5.
+        assert report["grad"] == [[1.5, 1.5]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (gloo) path")
+def test_under_torchrun_initialises_from_the_environment(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+
+            import det_scaling  # noqa: F401
+            from det_scaling.engine.launch import launch
+            from test_launch import _report_worker
+
+            # torchrun started the processes: launch must not spawn 4 more.
+            launch(_report_worker, 4, dist_url="auto", args=(sys.argv[1],))
+            """
+        )
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        str(script),
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = read_reports(tmp_path, 2)
+    assert [r["local_rank"] for r in reports] == [0, 1]
+    assert all(r["world_size"] == 2 and r["sum"] == 3.0 for r in reports)
+    assert all(r["grad"] == [[1.5, 1.5]] for r in reports)
+    assert not (tmp_path / "rank2.json").exists()
+
+
+def test_one_process_runs_main_here_without_a_process_group():
+    seen = []
+    launch(lambda x: seen.append((x, comm.get_world_size(), dist.is_initialized())), 1, args=(7,))
+    assert seen == [(7, 1, False)]
+
+
+def test_a_multi_process_launch_needs_a_url():
+    with pytest.raises(ValueError, match="dist_url"):
+        launch(print, 2)
+    with pytest.raises(ValueError, match="one machine"):
+        launch(print, 2, num_machines=2, dist_url="auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="no GPU here")
+def test_without_gpus_the_backend_is_gloo_on_the_cpu():
+    assert pick_backend(1) == "gloo"
+    assert default_device() == "cpu"
+
+
+def test_torchrun_is_recognised_by_its_environment(monkeypatch):
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not under_torchrun()
+    for name, value in zip(TORCHRUN_VARIABLES, ("0", "1", "0", "127.0.0.1", "29500"), strict=True):
+        monkeypatch.setenv(name, value)
+    assert under_torchrun()
+
+
+def test_ddp_model_is_the_model_itself_in_one_process():
+    model = nn.Linear(2, 1)
+    assert create_ddp_model(model) is model

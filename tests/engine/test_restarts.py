@@ -1,0 +1,254 @@
+"""Restarts: a run killed with SIGKILL resumes, at the same or at another process count, losing at
+most one checkpoint period; under torchrun a restarted worker group resumes by itself, at the new
+world size. In both, the images seen and the LR at the end are an uninterrupted run's.
+
+Real processes: tests/helpers/tiny_run.py (tools/train.py's command for the tiny model), spawned
+gloo processes and torchrun agents with a c10d rendezvous on 127.0.0.1, killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.processes import TINY_RUN, free_port, tiny_run_setup
+from helpers.tiny import build_trainer, tiny_cfg
+
+from det_scaling import plan_scaling
+from det_scaling.commands.train import PLAN_FILE, resume_requested
+from det_scaling.solver import scheduled_lrs
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL for ``process`` and everything below it: a machine lost."""
+    for pid in [*descendants(process.pid), process.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+
+
+def wait_for(condition: Callable[[], bool], what: str, processes, timeout: float) -> None:
+    """Polls ``condition``; fails when one of ``processes`` (Popen, stderr to a file named
+    ``process.stderr_path``) ends first, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in processes:
+            if process.poll() is not None:
+                err = Path(process.stderr_path).read_text()[-3000:]
+                pytest.fail(f"ended (status {process.returncode}) before {what}:\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout} s")
+        time.sleep(0.2)
+
+
+def last_checkpoint_progress(out: Path) -> dict | None:
+    """The ScalingProgress state in OUTPUT_DIR's last checkpoint (written atomically: whole)."""
+    pointer = out / "last_checkpoint"
+    if not pointer.exists():
+        return None
+    saved = torch.load(out / pointer.read_text(), weights_only=False)
+    return saved["trainer"]["hooks"]["ScalingProgress"]
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def run_tiny(arguments: list[str], env: dict, timeout: float = 400) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(TINY_RUN), *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_at_the_same_and_at_another_gpu_count(tmp_path, data):
+    # Written for 1 GPU x 2 images: 24 steps, a checkpoint every 4, LR steps at 12 and 20.
+    solver = {"CHECKPOINT_PERIOD": 4, "STEPS": (12, 20)}
+    config, env = tiny_run_setup(tmp_path, max_iter=24, **solver)
+    out = tmp_path / "out"
+    progress = tmp_path / "progress.txt"
+    env.update(TINY_RUN_STEP_SECONDS="0.3", TINY_RUN_PROGRESS=str(progress))
+
+    killed = popen_logged(
+        [sys.executable, str(TINY_RUN), "--config-file", str(config), "--num-gpus", "1"],
+        env,
+        tmp_path / "killed",
+        start_new_session=True,
+    )
+
+    def mid_period() -> bool:  # the second checkpoint written, and two steps more started
+        pointer = out / "last_checkpoint"
+        started = len(progress.read_text().splitlines()) if progress.exists() else 0
+        return pointer.exists() and pointer.read_text() == "model_0000007.pth" and started >= 10
+
+    try:
+        wait_for(mid_period, "the second checkpoint", [killed], timeout=300)
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    steps_started = len(progress.read_text().splitlines())
+    shutil.copytree(out, tmp_path / "out_two")
+    checkpoint = last_checkpoint_progress(out)
+    assert checkpoint["iteration"] >= 8
+
+    # Uninterrupted, for comparison: the same schedule in this process (the tiny model's LR and
+    # images do not depend on the faults or sleeps of the subprocess's variant).
+    reference_cfg = tiny_cfg(tmp_path / "reference", ims_per_batch=2, max_iter=24)
+    reference_cfg.SOLVER.merge_from_list(
+        ["REFERENCE_WORLD_SIZE", 1, "BASE_LR", 0.01, "STEPS", (12, 20), "WARMUP_ITERS", 2]
+    )
+    reference = build_trainer(plan_scaling(reference_cfg, 1).cfg, data).train()
+
+    run_tiny(["--config-file", str(config), "--num-gpus", "1", "--resume"], env)
+    same = summary(out)
+    assert same["start_iter"] == checkpoint["iteration"]
+    assert steps_started - same["start_iter"] <= solver["CHECKPOINT_PERIOD"]  # lost at most one
+    for key in ("iterations_done", "images_seen", "epochs_seen", "final_lr"):
+        assert same[key] == pytest.approx(reference[key]), key
+
+    two_out = tmp_path / "out_two"
+    run_tiny(
+        ["--config-file", str(config), "--num-gpus", "2", "--resume", "OUTPUT_DIR", str(two_out)],
+        env,
+    )
+    two = summary(two_out)
+    assert two["world_size"] == 2 and two["ims_per_batch"] == 4
+    assert two["start_iter"] * 4 == checkpoint["images_seen"]  # the same images, in steps of 4
+    assert two["images_seen"] == reference["images_seen"] == 48
+    # The 2-process schedule (linear rule: twice the LR), ending where the uninterrupted one does.
+    expected = scheduled_lrs(plan_scaling(reference_cfg, 2).cfg)
+    assert two["final_lr"] == pytest.approx(expected[-1])
+    assert two["final_lr"] == pytest.approx(2 * reference["final_lr"])
+
+
+def popen_logged(command: list[str], env: dict, logs: Path, **kwargs) -> subprocess.Popen:
+    """``command`` started with its output in ``logs``.out/.err (a pipe nobody reads while the
+    test waits could fill up and block it)."""
+    stdout, stderr = logs.with_suffix(".out"), logs.with_suffix(".err")
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, **kwargs)
+    process.stderr_path = stderr
+    return process
+
+
+def torchrun_agent(
+    config: Path, port: int, is_host: bool, env: dict, logs: Path
+) -> subprocess.Popen:
+    """A torchrun agent of an elastic job of 1 to 2 nodes with one worker each."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1:2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=det-scaling-test",
+        # The first agent hosts the rendezvous store; a new round waits 10 s for late nodes.
+        f"--rdzv-conf=is_host={str(is_host).lower()},last_call_timeout=10,join_timeout=120",
+        "--max-restarts=2",
+        "--monitor-interval=0.5",
+        str(TINY_RUN),
+        "--config-file",
+        str(config),
+    ]
+    return popen_logged(command, env, logs)
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_at_another_world_size_and_resumes_by_itself(tmp_path):
+    # Written for 1 GPU x 2 images: 40 steps (80 images); 20 steps of 4 on 2 workers.
+    config, env = tiny_run_setup(tmp_path, max_iter=40, CHECKPOINT_PERIOD=8, STEPS=(20, 32))
+    out = tmp_path / "out"
+    env["TINY_RUN_STEP_SECONDS"] = "0.4"
+    port = free_port()
+    first = torchrun_agent(config, port, True, env, tmp_path / "first_agent")
+    second = torchrun_agent(config, port, False, env, tmp_path / "second_agent")
+    try:
+
+        def written_by_two_workers() -> bool:
+            state = last_checkpoint_progress(out)
+            return state is not None and state["world_size"] == 2
+
+        wait_for(written_by_two_workers, "checkpoint of 2 workers", [first, second], timeout=300)
+        kill_tree(second)  # one of the two nodes is lost
+        first.wait(timeout=400)
+    finally:
+        for agent in (first, second):
+            if agent.poll() is None:
+                kill_tree(agent)
+    assert first.returncode == 0, Path(first.stderr_path).read_text()[-4000:]
+
+    result = summary(out)
+    assert result["world_size"] == 1 and result["ims_per_batch"] == 2
+    assert result["resumed_from"]["world_size"] == 2  # resumed without --resume
+    assert result["start_iter"] * 2 == result["resumed_from"]["images_seen"]
+    assert result["images_seen"] == 40 * 2  # the schedule's, as written
+    one_gpu = tiny_cfg(out, ims_per_batch=2, max_iter=40)
+    one_gpu.SOLVER.merge_from_list(
+        ["REFERENCE_WORLD_SIZE", 1, "BASE_LR", 0.01, "STEPS", (20, 32), "WARMUP_ITERS", 2]
+    )
+    assert result["final_lr"] == pytest.approx(scheduled_lrs(plan_scaling(one_gpu, 1).cfg)[-1])
+    assert (
+        "torchrun restarted the worker group (restart 1, world size 1)"
+        in (out / "log.txt").read_text()
+    )
+
+
+def test_a_torchrun_restart_is_told_by_its_count_or_by_this_jobs_saved_plan(tmp_path, monkeypatch):
+    args = argparse.Namespace(resume=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert not resume_requested(args, str(out))
+    assert resume_requested(argparse.Namespace(resume=True), str(out))
+
+    for name, value in zip(TORCHRUN_ENV, ("0", "2", "0", "127.0.0.1", "29500"), strict=True):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    assert not resume_requested(args, str(out))  # a first start
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert resume_requested(args, str(out))  # after a failure
+    # A change of membership (not counted by torchrun): OUTPUT_DIR's plan is this job's.
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    (out / PLAN_FILE).write_text(json.dumps({"torchelastic_run_id": "job-7"}))
+    assert resume_requested(args, str(out))
+    (out / PLAN_FILE).write_text(json.dumps({"torchelastic_run_id": "job-6"}))
+    assert not resume_requested(args, str(out))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default: every job's id
+    (out / PLAN_FILE).write_text(json.dumps({"torchelastic_run_id": "none"}))
+    assert not resume_requested(args, str(out))

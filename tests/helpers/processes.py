@@ -1,0 +1,65 @@
+"""Runs of ``tools/train.py``'s command on the tiny model in real processes
+(``tests/helpers/tiny_run.py``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import REPO
+from helpers.tiny import tiny_cfg, write_images
+
+TINY_RUN = REPO / "tests" / "helpers" / "tiny_run.py"
+
+
+def tiny_run_setup(tmp_path: Path, max_iter: int = 12, **solver) -> tuple[Path, dict]:
+    """A config of the faulty tiny model (written for 1 GPU x 2 images) and the environment of
+    tests/helpers/tiny_run.py."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    write_images(data)
+    cfg = tiny_cfg(tmp_path / "out", ims_per_batch=2, max_iter=max_iter)
+    cfg.MODEL.META_ARCHITECTURE = "TinyFaultyRegressor"
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 1
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.STEPS = (max_iter // 2,)
+    cfg.SOLVER.WARMUP_ITERS = 2
+    cfg.SOLVER.CHECKPOINT_PERIOD = 4
+    cfg.SCALING.DATASET_SIZE = 0
+    for key, value in solver.items():
+        cfg.SOLVER[key] = value
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.dump())
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+        "TINY_RUN_DATA": str(data),
+        "OMP_NUM_THREADS": "1",
+    }
+    return config, env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_train_tool_on_two_processes(tmp_path: Path, config: Path, *overrides: str) -> str:
+    """Runs tools/train.py on 2 gloo processes, with data sets generated under ``tmp_path``;
+    returns its log (stdout and stderr), after checking that it succeeded."""
+    env = {
+        **os.environ,
+        "DETECTRON2_DATASETS": str(tmp_path / "datasets"),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, str(REPO / "tools" / "train.py"), "--config-file", str(config)]
+    command += ["--num-gpus", "2", "--dist-url", "auto", *overrides]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    return log

@@ -1,0 +1,74 @@
+"""``tools/train.py`` for the tests' tiny model:
+``python tests/helpers/tiny_run.py --config-file ...``.
+
+It registers what the tiny runs of :mod:`helpers.tiny` need in every process (the
+``TinyBoxRegressor``, its images under ``$TINY_RUN_DATA``) and a variant with faults that exist
+only for tests, then runs ``det-scaling train`` with the arguments given: spawned processes,
+several launches, torchrun.
+
+``TinyFaultyRegressor`` reads, in each process:
+
+* ``TINY_RUN_FAULT=RANK:STEP:KIND``: at its STEP-th forward pass (from 0) the process of global
+  rank RANK raises ``RuntimeError`` (KIND ``raise``), ``ValueError`` (``value``: a bug, not a bad
+  input) or ``ConfigError`` (``config``), or returns a NaN loss (KIND ``nan``);
+* ``TINY_RUN_STEP_SECONDS``: seconds each forward pass sleeps, so that a test can act mid-run;
+* ``TINY_RUN_PROGRESS``: a file to which each forward pass appends a line, so that a test knows
+  how far a run got before it was killed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import det_scaling  # noqa: F401  (before detectron2: the compatibility layer)
+from det_scaling.errors import ConfigError
+
+# isort: split
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils import comm
+
+from helpers.tiny import TinyBoxRegressor, register_images
+
+
+@META_ARCH_REGISTRY.register()
+class TinyFaultyRegressor(TinyBoxRegressor):
+    """``TinyBoxRegressor`` with the faults and slowness of ``TINY_RUN_FAULT`` and
+    ``TINY_RUN_STEP_SECONDS`` (see the module)."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.forward_passes = 0
+
+    def forward(self, batched_inputs):
+        losses = super().forward(batched_inputs)
+        if self.training:
+            step, self.forward_passes = self.forward_passes, self.forward_passes + 1
+            time.sleep(float(os.environ.get("TINY_RUN_STEP_SECONDS", "0")))
+            if os.environ.get("TINY_RUN_PROGRESS"):
+                with open(os.environ["TINY_RUN_PROGRESS"], "a") as f:
+                    f.write(f"rank {comm.get_rank()} forward pass {step}\n")
+            fault = os.environ.get("TINY_RUN_FAULT")
+            if fault:
+                rank, at, kind = fault.split(":")
+                if comm.get_rank() == int(rank) and step == int(at):
+                    message = f"injected fault on rank {rank} at step {at}"
+                    if kind == "raise":
+                        raise RuntimeError(message)
+                    if kind == "value":
+                        raise ValueError(message)
+                    if kind == "config":
+                        raise ConfigError(message)
+                    losses = {name: value * torch.nan for name, value in losses.items()}
+        return losses
+
+
+register_images(Path(os.environ["TINY_RUN_DATA"]))
+
+if __name__ == "__main__":
+    from det_scaling.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
