@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from det_scaling.cli._common import add_overrides_argument
 from det_scaling.engine.launch import DEFAULT_TIMEOUT
+from det_scaling.engine.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT_STATUS
 
 # --dist-timeout units.
 _SECONDS_PER = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -75,12 +76,34 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "90, 5m; default 30m). With NCCL see the README (TORCH_NCCL_ASYNC_ERROR_HANDLING)",
     )
     parser.add_argument(
+        "--preempt-on",
+        type=_signal_names,
+        default=DEFAULT_SIGNALS,
+        metavar="SIGNALS",
+        help="signals that stop the run at the next step with a checkpoint, exit status "
+        f"{PREEMPTED_EXIT_STATUS} (comma-separated; default {','.join(DEFAULT_SIGNALS)}; none: "
+        "off)",
+    )
+    parser.add_argument(
         "--no-scale",
         action="store_true",
         help="use the config as written for whatever GPU count runs it (sets "
         "SOLVER.REFERENCE_WORLD_SIZE, or train.reference_world_size, 0: the batch written is "
         "then the total batch)",
     )
+
+
+def _signal_names(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(name.strip().upper() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in {"SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"}]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"not signal names: {text!r} (SIGTERM, SIGUSR1, SIGUSR2, SIGINT, comma-separated, or "
+            "none)"
+        )
+    return names
 
 
 def _duration(text: str) -> timedelta:

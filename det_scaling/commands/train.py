@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from detectron2.engine import default_setup
@@ -27,7 +28,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from det_scaling.config import load_cfg
-from det_scaling.engine import SafeCheckpointer
+from det_scaling.engine import SafeCheckpointer, preemption
 from det_scaling.engine.failures import keep_tracebacks_off_the_console
 from det_scaling.engine.launch import (
     DEFAULT_TIMEOUT,
@@ -36,6 +37,7 @@ from det_scaling.engine.launch import (
     torchrun_restart_count,
     under_torchrun,
 )
+from det_scaling.engine.output_lock import output_dir_lock
 from det_scaling.engine.run import Run
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.plan import ScalingPlan
@@ -71,6 +73,7 @@ def training_args(config_file: str, opts: Sequence[str] = (), **options: Any) ->
         dist_url="auto",
         dist_timeout=DEFAULT_TIMEOUT,
         no_scale=False,
+        preempt_on=preemption.DEFAULT_SIGNALS,
     )
     for name, value in options.items():
         if not hasattr(args, name):
@@ -102,21 +105,30 @@ def launch_training(args: argparse.Namespace) -> None:
         )
     if not _resumes_from_output_dir(args, settings.output_dir):
         check_weights(run)  # else detectron2 loads the output directory's checkpoint
-    launch(
-        train_process,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        timeout=args.dist_timeout,
-        log_dir=settings.output_dir,
-    )
+    # One run per OUTPUT_DIR: the launching process holds it (under torchrun, global rank 0).
+    holds = not under_torchrun() or os.environ.get("RANK") == "0"
+    lock = output_dir_lock(settings.output_dir, keys.output_dir) if holds else nullcontext()
+    with lock:
+        launch(
+            train_process,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            timeout=args.dist_timeout,
+            log_dir=settings.output_dir,
+        )
 
 
 def train_process(args: argparse.Namespace) -> dict[str, Any]:
     """Runs in every process: loads the config, then returns the evaluation results with
     ``--eval-only``, else the training summary."""
+    with preemption.armed(args.preempt_on):
+        return _train_process(args)
+
+
+def _train_process(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_cfg(args.config_file, args.opts)
     run = prepare_run(cfg, comm.get_world_size(), no_scale=args.no_scale)
     settings = run.settings

@@ -25,8 +25,10 @@ import json
 import logging
 import os
 import pickle
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -47,6 +49,7 @@ from det_scaling.engine.failures import (
     record_failure,
     root_cause,
 )
+from det_scaling.engine.preemption import PREEMPTED_EXIT_STATUS, Preempted
 from det_scaling.errors import ConfigError
 from det_scaling.utils.logs import quiet_logger
 
@@ -68,6 +71,9 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 logger = logging.getLogger(__name__)
+
+# The main process's preemption message, left in the failure records' folder for the launcher.
+PREEMPTION_RECORD = "preempted.txt"
 
 
 def launch(
@@ -132,27 +138,31 @@ def launch(
             else f"only {torch.cuda.device_count()} GPU(s) for {num_gpus_per_machine} processes",
         )
     first_rank = machine_rank * num_gpus_per_machine
+    worker_args = (main_func, world_size, num_gpus_per_machine, machine_rank, dist_url)
+    worker_args += (tuple(args), timeout, backend)
     with tempfile.TemporaryDirectory(prefix="det_scaling_failures_") as records_dir:
+        processes: list[Any] = []
         try:
             # torch warns as it stops the other processes after a failure; the error says more.
-            with quiet_logger("torch.multiprocessing.spawn"):
-                mp.spawn(
+            with quiet_logger("torch.multiprocessing.spawn"), _forwarding_signals(processes) as got:
+                context = mp.start_processes(
                     _distributed_worker,
+                    args=(*worker_args, records_dir, log_dir),
                     nprocs=num_gpus_per_machine,
-                    args=(
-                        main_func,
-                        world_size,
-                        num_gpus_per_machine,
-                        machine_rank,
-                        dist_url,
-                        tuple(args),
-                        timeout,
-                        backend,
-                        records_dir,
-                        log_dir,
-                    ),
                     daemon=False,
+                    join=False,
+                    start_method="spawn",
                 )
+                processes += context.processes
+                _forward_pending(got, processes)
+                while not context.join():
+                    pass
+        except ProcessExitedException as error:
+            stopped = _preempted(error, records_dir, got)
+            if stopped is not None:
+                raise stopped from None
+            failure = _failure_of(error, records_dir, first_rank, world_size, log_dir)
+            raise RankFailedError(failure) from None
         except ProcessException as error:
             failure = _failure_of(error, records_dir, first_rank, world_size, log_dir)
             raise RankFailedError(failure) from None
@@ -263,7 +273,14 @@ def _distributed_worker(
     log_dir: str | None,
 ) -> None:
     global_rank = machine_rank * num_gpus_per_machine + local_rank
-    with _failure_recorded(global_rank, world_size, records_dir, log_dir):
+    # Out of the terminal's process group: a Ctrl-C reaches the launcher alone, which passes it
+    # on once (a second one would end the process without its checkpoint).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    with (
+        _failure_recorded(global_rank, world_size, records_dir, log_dir),
+        _preemption_recorded(global_rank, records_dir),
+    ):
         if backend == "nccl":
             # Before init_process_group, so NCCL binds this process to its own GPU.
             torch.cuda.set_device(local_rank)
@@ -285,6 +302,65 @@ def _distributed_worker(
         _run_in_process_group(main_func, args, num_gpus_per_machine)
 
 
+@contextlib.contextmanager
+def _forwarding_signals(processes: list[Any]) -> Iterator[list[int]]:
+    """While the block runs, SIGTERM, SIGINT and SIGUSR1 to this process are passed on to
+    ``processes`` (filled in by the block) instead of ending it: the workers stop at a step
+    boundary with a checkpoint (:mod:`det_scaling.engine.preemption`) and this process waits for
+    them, so none is left running. Yields the signals received."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        _forward_pending([signum], processes)
+
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    previous = {number: signal.signal(number, forward) for number in forwarded}
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _forward_pending(signals: list[int], processes: list[Any]) -> None:
+    for number in signals:
+        for process in processes:
+            if process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, number)
+
+
+@contextlib.contextmanager
+def _preemption_recorded(rank: int, records_dir: str) -> Iterator[None]:
+    """Leaves the main process's preemption message for the launcher."""
+    try:
+        yield
+    except Preempted as preempted:
+        if rank == 0:
+            with open(os.path.join(records_dir, PREEMPTION_RECORD), "w") as f:
+                f.write(preempted.message)
+        raise
+
+
+def _preempted(
+    error: ProcessExitedException, records_dir: str, signals: list[int]
+) -> Preempted | None:
+    """The launcher's :class:`Preempted` when the processes stopped for a preemption: after their
+    checkpoint (its message), or killed by the signal passed on before they could make one."""
+    record = os.path.join(records_dir, PREEMPTION_RECORD)
+    if error.exit_code == PREEMPTED_EXIT_STATUS and os.path.exists(record):
+        with open(record) as f:
+            return Preempted(f.read())
+    if signals and error.signal_name in {signal.Signals(s).name for s in signals}:
+        name = signal.Signals(signals[0]).name
+        return Preempted(f"stopped by {name} before a step was done: no checkpoint to write")
+    return None
+
+
 def _run_under_torchrun(
     main_func: Callable[..., Any],
     args: Sequence[Any],
@@ -297,8 +373,29 @@ def _run_under_torchrun(
         backend = pick_backend(local_world_size)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        _init_under_torchrun(backend, rank, world_size, timeout)
         _run_in_process_group(main_func, tuple(args), local_world_size)
+
+
+def _init_under_torchrun(backend: str, rank: int, world_size: int, timeout: timedelta) -> None:
+    """The process group from torchrun's environment, in a store namespace of this restart
+    attempt: a restarted worker group reuses the agent's store, and the keys the previous
+    attempt's processes left there (gloo's and NCCL's addresses) would otherwise be read as this
+    attempt's, leaving its processes waiting for peers that no longer exist."""
+    attempt = torchrun_restart_count()
+    try:
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        store = dist.PrefixStore(f"det_scaling/attempt{attempt}", store)
+        dist.init_process_group(
+            backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout
+        )
+    except Exception as error:
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        raise RuntimeError(
+            f"the process group did not come up within {timeout} (torchrun restart attempt "
+            f"{attempt}, store at {where}, waiting for the other {world_size - 1} rank(s)): "
+            f"{' '.join(str(error).split())[:300]}"
+        ) from error
 
 
 @contextlib.contextmanager

@@ -53,6 +53,7 @@ from det_scaling.engine.checkpoint import SafeCheckpointer, periodic_checkpointe
 from det_scaling.engine.failures import ConsequenceOfAnotherRank
 from det_scaling.engine.gradient_noise import GradientNoiseMeter, NoiseScaleHook
 from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
+from det_scaling.engine.preemption import PreemptionHook, installed
 from det_scaling.engine.resume import place_scheduler, resume_point
 from det_scaling.engine.run import Run
 from det_scaling.engine.solver_mixin import SolverMixin
@@ -289,6 +290,8 @@ class ScalingTrainer(SolverMixin, TrainerBase):
                     self.checkpointer, settings.checkpoint_period, settings.max_to_keep
                 )
             )
+        if installed():  # after the periodic checkpoint, before a long evaluation
+            ret.append(PreemptionHook())
         ret.append(hooks.EvalHook(settings.eval_period, test_and_save_results))
         if comm.is_main_process():
             # Last, so that evaluation results of the step are written too.

@@ -206,6 +206,7 @@ def plan_scaling(
     recipe = out.recipe()
     _check_inputs(recipe)
     _check_schedule(out, recipe)
+    _check_periods(out, recipe)
 
     applied_rule, why = choose_rule(recipe) if rule == AUTO_RULE else (rule, "")
     _check_adam_sde(recipe, applied_rule)
@@ -380,6 +381,37 @@ def _check_schedule(out: ConfigFormat, recipe: Recipe) -> None:
                 f"{name(f)} {f.written:g} is longer than the run ({name(run)} {run.written:g}): "
                 f"the LR would never reach {keys.base_lr}; shorten the warmup"
             )
+
+
+def _check_periods(out: ConfigFormat, recipe: Recipe) -> None:
+    """Refuses a period detectron2 would misread: a negative one (its checkpoint hook takes it as
+    its absolute value, its evaluation hook as "never") and a checkpoint period of 0 (fvcore's
+    hook divides by it). An evaluation period of 0 keeps detectron2's meaning: no periodic
+    evaluation. In epochs, 0 means a checkpoint at the end only, or no periodic evaluation."""
+    keys = recipe.keys
+    if recipe.epochs.max > 0:  # the iteration keys are computed from these
+        for name, value in (
+            ("checkpoint_period", recipe.epochs.checkpoint_period),
+            ("eval_period", recipe.epochs.eval_period),
+        ):
+            if value < 0:
+                raise ConfigError(
+                    f"{keys.child(keys.epochs, name)} is {value:g}: a period cannot be "
+                    "negative; use a positive number of epochs, or 0 for none before the end"
+                )
+        return
+    for f in out.schedule_fields():
+        if f.kind != PERIOD:
+            continue
+        checkpoint = "checkpoint" in f.key.lower()
+        if f.written < 0 or (checkpoint and f.written == 0):
+            use = (
+                f"a positive number of iterations ({keys.max_iter} or more: a checkpoint at the "
+                "end only)"
+                if checkpoint
+                else "a positive number of iterations, or 0 for no periodic evaluation"
+            )
+            raise ConfigError(f"{f.key} is {f.written:g}: detectron2 would misread it; use {use}")
 
 
 def _other_lengths(out: ConfigFormat) -> list[str]:

@@ -74,6 +74,29 @@ CASES = [
     (["plan", "{tiny}", "SOLVER.WARMUP_ITERS", "2000"], "longer than the run (SOLVER.MAX_ITER"),
     (["plan", "{tiny}", "SOLVER.BASE_LR", "-0.1"], "SOLVER.BASE_LR must be positive"),
     (["plan", "{tiny}", "SCALING.RULE", "cubic"], "SCALING.RULE: unknown scaling rule 'cubic'"),
+    # ---- plan: periods detectron2 would misread ----
+    (
+        ["plan", "{tiny}", "SOLVER.CHECKPOINT_PERIOD", "-5"],
+        "SOLVER.CHECKPOINT_PERIOD is -5: detectron2 would misread it",
+    ),
+    (
+        ["plan", "{tiny}", "SOLVER.CHECKPOINT_PERIOD", "0"],
+        "SOLVER.CHECKPOINT_PERIOD is 0: detectron2 would misread it",
+    ),
+    (["plan", "{tiny}", "TEST.EVAL_PERIOD", "-1"], "TEST.EVAL_PERIOD is -1: detectron2 would"),
+    (
+        ["plan", "{tiny}", "SCALING.EPOCHS.MAX", "6.0", "SCALING.EPOCHS.EVAL_PERIOD", "-1.0"],
+        "SCALING.EPOCHS.EVAL_PERIOD is -1: a period cannot be negative",
+    ),
+    (
+        ["plan", "{tiny_py}", "train.checkpointer.period=-5"],
+        "train.checkpointer.period is -5: detectron2 would misread it",
+    ),
+    (["plan", "{tiny_py}", "train.eval_period=-1"], "train.eval_period is -1: detectron2 would"),
+    (
+        ["train", "--config-file", "{tiny}", "SOLVER.CHECKPOINT_PERIOD", "-5"],
+        "SOLVER.CHECKPOINT_PERIOD is -5: detectron2 would misread it",
+    ),
     # ---- plan: GPU counts ----
     (["plan", "{tiny}", "--num-gpus", "0"], "argument --num-gpus: must be >= 1, got 0"),
     (

@@ -9,12 +9,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from detectron2.utils import comm
+from helpers.processes import TINY_RUN, tiny_run_setup
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -101,7 +103,7 @@ def test_under_torchrun_initialises_from_the_environment(tmp_path):
     )
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]),
         "OMP_NUM_THREADS": "1",
     }
     command = [
@@ -155,3 +157,23 @@ def test_torchrun_is_recognised_by_its_environment(monkeypatch):
 def test_ddp_model_is_the_model_itself_in_one_process():
     model = nn.Linear(2, 1)
     assert create_ddp_model(model) is model
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_process_group_that_cannot_come_up_fails_within_the_timeout(tmp_path):
+    """Rank 0 of 2, alone (its peer never starts): one line naming the rank and what it waited
+    for, after --dist-timeout, not a hang."""
+    config, env = tiny_run_setup(tmp_path)
+    env.update(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    command = [sys.executable, str(TINY_RUN), "--config-file", str(config), "--dist-timeout", "5"]
+    start = time.monotonic()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 90
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("det-scaling")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith(
+        "det-scaling train: error: rank 0 of 2 failed: RuntimeError: the process group did not "
+        "come up within 0:00:05 (torchrun restart attempt 0"
+    ), errors[0]

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -252,3 +253,40 @@ def test_a_torchrun_restart_is_told_by_its_count_or_by_this_jobs_saved_plan(tmp_
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default: every job's id
     (out / PLAN_FILE).write_text(json.dumps({"torchelastic_run_id": "none"}))
     assert not resume_requested(args, str(out))
+
+
+@pytest.mark.slow
+def test_torchrun_single_agent_restarts_after_each_killed_worker_and_ends_as_uninterrupted(
+    tmp_path,
+):
+    # Written for 1 GPU x 2 images: 24 steps (48 images); on 2 workers, 12 steps of 4 images and
+    # a checkpoint every 2 steps (after steps 1, 3, 5, ...).
+    config, env = tiny_run_setup(tmp_path, max_iter=24, CHECKPOINT_PERIOD=4, STEPS=(12, 20))
+    out = tmp_path / "out"
+    # Attempt 0: rank 1 killed in step 5 (last checkpoint: step 3); attempt 1 resumes at step 4
+    # and rank 0 is killed in its third step, step 6 (last checkpoint: step 5).
+    env["TINY_RUN_FAULT"] = "1:5:kill@0,0:2:kill@1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", "--max-restarts=2", "--monitor-interval=0.5"]
+    command += [str(TINY_RUN), "--config-file", str(config), "--dist-timeout", "60"]
+    agent = popen_logged(command, env, tmp_path / "agent", start_new_session=True)
+    try:
+        agent.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        kill_tree(agent)
+        pytest.fail("the restarted worker group hung:\n" + agent.stderr_path.read_text()[-3000:])
+    assert agent.returncode == 0, agent.stderr_path.read_text()[-4000:]
+
+    result = summary(out)
+    # The last attempt started at step 6 (24 images): nothing lost but the step under way.
+    assert (result["world_size"], result["images_seen"], result["start_iter"]) == (2, 48, 6)
+    log = (out / "log.txt").read_text()
+    for restart in (1, 2):
+        assert f"torchrun restarted the worker group (restart {restart}, world size 2)" in log
+    loads = re.findall(r"Loading from \S*(model_\d+\.pth)", log)
+    assert loads == ["model_0000003.pth", "model_0000005.pth"]
+    reference = tiny_cfg(out, ims_per_batch=2, max_iter=24)
+    reference.SOLVER.merge_from_list(
+        ["REFERENCE_WORLD_SIZE", 1, "BASE_LR", 0.01, "STEPS", (12, 20), "WARMUP_ITERS", 2]
+    )
+    assert result["final_lr"] == pytest.approx(scheduled_lrs(plan_scaling(reference, 2).cfg)[-1])

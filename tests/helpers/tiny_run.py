@@ -8,17 +8,21 @@ several launches, torchrun.
 
 ``TinyFaultyRegressor`` reads, in each process:
 
-* ``TINY_RUN_FAULT=RANK:STEP:KIND``: at its STEP-th forward pass (from 0) the process of global
-  rank RANK raises ``RuntimeError`` (KIND ``raise``), ``ValueError`` (``value``: a bug, not a bad
-  input) or ``ConfigError`` (``config``), or returns a NaN loss (KIND ``nan``);
+* ``TINY_RUN_FAULT=RANK:STEP:KIND[@ATTEMPT],...``: at its STEP-th forward pass (from 0) the
+  process of global rank RANK raises ``RuntimeError`` (KIND ``raise``), ``ValueError`` (``value``:
+  a bug, not a bad input) or ``ConfigError`` (``config``), returns a NaN loss (``nan``), kills
+  itself with SIGKILL (``kill``), sends itself SIGTERM (``term``) or sends SIGTERM to its parent,
+  the launcher or torchrun's agent (``term-parent``); with ``@ATTEMPT``, only in that torchrun
+  restart attempt (``TORCHELASTIC_RESTART_COUNT``, 0 without torchrun);
 * ``TINY_RUN_STEP_SECONDS``: seconds each forward pass sleeps, so that a test can act mid-run;
-* ``TINY_RUN_PROGRESS``: a file to which each forward pass appends a line, so that a test knows
-  how far a run got before it was killed.
+* ``TINY_RUN_PROGRESS``: a file to which each forward pass appends a line (rank, process id,
+  forward pass), so that a test knows how far a run got and which processes ran it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -50,20 +54,34 @@ class TinyFaultyRegressor(TinyBoxRegressor):
             time.sleep(float(os.environ.get("TINY_RUN_STEP_SECONDS", "0")))
             if os.environ.get("TINY_RUN_PROGRESS"):
                 with open(os.environ["TINY_RUN_PROGRESS"], "a") as f:
-                    f.write(f"rank {comm.get_rank()} forward pass {step}\n")
-            fault = os.environ.get("TINY_RUN_FAULT")
-            if fault:
-                rank, at, kind = fault.split(":")
-                if comm.get_rank() == int(rank) and step == int(at):
-                    message = f"injected fault on rank {rank} at step {at}"
-                    if kind == "raise":
-                        raise RuntimeError(message)
-                    if kind == "value":
-                        raise ValueError(message)
-                    if kind == "config":
-                        raise ConfigError(message)
-                    losses = {name: value * torch.nan for name, value in losses.items()}
+                    f.write(f"rank {comm.get_rank()} pid {os.getpid()} forward pass {step}\n")
+            for fault in filter(None, os.environ.get("TINY_RUN_FAULT", "").split(",")):
+                losses = _inject(fault, step, losses)
         return losses
+
+
+def _inject(fault: str, step: int, losses: dict) -> dict:
+    spec, _, attempt = fault.partition("@")
+    rank, at, kind = spec.split(":")
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if comm.get_rank() != int(rank) or step != int(at) or (attempt and int(attempt) != restart):
+        return losses
+    message = f"injected fault on rank {rank} at step {at}"
+    if kind == "raise":
+        raise RuntimeError(message)
+    if kind == "value":
+        raise ValueError(message)
+    if kind == "config":
+        raise ConfigError(message)
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+    if kind == "term-parent":
+        os.kill(os.getppid(), signal.SIGTERM)
+    if kind == "nan":
+        return {name: value * torch.nan for name, value in losses.items()}
+    return losses
 
 
 register_images(Path(os.environ["TINY_RUN_DATA"]))
