@@ -6,7 +6,7 @@ loads either from a file, :func:`config_format` wraps either in its adapter, who
 """
 
 from det_scaling.config.defaults import add_scaling_config, get_cfg
-from det_scaling.config.formats import FORMATS, config_format, read_recipe
+from det_scaling.config.formats import FORMATS, adapter_of, config_format, read_recipe
 from det_scaling.config.lazy import is_lazy_config, is_lazy_config_file
 from det_scaling.config.lazy_format import LAZY_KEYS, LazyFormat
 from det_scaling.config.load import (
@@ -51,6 +51,7 @@ __all__ = [
     "RunSettings",
     "ScheduleField",
     "YacsFormat",
+    "adapter_of",
     "add_scaling_config",
     "check_same_format",
     "config_format",

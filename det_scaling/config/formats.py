@@ -13,7 +13,7 @@ from det_scaling.config.lazy_format import LazyFormat
 from det_scaling.config.recipe import ConfigFormat, Recipe
 from det_scaling.config.yacs_format import YacsFormat
 
-__all__ = ["FORMATS", "config_format", "read_recipe"]
+__all__ = ["FORMATS", "adapter_of", "config_format", "read_recipe"]
 
 FORMATS: tuple[type[ConfigFormat], ...] = (YacsFormat, LazyFormat)
 
@@ -28,7 +28,14 @@ def config_format(cfg: Any) -> ConfigFormat:
     )
 
 
+def adapter_of(cfg: Any) -> ConfigFormat:
+    """A user's config (a CfgNode or a LazyConfig) in its format's adapter, with the toolkit's
+    keys at their defaults where it lacks them (then in a copy): how the library reads a config it
+    is handed."""
+    fmt = config_format(cfg)
+    return fmt if fmt.has_toolkit_keys() else fmt.writable_copy()
+
+
 def read_recipe(cfg: Any) -> Recipe:
     """The recipe of ``cfg``, with the toolkit's keys at their defaults where it lacks them."""
-    fmt = config_format(cfg)
-    return (fmt if fmt.has_toolkit_keys() else fmt.writable_copy()).recipe()
+    return adapter_of(cfg).recipe()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from det_scaling.config import ConfigFormat, Recipe, RunSettings, config_format
+from det_scaling.config import ConfigFormat, Recipe, RunSettings, adapter_of
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.batch_schedule import BatchSchedule
 from det_scaling.scaling.plan import ScalingPlan
@@ -41,9 +41,7 @@ class Run:
     def of_scaled(cls, cfg: Any, world_size: int) -> Run:
         """The run of a config already scaled for ``world_size`` processes (its reference GPU
         count equal to it, or 0); ``ConfigError`` otherwise (see :func:`check_scaled`)."""
-        adapter = config_format(cfg)
-        if not adapter.has_toolkit_keys():
-            adapter = adapter.writable_copy()
+        adapter = adapter_of(cfg)
         recipe = adapter.recipe()
         check_scaled(recipe, world_size)
         schedule = BatchSchedule.from_recipe(recipe, world_size)

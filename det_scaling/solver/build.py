@@ -46,7 +46,7 @@ from fvcore.common.param_scheduler import (
 )
 from omegaconf import OmegaConf
 
-from det_scaling.config import ConfigFormat, config_format
+from det_scaling.config import adapter_of
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.batch_schedule import BatchSchedule
 from det_scaling.solver.lars import LARS
@@ -125,7 +125,7 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
 
     For a LazyConfig, ``cfg.optimizer`` instantiated with ``optimizer.params.model`` set to
     ``model``, as detectron2's ``lazyconfig_train_net`` does (the config is not changed)."""
-    if _adapter(cfg).is_lazy:
+    if adapter_of(cfg).is_lazy:
         optimizer_cfg = copy.deepcopy(cfg.optimizer)
         OmegaConf.set_readonly(optimizer_cfg, False)
         optimizer_cfg.params.model = model
@@ -141,7 +141,7 @@ def build_lr_multiplier(cfg: Any) -> ParamScheduler:
 
     For a LazyConfig, ``cfg.lr_multiplier`` instantiated (any fvcore ``ParamScheduler``, the
     schedules of :mod:`det_scaling.solver.schedules` included)."""
-    if _adapter(cfg).is_lazy:
+    if adapter_of(cfg).is_lazy:
         return _param_scheduler(instantiate(cfg.lr_multiplier), "lr_multiplier")
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     schedule = _lookup(LR_SCHEDULER_REGISTRY, name, "SOLVER.LR_SCHEDULER_NAME")(cfg)
@@ -174,7 +174,7 @@ def build_lr_scheduler(
     ``cfg`` when not given). With a fixed batch that is ``iteration / MAX_ITER`` and 1; when the
     batch grows (AdaBatch), warmup, STEPS and decay keep their epochs. A LazyConfig's
     ``lr_multiplier`` is evaluated the same way (it has no plateau)."""
-    adapter = _adapter(cfg)
+    adapter = adapter_of(cfg)
     if schedule is None:
         # The LR does not depend on how the batch is split among processes.
         schedule = BatchSchedule.from_recipe(adapter.recipe(), world_size=1)
@@ -412,7 +412,7 @@ def scheduled_lrs(cfg: Any, schedule: BatchSchedule | None = None) -> list[float
     """The LR of each step of the run, as the scheduler built from ``cfg`` (a CfgNode or a
     LazyConfig) sets it when stepped once per step (``schedule``: the run's batch schedule, built
     from ``cfg`` when not given)."""
-    adapter = _adapter(cfg)
+    adapter = adapter_of(cfg)
     recipe = adapter.recipe()
     schedule = schedule or BatchSchedule.from_recipe(recipe, world_size=1)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.base_lr)
@@ -426,10 +426,3 @@ def scheduled_lrs(cfg: Any, schedule: BatchSchedule | None = None) -> list[float
             lrs.append(group["lr"])
             scheduler.step()
     return lrs
-
-
-def _adapter(cfg: Any) -> ConfigFormat:
-    """``cfg`` in its format's adapter, with the toolkit's keys at their defaults where it lacks
-    them: the builders take a user's own config."""
-    adapter = config_format(cfg)
-    return adapter if adapter.has_toolkit_keys() else adapter.writable_copy()

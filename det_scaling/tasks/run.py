@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from det_scaling.config import config_format
+from det_scaling.config import adapter_of
 from det_scaling.engine.checkpoint import check_retention
 from det_scaling.engine.launch import default_device
 from det_scaling.engine.run import Run
@@ -37,7 +37,7 @@ def resolve_run(
     ``ConfigError`` naming the key or data set (also for training data of the other task or with
     more classes than the model, and a checkpoint retention that keeps no older one). ``cfg`` is
     not changed."""
-    adapter = config_format(cfg).writable_copy()
+    adapter = adapter_of(cfg).writable_copy()
     keys = adapter.keys
     if device == "cpu" and str(adapter.get(keys.device)).startswith("cuda"):
         adapter.set(keys.device, "cpu")  # no CUDA here, or launch fell back to gloo processes
