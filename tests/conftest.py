@@ -8,6 +8,10 @@ import pytest
 
 import det_scaling
 
+# The config_diff fixture, for a checkout whose installed det-scaling predates its entry point
+# (pytest skips a plugin registered under this name already).
+pytest_plugins = ["det_scaling.testing.plugin"]
+
 REPO = Path(__file__).resolve().parents[1]
 VOC07_CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_R_50_FPN.yaml"
 

@@ -27,6 +27,7 @@ LAYERS = (
     "classification",
     "tasks",
     "commands",
+    "testing",
     "cli",
 )
 BASE = {"det_scaling.errors", "det_scaling.compat"}

@@ -9,9 +9,11 @@ import argparse
 import functools
 import os
 import re
-from collections.abc import Sequence
+import shlex
+from collections.abc import Callable, Sequence
 
 from det_scaling.errors import ConfigError
+from det_scaling.testing import Golden, compare_golden, write_golden
 
 # detectron2 config keys are upper-case dotted paths (SOLVER.BASE_LR, MODEL.RPN.NMS_THRESH), or a
 # top-level key of the default config (OUTPUT_DIR, SEED).
@@ -132,3 +134,46 @@ def check_output_file(path: str, option: str) -> None:
         raise ConfigError(f"{option} {path}: no such directory {folder}; create it first")
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"{option} {path}: directory {folder} is not writable")
+
+
+def add_golden_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--check EXPECTED`` and ``--update EXPECTED``: ``what`` the command prints, compared with
+    or written to a golden file (a config-diff test in CI)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--check",
+        metavar="EXPECTED",
+        help=f"compare {what} with the golden file EXPECTED instead of printing it: exit status 0 "
+        "when equal; 1 with why and a unified diff when not; 2 when EXPECTED is missing. Lines "
+        "of EXPECTED that start with # are not compared",
+    )
+    group.add_argument(
+        "--update",
+        metavar="EXPECTED",
+        help=f"write {what} to EXPECTED, with notes on where each value is written (# lines), "
+        "for --check",
+    )
+
+
+def run_golden(
+    args: argparse.Namespace, command_line: list[str], build: Callable[[str, str], Golden]
+) -> int:
+    """``--check`` or ``--update`` with the golden text ``build(title, accept)`` returns (see
+    :mod:`det_scaling.testing.golden`). ``command_line`` is the command without the option: the
+    golden file's title, and with ``--update EXPECTED`` the command that accepts a change."""
+    path = args.check or args.update
+    accept = shlex.join([*command_line, "--update", path])
+    prefix = f"det-scaling {args.command}:"
+    if args.update:
+        check_output_file(path, "--update")
+        written = write_golden(path, build(shlex.join(command_line), accept))
+        print(f"{prefix} wrote {path}" if written else f"{prefix} {path} is up to date")
+        return 0
+    golden = build(shlex.join(command_line), accept)
+    report = compare_golden(path, golden)
+    if report is None:
+        print(f"{prefix} {path} matches")
+        return 0
+    print(f"{prefix} {path} differs from what the config gives now; accept with: {accept}")
+    print("\n".join(report))
+    return 1

@@ -3,6 +3,10 @@
 The left side is CONFIG as written. The right side is CONFIG_B (or CONFIG), with the overrides
 merged, then scaled to --num-gpus when given. Each differing key is printed on one line as
 KEY: old -> new  (reason). Exit status 0 when it ran, whether or not anything differs.
+
+With --check EXPECTED it prints nothing of the kind: it compares that output with the golden file
+EXPECTED (written by --update EXPECTED) and exits 0 when they are equal, 1 with why and a unified
+diff when not, 2 when EXPECTED is missing; a config-diff test for CI.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import argparse
 
 from det_scaling.cli._common import (
     add_config_argument,
+    add_golden_arguments,
     add_num_gpus_argument,
     add_overrides_argument,
+    run_golden,
 )
-from det_scaling.commands.diff import diff_configs
+from det_scaling.commands.diff import diff_configs, format_diff
+from det_scaling.testing import diff_golden
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,13 +37,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "config_b", metavar="CONFIG_B", nargs="?", help="a second config to compare with"
     )
     add_overrides_argument(parser)
+    add_golden_arguments(parser, "the keys that differ")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check or args.update:
+        line = ["det-scaling", "diff", args.config, *filter(None, [args.config_b])]
+        line += ["--num-gpus", str(args.num_gpus)] if args.num_gpus is not None else []
+        return run_golden(
+            args,
+            [*line, *args.opts],
+            lambda title, accept: diff_golden(
+                args.config, args.config_b, args.opts, args.num_gpus, title=title, accept=accept
+            ),
+        )
     changes = diff_configs(args.config, args.config_b, args.opts, args.num_gpus)
-    for change in changes:
-        print(change.format())
-    if not changes:
-        print("no differences")
+    print(format_diff(changes), end="")
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from det_scaling.config import check_same_format, flatten_cfg, load_cfg
 from det_scaling.scaling.plan import Change, plan_scaling
 
-__all__ = ["diff_configs"]
+__all__ = ["diff_configs", "format_diff"]
 
 _ABSENT = "<absent>"
 
@@ -42,6 +42,12 @@ def diff_configs(
         if old != new:
             changes.append(Change(key, old, new, reasons.get(key, f"from {right_file}")))
     return changes
+
+
+def format_diff(changes: list[Change]) -> str:
+    """What ``diff`` prints: one line per change, or a line saying there is none."""
+    lines = [change.format() for change in changes] or ["no differences"]
+    return "\n".join(lines) + "\n"
 
 
 def _override_keys(opts: list[str]) -> list[str]:

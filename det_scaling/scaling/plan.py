@@ -53,6 +53,7 @@ __all__ = [
     "ScalingPlan",
     "adascale_scale",
     "choose_rule",
+    "format_value",
     "is_adam_like",
     "plan_scaling",
     "scale_cfg",
@@ -104,9 +105,7 @@ class Change:
     reason: str
 
     def format(self) -> str:
-        return (
-            f"{self.key}: {_format_value(self.old)} -> {_format_value(self.new)}  ({self.reason})"
-        )
+        return f"{self.key}: {format_value(self.old)} -> {format_value(self.new)}  ({self.reason})"
 
 
 @dataclass
@@ -367,7 +366,7 @@ def _check_schedule(out: ConfigFormat, recipe: Recipe) -> None:
             for earlier, later in itertools.pairwise(steps):
                 if later <= earlier:
                     raise ConfigError(
-                        f"{name(f)} {_format_value(tuple(steps))}: steps must increase "
+                        f"{name(f)} {format_value(tuple(steps))}: steps must increase "
                         f"({later:g} comes after {earlier:g}); write them in order"
                     )
             for step in steps:
@@ -696,9 +695,11 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A config value as changes print it: floats to 6 significant digits, sequences in
+    parentheses."""
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, tuple | list):
-        return "(" + ", ".join(_format_value(v) for v in value) + ")"
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
     return str(value)

@@ -1,0 +1,92 @@
+"""The fixture as a user's CI runs it: pytest in a subprocess, in a small repository of its own
+(a config built on a base file, a test using ``config_diff``). It passes; an edited LR in the base
+file fails it with a diff naming the file and the key; ``--det-scaling-update`` accepts the change.
+
+The subprocess imports this checkout's det_scaling (PYTHONPATH), and loads the plugin with
+``-p det_scaling.testing.plugin``: an environment installed before the ``pytest11`` entry point
+existed does not register it (one that has it skips the second registration of the same name).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+from helpers.user_repo import (
+    GOLDEN,
+    LAZY_BASE,
+    LAZY_CONFIG,
+    YAML_BASE,
+    YAML_CONFIG,
+    change_lr,
+    write_user_repo,
+)
+
+from det_scaling.testing import compare_golden, write_golden
+from det_scaling.testing.plugin import fixture_golden
+
+GPU_COUNTS = [1, 2, 4, 8]
+
+
+def run_pytest(repo, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    for name in ("DET_SCALING_UPDATE", "PYTEST_ADDOPTS"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "pytest", "-p", "det_scaling.testing.plugin"]
+    return subprocess.run(
+        [*command, "-p", "no:cacheprovider", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "base", "key"),
+    [(YAML_CONFIG, YAML_BASE, "SOLVER.BASE_LR"), (LAZY_CONFIG, LAZY_BASE, "optimizer.lr")],
+    ids=["yaml", "lazyconfig"],
+)
+def test_passes_then_fails_on_an_edited_base_file_then_passes_once_updated(
+    tmp_path, monkeypatch, config, base, key
+):
+    repo = write_user_repo(tmp_path / "repo", config)
+    monkeypatch.chdir(repo)  # golden files name configs relative to the repository
+    (repo / GOLDEN).parent.mkdir()
+    write_golden(GOLDEN, fixture_golden(config, GPU_COUNTS))  # what --det-scaling-update writes
+
+    passed = run_pytest(repo)
+    assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]
+    assert "1 passed" in passed.stdout
+
+    change_lr(repo, base, "0.04")
+    failed = run_pytest(repo)
+    out = failed.stdout
+    assert failed.returncode == 1, out[-3000:] + failed.stderr[-3000:]
+    assert (
+        f"{GOLDEN} differs from what {config} gives at 1, 2, 4, 8 GPUs; accept with: pytest "
+        "--det-scaling-update" in out
+    )
+    assert "why: the config as written changed:" in out
+    assert f"  {key}: 0.02 -> 0.04  (set in {base})" in out
+    assert "and so did how it is scaled" not in out  # same rule, reference, toolkit
+    # The unified diff: each hunk names its section; at 2 GPUs the LR is twice what it was.
+    assert f"--- {GOLDEN}\n+++ now\n" in out
+    hunk = re.search(r"^@@ [-+\d, ]+ @@ == diff at 2 GPUs\n(.*?)^(@@|==)", out, re.M | re.S)[1]
+    assert f"-{key}: 0.02 -> 0.005  (linear rule" in hunk
+    assert f"+{key}: 0.04 -> 0.01  (linear rule" in hunk
+    assert "Traceback" not in out and "config_diff.check(" not in out  # the report, not our code
+
+    updated = run_pytest(repo, "--det-scaling-update")
+    assert updated.returncode == 0, updated.stdout[-3000:]
+    assert "det-scaling: golden files written" in updated.stdout and GOLDEN in updated.stdout
+    # What a run without the flag compares now matches.
+    assert compare_golden(GOLDEN, fixture_golden(config, GPU_COUNTS)) is None
+    assert f"#   {key}: 0.04  ({base})" in (repo / GOLDEN).read_text()
