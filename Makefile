@@ -24,7 +24,7 @@ CLS_CONFIG ?= configs/ImageNet-Classification/resnet50_digits.yaml
 # The demo config's LazyConfig twin (the same network, data and schedule, as a .py config).
 LAZY_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.py
 
-.PHONY: setup demo demo-cls demo-lazy test test-upstream lint clean-venv
+.PHONY: setup demo demo-cls demo-lazy test test-upstream lint docs clean-venv
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# docs/config-keys.md, written from the comments in det_scaling/config/defaults.py (a test fails
+# when the committed page differs).
+docs: setup
+	$(PY) tools/config_keys_doc.py
 
 # The same set-up, lint and suite in $(UPSTREAM_VENV), with detectron2 built (--force: always
 # this source, never a detectron2 found there) from DETECTRON2_SOURCE.
