@@ -2,14 +2,14 @@
 # (once: later runs find it done and go straight to the job).
 PYTHON ?= python3
 VENV ?= .venv
-# Fresh environments pin these (see ../shared/reference/environment.md and README "Installing").
+# Fresh environments pin these (see ../shared/reference/environment.md and docs/installing.md).
 # To use a torch you already have: make setup VENV=/path/to/env TORCH_SPEC=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.det-scaling-setup
 # Passed to tools/install_detectron2.py, which also reads $$DETECTRON2_SOURCE (a detectron2
-# checkout or source .tar.gz to build instead of the default order; see README "Installing").
+# checkout or source .tar.gz to build instead of the default order; see docs/installing.md).
 INSTALL_FLAGS ?=
 DETECTRON2_SOURCE ?=
 # make test-upstream: the suite against upstream detectron2 main built from DETECTRON2_SOURCE,

@@ -94,7 +94,7 @@ def launch(
     process per worker: the process group is initialised from the environment and ``main_func``
     runs here; the GPU, machine and URL arguments are then ignored in favour of torchrun's.
 
-    ``timeout`` bounds every collective (gloo; NCCL with its watchdog, see the README): a process
+    ``timeout`` bounds every collective (gloo; NCCL with its watchdog: docs/failures.md): a process
     whose peer is gone waits that long at most. When a process raises, its traceback is appended
     to its log file in ``log_dir`` (detectron2's ``log.txt.rank<N>``; without ``log_dir``, kept in
     the error), the other processes of this machine are stopped, and
