@@ -74,7 +74,13 @@ def kind(block: Block) -> str:
     if block.marker:
         known = block.marker in ("not run", "recipe", "file", "output")
         return block.marker if known else "unknown"
-    kinds = {"sh": "commands", "console": "commands", "python": "python", "yaml": "yaml"}
+    kinds = {
+        "sh": "commands",
+        "bash": "commands",
+        "console": "commands",
+        "python": "python",
+        "yaml": "yaml",
+    }
     return kinds.get(block.lang, "text" if block.lang == "text" else "unknown")
 
 
@@ -266,7 +272,9 @@ def test_a_run_resumed_on_1_gpu_continues_at_the_images_seen_on_2(ran) -> None:
 
 
 def test_every_block_is_run_or_marked(capsys) -> None:
-    counts = Counter(kind(block) for block in BLOCKS)  # raises for a block of no known kind
+    unknown = [f"{b.where} ({b.lang or 'no language'})" for b in BLOCKS if kind(b) == "unknown"]
+    assert unknown == [], "give each block a language (sh, console, python, yaml, text) or a marker"
+    counts = Counter(kind(block) for block in BLOCKS)
     commands_run = Counter(
         command_kind(command)
         for block in BLOCKS
