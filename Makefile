@@ -2,14 +2,14 @@
 # (once: later runs find it done and go straight to the job).
 PYTHON ?= python3
 VENV ?= .venv
-# Fresh environments pin these (see ../shared/reference/environment.md and README "Installing").
+# Fresh environments pin these (see ../shared/reference/environment.md and docs/installing.md).
 # To use a torch you already have: make setup VENV=/path/to/env TORCH_SPEC=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.det-scaling-setup
 # Passed to tools/install_detectron2.py, which also reads $$DETECTRON2_SOURCE (a detectron2
-# checkout or source .tar.gz to build instead of the default order; see README "Installing").
+# checkout or source .tar.gz to build instead of the default order; see docs/installing.md).
 INSTALL_FLAGS ?=
 DETECTRON2_SOURCE ?=
 # make test-upstream: the suite against upstream detectron2 main built from DETECTRON2_SOURCE,
@@ -24,7 +24,7 @@ CLS_CONFIG ?= configs/ImageNet-Classification/resnet50_digits.yaml
 # The demo config's LazyConfig twin (the same network, data and schedule, as a .py config).
 LAZY_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.py
 
-.PHONY: setup demo demo-cls demo-lazy test test-upstream lint clean-venv
+.PHONY: setup demo demo-cls demo-lazy test test-upstream lint docs clean-venv
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# docs/config-keys.md, written from the comments in det_scaling/config/defaults.py (a test fails
+# when the committed page differs).
+docs: setup
+	$(PY) tools/config_keys_doc.py
 
 # The same set-up, lint and suite in $(UPSTREAM_VENV), with detectron2 built (--force: always
 # this source, never a detectron2 found there) from DETECTRON2_SOURCE.

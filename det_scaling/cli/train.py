@@ -73,7 +73,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT,
         metavar="TIME",
         help="longest wait in a collective, e.g. for a peer that died (seconds, or with s/m/h: "
-        "90, 5m; default 30m). With NCCL see the README (TORCH_NCCL_ASYNC_ERROR_HANDLING)",
+        "90, 5m; default 30m). With NCCL see docs/failures.md (TORCH_NCCL_ASYNC_ERROR_HANDLING)",
     )
     parser.add_argument(
         "--preempt-on",

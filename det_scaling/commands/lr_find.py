@@ -46,6 +46,7 @@ from det_scaling.engine.launch import launch_for_result
 from det_scaling.engine.step import build_step
 from det_scaling.errors import ConfigError
 from det_scaling.tasks import check_weights, prepare_run, resolve_run, trainer_class
+from det_scaling.utils.logs import unactionable_warnings_ignored
 
 __all__ = [
     "DEFAULT_DIVERGE_FACTOR",
@@ -477,6 +478,7 @@ def _add_notes(result: LRFindResult) -> None:
         )
 
 
+@unactionable_warnings_ignored()
 def _sweep(cfg: CfgNode, settings: dict[str, Any]) -> LRFindResult:
     # Module level: launched processes import it.
     return lr_range_test(cfg, **settings)

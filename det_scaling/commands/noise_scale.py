@@ -37,6 +37,7 @@ from det_scaling.errors import ConfigError
 from det_scaling.scaling.gradient_noise import linear_rule_gpu_limit, two_batch_estimates
 from det_scaling.scaling.plan import plan_scaling
 from det_scaling.tasks import prepare_run, resolve_run, trainer_class
+from det_scaling.utils.logs import unactionable_warnings_ignored
 
 __all__ = [
     "DEFAULT_NUM_ITER",
@@ -231,6 +232,7 @@ def launch_noise_scale(
     return launch_for_result(_measure, num_gpus, args=(cfg, num_iter, start_iter))
 
 
+@unactionable_warnings_ignored()
 def _measure(cfg: CfgNode, num_iter: int, start_iter: int) -> NoiseScaleResult:
     # Module level: launched processes import it.
     return measure_noise_scale(cfg, num_iter=num_iter, start_iter=start_iter)

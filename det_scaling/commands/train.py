@@ -42,6 +42,7 @@ from det_scaling.engine.run import Run
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.plan import ScalingPlan
 from det_scaling.tasks import check_weights, prepare_run, resolve_run, trainer_class
+from det_scaling.utils.logs import plain_config_dump, unactionable_warnings_ignored
 
 __all__ = [
     "PLAN_FILE",
@@ -121,6 +122,7 @@ def launch_training(args: argparse.Namespace) -> None:
         )
 
 
+@unactionable_warnings_ignored()
 def train_process(args: argparse.Namespace) -> dict[str, Any]:
     """Runs in every process: loads the config, then returns the evaluation results with
     ``--eval-only``, else the training summary."""
@@ -210,7 +212,8 @@ def setup_process(args: argparse.Namespace, run: Run) -> None:
     """detectron2's ``default_setup`` for this process's run (loggers, config.yaml in the output
     directory, seeds), and the scaling plan logged and saved."""
     world_size, plan = run.world_size, run.plan
-    default_setup(run.cfg, args)
+    with plain_config_dump():
+        default_setup(run.cfg, args)
     output_dir = run.settings.output_dir
     setup_logger(output_dir, distributed_rank=comm.get_rank(), name="det_scaling")
     keep_tracebacks_off_the_console("detectron2", "fvcore", "det_scaling")

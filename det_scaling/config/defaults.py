@@ -54,22 +54,23 @@ def add_scaling_keys(cfg: CfgNode) -> None:
     # iteration values written in the config are ignored.
     cfg.SCALING.EPOCHS = CfgNode()
     cfg.SCALING.EPOCHS.MAX = 0.0  # 0: the schedule is written in iterations
-    cfg.SCALING.EPOCHS.STEPS = ()
-    cfg.SCALING.EPOCHS.WARMUP = 0.0
+    cfg.SCALING.EPOCHS.STEPS = ()  # the epochs of SOLVER.STEPS
+    cfg.SCALING.EPOCHS.WARMUP = 0.0  # the epochs of SOLVER.WARMUP_ITERS
     cfg.SCALING.EPOCHS.CHECKPOINT_PERIOD = 0.0  # 0: a checkpoint at the end only
     cfg.SCALING.EPOCHS.EVAL_PERIOD = 0.0  # 0: no periodic evaluation
 
     # ---- AdaBatch: grow the total batch at fixed epochs, with its own LR factor ----
-    # (Devarakonda et al. 2017; det_scaling.adabatch.) Every INTERVAL_EPOCHS the total batch is
-    # multiplied by BATCH_FACTOR and the LR by LR_FACTOR: the paper's defaults below take 100
-    # epochs from batch 128 to 2048 (5 stages), LR x0.75 at each doubling. The batch grows by
-    # gradient accumulation (SCALING.GRAD_ACCUM_STEPS x BATCH_FACTOR per stage): each GPU's
-    # micro-batch, hence its memory, stays the same. The starting batch, accumulation and LR are
-    # the config's after scale_cfg (with N GPUs, the scaled ones), so the stages fall at the same
-    # epochs at any GPU count. The run covers the images of the config's schedule (SOLVER.MAX_ITER
-    # x IMS_PER_BATCH) in fewer optimizer steps; the LR schedule (warmup, STEPS, decay), the
-    # LR factor of each stage on top of it, SOLVER.CHECKPOINT_PERIOD and TEST.EVAL_PERIOD all keep
-    # their places in images seen. Needs SCALING.DATASET_SIZE (trainers fill it in).
+    # (Devarakonda et al. 2017; the stages: det_scaling/scaling/batch_schedule.py.) Every
+    # INTERVAL_EPOCHS the total batch is multiplied by BATCH_FACTOR and the LR by LR_FACTOR: the
+    # paper's defaults below take 100 epochs from batch 128 to 2048 (5 stages), LR x0.75 at each
+    # doubling. The batch grows by gradient accumulation (SCALING.GRAD_ACCUM_STEPS x BATCH_FACTOR
+    # per stage): each GPU's micro-batch, hence its memory, stays the same. The starting batch,
+    # accumulation and LR are the config's after scale_cfg (with N GPUs, the scaled ones), so the
+    # stages fall at the same epochs at any GPU count. The run covers the images of the config's
+    # schedule (SOLVER.MAX_ITER x IMS_PER_BATCH) in fewer optimizer steps; the LR schedule
+    # (warmup, STEPS, decay), the LR factor of each stage on top of it, SOLVER.CHECKPOINT_PERIOD
+    # and TEST.EVAL_PERIOD all keep their places in images seen. Needs SCALING.DATASET_SIZE
+    # (trainers fill it in).
     cfg.SCALING.ADABATCH = CfgNode()
     cfg.SCALING.ADABATCH.ENABLED = False
     cfg.SCALING.ADABATCH.INTERVAL_EPOCHS = 20.0  # epochs between two growths
@@ -90,6 +91,7 @@ def add_scaling_keys(cfg: CfgNode) -> None:
     cfg.SCALING.NOISE_SCALE.DECAY = 0.99
     cfg.SCALING.NOISE_SCALE.PERIOD = 20  # steps between two logged readings (one host sync each)
 
+    # ---- the rules' other settings, and out-of-memory errors ----
     # With an Adam-like optimizer and the "sqrt" or "auto" rule, also apply Malladi et al. 2022's
     # square-root rule to Adam's betas and eps when the batch changes by kappa:
     # beta -> 1 - kappa (1 - beta), eps -> eps / sqrt(kappa) (SOLVER.ADAMW.BETAS / EPS).
@@ -112,10 +114,10 @@ def add_synthetic_voc_keys(cfg: CfgNode) -> None:
     # deterministically) under $DETECTRON2_DATASETS/synthetic_voc with these parameters, then read
     # by detectron2's VOC loader and evaluated by its VOC07 evaluator like the real VOC2007.
     cfg.DATASETS.SYNTHETIC_VOC = CfgNode()
-    cfg.DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL = 500
-    cfg.DATASETS.SYNTHETIC_VOC.NUM_TEST = 100
+    cfg.DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL = 500  # images of synthetic_voc_trainval
+    cfg.DATASETS.SYNTHETIC_VOC.NUM_TEST = 100  # images of synthetic_voc_test
     cfg.DATASETS.SYNTHETIC_VOC.IMAGE_SIZE = 128  # pixels, square
-    cfg.DATASETS.SYNTHETIC_VOC.SEED = 0
+    cfg.DATASETS.SYNTHETIC_VOC.SEED = 0  # the same parameters and seed make the same images
     cfg.DATASETS.SYNTHETIC_VOC.OBJECTS_PER_IMAGE = (3, 6)  # inclusive range
     # Object side as a fraction of the image side.
     cfg.DATASETS.SYNTHETIC_VOC.OBJECT_SIZE = (0.15, 0.4)
@@ -126,6 +128,7 @@ def add_solver_keys(cfg: CfgNode) -> None:
     # Upstream detectron2 added the next three keys after v0.6; each is added here, with
     # upstream's default and meaning, only when the installed detectron2 lacks it, so configs
     # written for upstream load and train the same under v0.6.
+
     # The LR that cosine and poly decay towards.
     if "BASE_LR_END" not in cfg.SOLVER:
         cfg.SOLVER.BASE_LR_END = 0.0
@@ -144,15 +147,16 @@ def add_solver_keys(cfg: CfgNode) -> None:
     cfg.SOLVER.LARS = CfgNode()
     # Trust coefficient (eta in the LARS paper, which uses 0.001; apex LARC's default is 0.02).
     cfg.SOLVER.LARS.TRUST_COEFFICIENT = 0.02
-    cfg.SOLVER.LARS.EPS = 1e-8
+    cfg.SOLVER.LARS.EPS = 1e-8  # added to the trust ratio's denominator
     # Biases and normalization parameters keep trust 1 and get no weight decay, as in the
     # large-batch literature.
     cfg.SOLVER.LARS.EXCLUDE_BIAS_AND_NORM = True
     cfg.SOLVER.ADAMW = CfgNode()
-    cfg.SOLVER.ADAMW.BETAS = (0.9, 0.999)
-    cfg.SOLVER.ADAMW.EPS = 1e-8
+    cfg.SOLVER.ADAMW.BETAS = (0.9, 0.999)  # AdamW's betas (SOLVER.OPTIMIZER "AdamW")
+    cfg.SOLVER.ADAMW.EPS = 1e-8  # AdamW's eps
     # Schedules are functions of training progress (iteration / MAX_ITER), so their shape does not
     # change when scale_cfg changes MAX_ITER. SOLVER.WARMUP_METHOD also accepts "exponential".
+
     # WarmupPolyLR: BASE_LR_END + (BASE_LR - BASE_LR_END) * (1 - progress) ** POWER.
     cfg.SOLVER.POLY_LR_POWER = 2.0
     # WarmupExponentialLR: the LR factor reached at MAX_ITER: BASE_LR * DECAY ** progress.
@@ -163,14 +167,15 @@ def add_solver_keys(cfg: CfgNode) -> None:
     # top of the scheduler's value after warmup; evaluated each time TEST.EVAL_PERIOD runs.
     cfg.SOLVER.PLATEAU = CfgNode()
     cfg.SOLVER.PLATEAU.ENABLED = False
-    cfg.SOLVER.PLATEAU.METRIC = "bbox/AP50"
-    cfg.SOLVER.PLATEAU.MODE = "max"  # "max" or "min"
-    cfg.SOLVER.PLATEAU.FACTOR = 0.1
+    cfg.SOLVER.PLATEAU.METRIC = "bbox/AP50"  # a key of the evaluation results, e.g. top1
+    cfg.SOLVER.PLATEAU.MODE = "max"  # "max" or "min": whether a larger METRIC is better
+    cfg.SOLVER.PLATEAU.FACTOR = 0.1  # the LR is multiplied by this at each reduction
     cfg.SOLVER.PLATEAU.PATIENCE = 2  # evaluations without improvement before a reduction
     cfg.SOLVER.PLATEAU.COOLDOWN = 0  # evaluations to wait after a reduction
+    # An improvement is a change of more than THRESHOLD x |best| ("rel") or THRESHOLD ("abs").
     cfg.SOLVER.PLATEAU.THRESHOLD = 1e-4
     cfg.SOLVER.PLATEAU.THRESHOLD_MODE = "rel"  # "rel" or "abs"
-    cfg.SOLVER.PLATEAU.MIN_LR = 0.0
+    cfg.SOLVER.PLATEAU.MIN_LR = 0.0  # a reduction does not take the LR below this
 
     # ---- reliability: checkpoints that a crash cannot make unresumable (engine/checkpoint) ----
     # Periodic checkpoints kept in OUTPUT_DIR, the oldest deleted first; 0 keeps all (detectron2's
@@ -204,11 +209,11 @@ def add_classification_keys(cfg: CfgNode) -> None:
     # Training crop: a random area in CLS_CROP_SCALE of the image and aspect ratio in
     # CLS_CROP_RATIO, resized to CLS_TRAIN_SIZE square (torchvision's RandomResizedCrop).
     cfg.INPUT.CLS_TRAIN_SIZE = 224
-    cfg.INPUT.CLS_CROP_SCALE = (0.08, 1.0)
-    cfg.INPUT.CLS_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    cfg.INPUT.CLS_CROP_SCALE = (0.08, 1.0)  # fractions of the image's area
+    cfg.INPUT.CLS_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # width / height
     # Evaluation: shorter side resized to CLS_TEST_RESIZE, then a CLS_TEST_SIZE square center crop.
     cfg.INPUT.CLS_TEST_RESIZE = 256
-    cfg.INPUT.CLS_TEST_SIZE = 224
+    cfg.INPUT.CLS_TEST_SIZE = 224  # pixels, square
     # Images per process in an evaluation batch (detectron2 v0.6's test loader has 1 image per
     # batch, which is slow for classification; the result does not depend on it).
     cfg.TEST.CLS_IMS_PER_PROCESS = 32

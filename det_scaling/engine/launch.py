@@ -21,6 +21,7 @@ The launcher knows nothing of scaling: ``main_func`` reads the world size from
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -99,7 +100,7 @@ def launch(
     process per worker: the process group is initialised from the environment and ``main_func``
     runs here; the GPU, machine and URL arguments are then ignored in favour of torchrun's.
 
-    ``timeout`` bounds every collective (gloo; NCCL with its watchdog, see the README): a process
+    ``timeout`` bounds every collective (gloo; NCCL with its watchdog: docs/failures.md): a process
     whose peer is gone waits that long at most. When a process raises, its traceback is appended
     to its log file in ``log_dir`` (detectron2's ``log.txt.rank<N>``; without ``log_dir``, kept in
     the error), the other processes of this machine are stopped, and
@@ -251,12 +252,28 @@ def create_ddp_model(
     on_cuda = any(p.device.type == "cuda" for p in model.parameters())
     if "device_ids" not in kwargs:
         kwargs["device_ids"] = [comm.get_local_rank()] if on_cuda else None
-    ddp = DistributedDataParallel(model, **kwargs)
+    ddp = DistributedDataParallel(model, **_buffer_sync_options(kwargs))
     if fp16_compression:
         from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
 
         ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
     return ddp
+
+
+def _buffer_sync_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``broadcast_buffers`` (detectron2's name, deprecated by torch) passed as
+    ``forward_sync_buffers`` where DDP has it. That one also broadcasts the buffers once when DDP
+    is built, which changes nothing here: every rank builds the same model (and loads the same
+    weights, if any) before DDP wraps it, so their buffers are already equal."""
+    # Recent torch deprecates broadcast_buffers for forward_sync_buffers, with a FutureWarning
+    # at every use.
+    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    if "broadcast_buffers" not in kwargs or not renamed:
+        return kwargs
+    options = dict(kwargs)
+    broadcast = options.pop("broadcast_buffers")
+    options.setdefault("forward_sync_buffers", broadcast)
+    return options
 
 
 def _distributed_worker(
@@ -460,7 +477,7 @@ def _run_in_process_group(
 ) -> None:
     _create_local_process_group(processes_per_machine)
     # A barrier right after init: a rank that is slow to start otherwise times out in its first
-    # collective (maskrcnn-benchmark issue 172, which detectron2's launch cites).
+    # collective (maskrcnn-benchmark#172, which detectron2's launch cites).
     comm.synchronize()
     main_func(*args)
     # Only after a clean return: after a failure the other ranks may be gone, and tearing down
