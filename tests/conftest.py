@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import det_scaling
+
+# Property tests draw the same examples on every run: a failure in CI is a failure here.
+settings.register_profile("det_scaling", derandomize=True, print_blob=True)
+settings.load_profile("det_scaling")
 
 REPO = Path(__file__).resolve().parents[1]
 VOC07_CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_R_50_FPN.yaml"
