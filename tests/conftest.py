@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.stacks_plugin import (  # noqa: F401  (the plugin's hooks)
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_makereport,
+)
 from hypothesis import settings
 
 import det_scaling
@@ -32,3 +37,14 @@ def data(tmp_path) -> Path:
     root.mkdir()
     write_images(root)
     return root
+
+
+# Slow tests run processes (training, launches, torchrun): each gets a hard timeout well under
+# CI's budget, failing with the stacks of the stuck processes, unless it is marked tighter.
+SLOW_TEST_TIMEOUT = 450
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
