@@ -5,12 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.stacks_plugin import (  # noqa: F401  (the plugin's hooks)
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_makereport,
+)
+from hypothesis import settings
 
 import det_scaling
 
 # The config_diff fixture, for a checkout whose installed det-scaling predates its entry point
 # (pytest skips a plugin registered under this name already).
 pytest_plugins = ["det_scaling.testing.plugin"]
+
+# Property tests draw the same examples on every run: a failure in CI is a failure here.
+settings.register_profile("det_scaling", derandomize=True, print_blob=True)
+settings.load_profile("det_scaling")
 
 REPO = Path(__file__).resolve().parents[1]
 VOC07_CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_R_50_FPN.yaml"
@@ -31,3 +41,14 @@ def data(tmp_path) -> Path:
     root.mkdir()
     write_images(root)
     return root
+
+
+# Slow tests run processes (training, launches, torchrun): each gets a hard timeout well under
+# CI's budget, failing with the stacks of the stuck processes, unless it is marked tighter.
+SLOW_TEST_TIMEOUT = 450
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))

@@ -108,7 +108,8 @@ def test_sweep_stops_at_the_first_step_whose_smoothed_loss_exceeds_4x_the_lowest
 def test_sweep_lrs_grow_exponentially_and_the_loss_is_smoothed_with_bias_correction(
     sweep: LRFindResult,
 ) -> None:
-    expected_lrs = exponential_lrs(SWEEP["start_lr"], SWEEP["end_lr"], SWEEP["num_iter"])
+    # 1e-3 to 100 in 40 LRs: 5 decades over 39 steps.
+    expected_lrs = [1e-3 * 10 ** (5 * i / 39) for i in range(40)]
     assert sweep.lrs == pytest.approx(expected_lrs[: len(sweep.points)], rel=1e-12)
     assert [p.iteration for p in sweep.points] == list(range(len(sweep.points)))
     beta, average = sweep.smoothing, 0.0
@@ -116,6 +117,14 @@ def test_sweep_lrs_grow_exponentially_and_the_loss_is_smoothed_with_bias_correct
         average = beta * average + (1 - beta) * point.loss
         assert point.smoothed_loss == pytest.approx(average / (1 - beta ** (i + 1)), rel=1e-12)
     assert sweep.points[0].smoothed_loss == sweep.points[0].loss
+
+
+def test_exponential_lrs_run_from_start_to_end_included_evenly_per_decade() -> None:
+    assert exponential_lrs(1e-3, 100.0, 6) == pytest.approx(
+        [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0], rel=1e-12
+    )
+    assert exponential_lrs(0.5, 8.0, 5) == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0], rel=1e-12)
+    assert exponential_lrs(1e-4, 1.0, 2) == pytest.approx([1e-4, 1.0], rel=1e-12)
 
 
 def test_sweep_result_keeps_the_config_as_written_with_the_dataset_size(

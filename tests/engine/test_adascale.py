@@ -17,6 +17,8 @@ import pytest
 import torch
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
+from fvcore.common.param_scheduler import LinearParamScheduler
 from helpers import REPO
 from helpers.tiny import (
     assert_same_parameters,
@@ -32,9 +34,10 @@ from helpers.tiny import (
 from det_scaling import load_cfg, plan_scaling
 from det_scaling.cli import main
 from det_scaling.commands.run_plot import read_run_metrics
-from det_scaling.engine import ScalingTrainer
+from det_scaling.engine import AccumulatingTrainer, GradientNoiseMeter, ScalingTrainer
+from det_scaling.engine.adascale import AdaScale
 from det_scaling.engine.launch import launch
-from det_scaling.solver import build_lr_multiplier
+from det_scaling.solver import ProgressLRScheduler, build_lr_multiplier
 
 LENGTH = 12  # the reference schedule's steps
 
@@ -126,6 +129,68 @@ def test_what_adascale_cannot_run_is_refused_in_one_line(tmp_path, change, messa
         plan_scaling(cfg, 1)
 
 
+# ---- the gain against its closed form ----
+# A linear loss g . w, whose gradient is the example's g whatever the weights. Examples are
+# micro-batches of 1, 8 to a step (B = 8), for a schedule written for batch 2: S = 4. The mean
+# gradient is G = e_1 and one example's covariance has trace T = 4; the examples are chosen so
+# that the two squared norms the meter reads are exactly their expected values,
+#   |G_1|^2 = |G|^2 + T / 1 = 5 (the step's first example) and |G_8|^2 = |G|^2 + T / 8 = 1.5
+# (the step's mean): g_k = G + (0, +-y, z) with y^2 + z^2 = T and, the y's cancelling, z^2 = T / 8.
+# Johnson et al.'s gain at S = 4 from the reference batch 2:
+#   r = (T / 2 + |G|^2) / (T / (2 S) + |G|^2) = (2 + 1) / (0.5 + 1) = 2,
+# far from both 1 and S; the wrong reference batch gives 2.5 (batch 1) or 4/3 (batch 8).
+CLOSED_FORM_TRACE, CLOSED_FORM_GAIN = 4.0, 2.0
+CLOSED_FORM_BASE_LR = 0.1
+
+
+class LinearLoss(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+    def forward(self, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": torch.stack(batch).matmul(self.weight).mean()}
+
+
+def closed_form_examples():
+    """Endless micro-batches of 1 example: a step's 8 are g_1 .. g_8 (see above)."""
+    y, z = math.sqrt(CLOSED_FORM_TRACE * 7 / 8), math.sqrt(CLOSED_FORM_TRACE / 8)
+    step = [torch.tensor([1.0, y if k % 2 == 0 else -y, z], dtype=torch.float64) for k in range(8)]
+    yield from ([g] for g in itertools.cycle(step))
+
+
+def test_the_gain_is_johnson_et_al_s_closed_form_and_sets_lr_and_length():
+    """The real step (AccumulatingTrainer), meter and clock on the problem above: r = 2 at every
+    step, so the LR is 2 x the schedule's (linear decay to 0 over 12 reference steps) at tau =
+    2 t, the run takes 12 / 2 = 6 steps, and the weights move by the sum of those LRs."""
+    model = LinearLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=CLOSED_FORM_BASE_LR)
+    step_trainer = AccumulatingTrainer(model, closed_form_examples(), optimizer, 8)
+    meter = GradientNoiseMeter(step_trainer, micro_batch=1)
+    scheduler = ProgressLRScheduler(optimizer, LinearParamScheduler(1.0, 0.0), LENGTH)
+    clock = AdaScale(scheduler, meter, scale=4, reference_batch=2, length=LENGTH)
+    step_trainer.observers.append(clock)
+    gains, lrs = [], []
+    with EventStorage(0):
+        while not clock.finished:
+            assert len(gains) < LENGTH, "the clock does not advance"
+            step_trainer.iter = len(gains)
+            step_trainer.run_step()
+            gains.append(clock.gain)
+            lrs.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+    assert meter.stats.sq_grad_norm == pytest.approx(1.0, rel=1e-12)
+    assert meter.stats.trace_sigma == pytest.approx(CLOSED_FORM_TRACE, rel=1e-12)
+    assert gains == pytest.approx([CLOSED_FORM_GAIN] * 6, rel=1e-12)
+    assert clock.progress == pytest.approx(12.0, rel=1e-12)
+    expected_lrs = [2 * CLOSED_FORM_BASE_LR * (1 - 2 * t / 12) for t in range(6)]
+    assert lrs == pytest.approx(expected_lrs, rel=1e-12)
+    # Each step moves w by -lr x the step's mean gradient (1, 0, z).
+    z = math.sqrt(CLOSED_FORM_TRACE / 8)
+    moved = -sum(expected_lrs)
+    assert model.weight.tolist() == pytest.approx([moved, 0.0, moved * z], rel=1e-12, abs=1e-15)
+
+
 # ---- training ----
 def test_at_s_1_it_is_the_reference_schedule_exactly(tmp_path, data):
     """Batch 4 (2 micro-batches of 2) with the schedule written for batch 4: r = 1 every step,
@@ -177,6 +242,13 @@ def test_lr_and_length_follow_the_measured_gain(tmp_path, data):
     assert summary["iterations_done"] == len(gains) <= LENGTH
     lrs = [lr for _, lr in sorted(lr_history(trainer).items())]
     assert lrs == pytest.approx(expected_lrs(trainer, cfg), rel=1e-9)
+    # The last r from the run's own statistics by the formula, at the reference batch of 2.
+    noise = summary["gradient_noise"]
+    variance, sq_grad_norm = noise["trace_sigma"] / 2, noise["sq_grad_norm"]
+    assert summary["adascale"]["reference_batch"] == 2
+    assert gains[-1] == pytest.approx(
+        min((variance + sq_grad_norm) / (variance / 4 + sq_grad_norm), 4.0), rel=1e-9
+    )
     assert (Path(cfg.OUTPUT_DIR) / "model_final.pth").is_file()
     written = json.loads((Path(cfg.OUTPUT_DIR) / "summary.json").read_text())
     assert written["adascale"]["steps"] == len(gains)

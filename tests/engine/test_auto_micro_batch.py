@@ -230,3 +230,22 @@ def test_auto_micro_batch_and_noise_scale_are_refused_together(tmp_path):
         ValueError, match=r"SCALING\.AUTO_MICRO_BATCH and SCALING\.NOISE_SCALE\.ENABLED"
     ):
         ScalingTrainer(cfg)
+
+
+def test_auto_micro_batch_and_adascale_above_s_1_are_refused_together(tmp_path, data):
+    # Batch 4 (2 micro-batches of 2) for a schedule written for batch 2: S = 2, r is measured.
+    cfg = tiny_cfg(tmp_path / "s2", ims_per_batch=4, accum=2)
+    cfg.SCALING.RULE = "adascale"
+    cfg.SCALING.ADASCALE_REFERENCE_BATCH = 2
+    cfg.SCALING.AUTO_MICRO_BATCH = True
+    with pytest.raises(
+        ValueError, match=r"SCALING\.AUTO_MICRO_BATCH and SCALING\.RULE adascale cannot be"
+    ):
+        ScalingTrainer(cfg)
+    # At S = 1 nothing is measured (r is 1): the two go together.
+    cfg = tiny_cfg(tmp_path / "s1", ims_per_batch=4, accum=2)
+    cfg.SCALING.RULE = "adascale"
+    cfg.SCALING.ADASCALE_REFERENCE_BATCH = 4
+    cfg.SCALING.AUTO_MICRO_BATCH = True
+    trainer = build_trainer(cfg, data)
+    assert trainer.adascale is not None and trainer.gradient_noise is None

@@ -380,3 +380,33 @@ def test_resume_at_the_same_batch_keeps_detectron2s_iteration():
     # A checkpoint without the state (a plain detectron2 trainer): assumed at this batch.
     point = resume_point(None, schedule, 7)
     assert (point.iteration, point.images_seen) == (7, 28)
+
+
+@pytest.mark.parametrize(
+    ("saved_batch", "saved_steps", "batch", "iteration"),
+    [
+        (4, 5, 3, 7),  # 20 images: 6.67 steps of 3 (not the checkpoint's 5, nor floor's 6)
+        (4, 4, 3, 5),  # 16 images: 5.33 steps of 3 (not ceil's 6, nor the checkpoint's 4)
+        (2, 3, 4, 2),  # 6 images: 1.5 steps of 4, the tie to even (not floor's 1, nor 3)
+        (2, 5, 4, 2),  # 10 images: 2.5 steps of 4, the tie to even (not half-up's 3, nor 5)
+    ],
+)
+def test_resume_at_another_batch_continues_at_the_nearest_step_in_images(
+    saved_batch, saved_steps, batch, iteration
+):
+    """Geometries where the checkpoint's step, and floor, ceil or half-up rounding, differ."""
+    schedule = BatchSchedule(ims_per_batch=batch, grad_accum_steps=1, total_images=120)
+    images = saved_batch * saved_steps
+    saved = {
+        "images_seen": images,
+        "iteration": saved_steps,
+        "world_size": saved_batch,
+        "ims_per_batch": saved_batch,
+        "grad_accum_steps": 1,
+        "max_iter": 120 // saved_batch,
+        "base_lr": 0.1,
+        "dataset_size": 0,
+    }
+    point = resume_point(saved, schedule, saved_steps)
+    assert (point.iteration, point.images_seen) == (iteration, images)
+    assert point.converted_from["ims_per_batch"] == saved_batch

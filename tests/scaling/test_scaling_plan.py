@@ -13,6 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from det_scaling import get_cfg, load_cfg, plan_scaling, scale_cfg
+from det_scaling.errors import ConfigError
 
 # Keys detectron2's auto_scale_workers sets; scale_cfg must give the same values.
 AUTO_SCALED_KEYS = (
@@ -97,25 +98,26 @@ def test_agrees_with_auto_scale_workers_wherever_both_apply(
     cfg.SOLVER.WARMUP_ITERS = warmup
     cfg.SOLVER.CHECKPOINT_PERIOD = checkpoint
     cfg.TEST.EVAL_PERIOD = eval_period
+    expected = DefaultTrainer.auto_scale_workers(cfg, num_gpus)
+    new_steps, new_max_iter = expected.SOLVER.STEPS, expected.SOLVER.MAX_ITER
+    # Each schedule auto_scale_workers would make unusable, and the key the refusal must name.
+    unusable = {
+        "SOLVER.WARMUP_ITERS": warmup > max_iter,  # the written warmup never ends
+        "SOLVER.MAX_ITER": new_max_iter == 0,
+        "SOLVER.STEPS": 0 in new_steps
+        or any(a >= b for a, b in itertools.pairwise(new_steps))
+        or any(s >= new_max_iter for s in new_steps),
+        "SOLVER.CHECKPOINT_PERIOD": expected.SOLVER.CHECKPOINT_PERIOD == 0,
+        "TEST.EVAL_PERIOD": eval_period > 0 and expected.TEST.EVAL_PERIOD == 0,
+    }
     try:
         scaled = scale_cfg(cfg, num_gpus)
-    except ValueError:
-        # Rejected only where auto_scale_workers would produce an unusable schedule, or the
-        # written warmup never ends.
-        if warmup > max_iter:
-            return
-        expected = DefaultTrainer.auto_scale_workers(cfg, num_gpus)
-        new_steps = expected.SOLVER.STEPS
-        assert (
-            expected.SOLVER.MAX_ITER == 0
-            or 0 in new_steps
-            or any(a >= b for a, b in itertools.pairwise(new_steps))
-            or any(s >= expected.SOLVER.MAX_ITER for s in new_steps)
-            or expected.SOLVER.CHECKPOINT_PERIOD == 0
-            or (eval_period > 0 and expected.TEST.EVAL_PERIOD == 0)
-        )
+    except ConfigError as error:
+        # Refused only for one of those reasons, as a one-line error naming its key.
+        named = [key for key, bad in unusable.items() if bad and str(error).startswith(key)]
+        assert named, (str(error), unusable)
         return
-    expected = DefaultTrainer.auto_scale_workers(cfg, num_gpus)
+    assert not any(unusable.values()), unusable
     for key in AUTO_SCALED_KEYS:
         assert value(scaled, key) == value(expected, key), key
 
@@ -268,6 +270,7 @@ def test_every_change_is_recorded_with_old_new_and_reason(voc07_cfg):
         ({"REFERENCE_WORLD_SIZE": 2, "IMS_PER_BATCH": 15}, 4, "BATCH (15) must be divisible"),
         ({"MAX_ITER": 3, "STEPS": (), "WARMUP_ITERS": 0}, 64, "SOLVER.MAX_ITER: 3 rounds to 0"),
         ({"MAX_ITER": 1000, "STEPS": (2, 800)}, 64, "SOLVER.STEPS: step 2 rounds to 0"),
+        ({"STEPS": (0, 800)}, 2, "SOLVER.STEPS: step 0 is not inside the run"),
         ({"MAX_ITER": 1000, "STEPS": (995,)}, 32, "not before MAX_ITER"),
         ({"MAX_ITER": 1000, "STEPS": (600, 602)}, 64, "collide"),
         ({"CHECKPOINT_PERIOD": 3}, 64, "SOLVER.CHECKPOINT_PERIOD: period 3 rounds to 0"),
@@ -282,6 +285,33 @@ def test_bad_configs_raise_value_error_naming_the_key(change, num_gpus, message)
         cfg.SOLVER[key] = val
     with pytest.raises(ValueError, match=re.escape(message)):
         scale_cfg(cfg, num_gpus)
+
+
+def test_an_eval_period_that_rounds_to_0_is_refused_naming_the_key():
+    cfg = small_cfg(reference=1, batch=2, max_iter=1000, steps=(600, 800))
+    cfg.TEST.EVAL_PERIOD = 3  # 6 images: less than half a step of 128
+    with pytest.raises(ConfigError, match=re.escape("TEST.EVAL_PERIOD: period 3 rounds to 0")):
+        scale_cfg(cfg, 64)
+    cfg.TEST.EVAL_PERIOD = 0  # off: nothing to round
+    assert scale_cfg(cfg, 64).TEST.EVAL_PERIOD == 0
+
+
+def test_a_period_the_run_never_reaches_is_noted():
+    cfg = small_cfg(reference=1, batch=2, max_iter=1000, steps=(600, 800))
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
+    cfg.TEST.EVAL_PERIOD = 999  # shorter than the run: no note
+    notes = plan_scaling(cfg, 1).notes
+    assert (
+        "SOLVER.CHECKPOINT_PERIOD 1000 is not shorter than the run (SOLVER.MAX_ITER 1000): "
+        "the only checkpoint is the final one"
+    ) in notes
+    assert not any("EVAL_PERIOD" in note for note in notes)
+    # Scaled to 2 GPUs: 500 steps, the evaluation period of 999 x 2 images rounds to 500.
+    scaled_notes = plan_scaling(cfg, 2).notes
+    assert (
+        "TEST.EVAL_PERIOD 500 is not shorter than the run (SOLVER.MAX_ITER 500): "
+        "the only evaluation is at the end"
+    ) in scaled_notes
 
 
 def test_unknown_rule_is_rejected_naming_the_key():

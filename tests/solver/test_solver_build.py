@@ -109,6 +109,27 @@ def test_lars_builder_excludes_biases_and_norm_parameters(name: str, clip: bool)
     assert all(group["clip"] is clip for group in optimizer.param_groups)
 
 
+@pytest.mark.parametrize("name", ["LARS", "LARC"])
+def test_lars_takes_every_setting_from_the_config(name: str) -> None:
+    """Values unlike the constructor's defaults, so that a setting the builder drops shows."""
+    cfg = solver_cfg(OPTIMIZER=name, MOMENTUM=0.7, NESTEROV=True, WEIGHT_DECAY=3e-3)
+    cfg.SOLVER.LARS.TRUST_COEFFICIENT = 0.005
+    cfg.SOLVER.LARS.EPS = 1e-5
+    optimizer = build_optimizer(cfg, TinyRegressor())
+    assert isinstance(optimizer, LARS)
+    expected = {
+        "lr": 0.5,
+        "momentum": 0.7,
+        "nesterov": True,
+        "trust_coefficient": 0.005,
+        "eps": 1e-5,
+        "clip": name == "LARC",
+    }
+    for group in optimizer.param_groups:
+        assert {key: group[key] for key in expected} == expected
+        assert group["weight_decay"] == (0.0 if group["lars_exclude"] else 3e-3)
+
+
 def test_lars_builder_keeps_detectron2_groups_when_exclusion_is_off() -> None:
     model = TinyRegressor()
     cfg = solver_cfg(OPTIMIZER="LARS", WEIGHT_DECAY_NORM=0.0, BIAS_LR_FACTOR=2.0)
