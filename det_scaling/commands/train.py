@@ -106,8 +106,9 @@ def launch_training(args: argparse.Namespace) -> None:
         )
     if not _resumes_from_output_dir(args, settings.output_dir):
         check_weights(run)  # else detectron2 loads the output directory's checkpoint
-    # One run per OUTPUT_DIR: the launching process holds it (under torchrun, global rank 0).
-    holds = not under_torchrun() or os.environ.get("RANK") == "0"
+    # One run per OUTPUT_DIR: the launching process of machine 0 holds it (under torchrun, the
+    # process of global rank 0).
+    holds = os.environ.get("RANK") == "0" if under_torchrun() else args.machine_rank == 0
     lock = output_dir_lock(settings.output_dir, keys.output_dir) if holds else nullcontext()
     with lock:
         launch(

@@ -103,7 +103,7 @@ def test_under_torchrun_initialises_from_the_environment(tmp_path):
     )
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), str(Path(__file__).parent)]),
         "OMP_NUM_THREADS": "1",
     }
     command = [
