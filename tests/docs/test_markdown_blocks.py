@@ -246,7 +246,8 @@ def test_training_commands_raise_no_python_warnings(ran) -> None:
     assert trained, "no training command ran"
     for result in trained.values():
         output = result["stdout"] + result["stderr"]
-        assert not re.findall(r".*\b\w+Warning: .*", output)
+        warning = re.search(r"\b\w+Warning: ", output)
+        assert warning is None, output[output.rfind("\n", 0, warning.start()) + 1 :][:500]
 
 
 def test_log_files_have_no_terminal_colour_codes(ran) -> None:
