@@ -23,6 +23,10 @@ DEMO_GPUS ?= 2
 CLS_CONFIG ?= configs/ImageNet-Classification/resnet50_digits.yaml
 # The demo config's LazyConfig twin (the same network, data and schedule, as a .py config).
 LAZY_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.py
+# Config overrides appended to the demos' training, e.g. a short run:
+# make demo DEMO_OPTS='SOLVER.MAX_ITER 100 SOLVER.STEPS "(60, 80)" SOLVER.WARMUP_ITERS 10'
+# (KEY VALUE pairs for demo and demo-cls, key=value for demo-lazy).
+DEMO_OPTS ?=
 
 .PHONY: setup demo demo-cls demo-lazy test test-upstream lint docs clean-venv
 
@@ -41,16 +45,16 @@ $(STAMP): pyproject.toml tools/install_detectron2.py Makefile $(wildcard $(DETEC
 
 demo: setup
 	$(PY) -m det_scaling plan configs/VOC07-Detection/faster_rcnn_R_50_FPN.yaml --num-gpus 1 2 4 8
-	$(PY) tools/train.py --config-file $(DEMO_CONFIG) --num-gpus $(DEMO_GPUS) OUTPUT_DIR output/demo
+	$(PY) tools/train.py --config-file $(DEMO_CONFIG) --num-gpus $(DEMO_GPUS) OUTPUT_DIR output/demo $(DEMO_OPTS)
 
 # The classification baseline on the embedded data (scikit-learn's digits as image folders).
 demo-cls: setup
-	$(PY) tools/train.py --config-file $(CLS_CONFIG) --num-gpus $(DEMO_GPUS) OUTPUT_DIR output/demo-cls
+	$(PY) tools/train.py --config-file $(CLS_CONFIG) --num-gpus $(DEMO_GPUS) OUTPUT_DIR output/demo-cls $(DEMO_OPTS)
 
 # The same job from the LazyConfig twin: plan, then training on 2 processes.
 demo-lazy: setup
 	$(PY) -m det_scaling plan $(LAZY_CONFIG) --num-gpus 1 2 4 8
-	$(PY) tools/train.py --config-file $(LAZY_CONFIG) --num-gpus $(DEMO_GPUS) train.output_dir=output/demo-lazy
+	$(PY) tools/train.py --config-file $(LAZY_CONFIG) --num-gpus $(DEMO_GPUS) train.output_dir=output/demo-lazy $(DEMO_OPTS)
 
 test: setup lint
 	$(PY) -m pytest

@@ -246,7 +246,8 @@ def test_training_commands_raise_no_python_warnings(ran) -> None:
     assert trained, "no training command ran"
     for result in trained.values():
         output = result["stdout"] + result["stderr"]
-        assert not re.findall(r".*\b\w+Warning: .*", output)
+        warning = re.search(r"\b\w+Warning: ", output)
+        assert warning is None, output[output.rfind("\n", 0, warning.start()) + 1 :][:500]
 
 
 def test_log_files_have_no_terminal_colour_codes(ran) -> None:
@@ -275,12 +276,15 @@ def test_every_block_is_run_or_marked(capsys) -> None:
     unknown = [f"{b.where} ({b.lang or 'no language'})" for b in BLOCKS if kind(b) == "unknown"]
     assert unknown == [], "give each block a language (sh, console, python, yaml, text) or a marker"
     counts = Counter(kind(block) for block in BLOCKS)
-    commands_run = Counter(
-        command_kind(command)
-        for block in BLOCKS
-        if kind(block) == "commands"
-        for command in commands(block)
-    )
+    shown = [
+        command for block in BLOCKS if kind(block) == "commands" for command in commands(block)
+    ]
+    commands_run = Counter(command_kind(command) for command in shown)
+    trainings = {
+        (tuple(training_command(c)), tuple(sorted(c.env.items())))
+        for c in shown
+        if command_kind(c) == "train"
+    }
     outputs = [b for b in BLOCKS if kind(b) == "output"]
     for block in outputs:
         before = blocks(block.page)[blocks(block.page).index(block) - 1]
@@ -288,11 +292,12 @@ def test_every_block_is_run_or_marked(capsys) -> None:
     not_run = [f"{b.where} ({b.marker_value})" for b in BLOCKS if kind(b) == "not run"]
     with capsys.disabled():
         print(
-            f"\n{len(BLOCKS)} code blocks in {len({b.page for b in BLOCKS})} pages: "
-            f"{counts['commands']} of commands ({commands_run['cli']} det-scaling commands, "
-            f"{commands_run['train']} training runs, {commands_run['make']} make -n), "
-            f"{counts['python']} Python, {counts['yaml']} YAML, {counts['file']} files, "
-            f"{len(outputs)} outputs checked, {counts['recipe']} recipe blocks "
-            f"(tests/docs/test_own_scripts.py), {counts['text']} text; not run: {not_run}"
+            f"\n{len(BLOCKS)} code blocks in {len({b.page for b in BLOCKS})} pages. Run: "
+            f"{len(shown)} commands in {counts['commands']} blocks ({commands_run['cli']} "
+            f"det-scaling commands in one process, {commands_run['train']} training commands in "
+            f"{len(trainings)} processes, {commands_run['make']} make -n), {counts['python']} "
+            f"Python and {counts['yaml']} YAML blocks; {len(outputs)} outputs compared; "
+            f"{counts['file']} file written; {counts['recipe']} recipe blocks for "
+            f"tests/docs/test_own_scripts.py; {counts['text']} text; not run: {not_run}"
         )
     assert all(b.marker_value for b in BLOCKS if kind(b) == "not run"), "a not-run block says why"
