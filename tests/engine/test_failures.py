@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from helpers.processes import TINY_RUN, free_port, tiny_run_setup
+from helpers.processes import TINY_RUN, retry_on_port_clash, tiny_run_setup
 
 from det_scaling.cli import parse_args
 from det_scaling.engine.failures import (
@@ -89,24 +89,28 @@ def test_a_fault_on_another_machine_stops_this_one_which_says_so(tmp_path):
     stops on its own within seconds, saying the cause is elsewhere."""
     config, env = tiny_run_setup(tmp_path)
     env["TINY_RUN_FAULT"] = "1:2:raise"
-    url = f"tcp://127.0.0.1:{free_port()}"
     common = [sys.executable, str(TINY_RUN), "--config-file", str(config), "--num-machines", "2"]
-    common += ["--dist-url", url, "--dist-timeout", "20m"]
-    machines = [
-        subprocess.Popen(
-            [*common, "--machine-rank", str(rank)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    results = []
-    for machine in machines:
-        stdout, stderr = machine.communicate(timeout=400)
-        done = subprocess.CompletedProcess(machine.args, machine.returncode, stdout, stderr)
-        results.append(done)
+
+    def two_machines(port: int) -> list[subprocess.CompletedProcess]:
+        url = f"tcp://127.0.0.1:{port}"
+        machines = [
+            subprocess.Popen(
+                [*common, "--dist-url", url, "--dist-timeout", "20m", "--machine-rank", str(rank)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for rank in (0, 1)
+        ]
+        results = []
+        for machine in machines:
+            stdout, stderr = machine.communicate(timeout=400)
+            done = subprocess.CompletedProcess(machine.args, machine.returncode, stdout, stderr)
+            results.append(done)
+        return results
+
+    results = retry_on_port_clash(two_machines, lambda rs: "".join(r.stderr for r in rs))
     cause = "RuntimeError: injected fault on rank 1 at step 2"
     assert told_once(results[1], cause).startswith(
         f"det-scaling train: error: rank 1 of 2 failed: {cause}"

@@ -100,29 +100,27 @@ def test_a_run_killed_with_sigkill_resumes_at_the_same_and_at_another_gpu_count(
     config, env = tiny_run_setup(tmp_path, max_iter=24, **solver)
     out = tmp_path / "out"
     progress = tmp_path / "progress.txt"
-    env.update(TINY_RUN_STEP_SECONDS="0.3", TINY_RUN_PROGRESS=str(progress))
-
+    # Killed (SIGKILL, by itself) as its 10th step starts: 8 steps are in the second checkpoint
+    # (after step 7), step 8 is done and lost, step 9 is under way.
+    env.update(TINY_RUN_FAULT="0:9:kill", TINY_RUN_PROGRESS=str(progress))
     killed = popen_logged(
         [sys.executable, str(TINY_RUN), "--config-file", str(config), "--num-gpus", "1"],
         env,
         tmp_path / "killed",
         start_new_session=True,
     )
-
-    def mid_period() -> bool:  # the second checkpoint written, and two steps more started
-        pointer = out / "last_checkpoint"
-        started = len(progress.read_text().splitlines()) if progress.exists() else 0
-        return pointer.exists() and pointer.read_text() == "model_0000007.pth" and started >= 10
-
     try:
-        wait_for(mid_period, "the second checkpoint", [killed], timeout=300)
+        killed.wait(timeout=300)
     finally:
-        os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait()
+        kill_tree(killed)
+    assert killed.returncode == -signal.SIGKILL, Path(killed.stderr_path).read_text()[-3000:]
+    del env["TINY_RUN_FAULT"]
     steps_started = len(progress.read_text().splitlines())
+    assert steps_started == 10
+    assert (out / "last_checkpoint").read_text() == "model_0000007.pth"
     shutil.copytree(out, tmp_path / "out_two")
     checkpoint = last_checkpoint_progress(out)
-    assert checkpoint["iteration"] >= 8
+    assert checkpoint["iteration"] == 8
 
     # Uninterrupted, for comparison: the same schedule in this process (the tiny model's LR and
     # images do not depend on the faults or sleeps of the subprocess's variant).

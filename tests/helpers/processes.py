@@ -7,7 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from helpers import REPO
 from helpers.tiny import tiny_cfg, write_images
@@ -42,10 +44,33 @@ def tiny_run_setup(tmp_path: Path, max_iter: int = 12, **solver) -> tuple[Path, 
     return config, env
 
 
+T = TypeVar("T")
+
+
 def free_port() -> int:
+    """A port free now. Another process may take it before the run binds it: pass the run to
+    :func:`retry_on_port_clash`, or let the launcher pick (``--dist-url auto`` binds port 0)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_clash(output: str) -> bool:
+    """Whether a run's output says its port was taken (by the time it bound it)."""
+    lowered = output.lower()
+    return "eaddrinuse" in lowered or "address already in use" in lowered
+
+
+def retry_on_port_clash(
+    run: Callable[[int], T], output: Callable[[T], str], attempts: int = 3
+) -> T:
+    """``run(port)`` on a port free when chosen, again on another (up to ``attempts`` times) when
+    ``output`` of its result says another process took the port first."""
+    for _ in range(attempts - 1):
+        result = run(free_port())
+        if not port_clash(output(result)):
+            return result
+    return run(free_port())
 
 
 def run_train_tool_on_two_processes(tmp_path: Path, config: Path, *overrides: str) -> str:
