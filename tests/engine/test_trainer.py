@@ -364,8 +364,13 @@ def test_resume_at_another_batch_counts_images_and_takes_this_runs_base_lr():
     optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.3)
     scheduler = LRMultiplier(optimizer, LinearParamScheduler(1.0, 0.0), max_iter=8)
     scheduler.load_state_dict({"base_lrs": [0.4], "last_epoch": 1})  # what the checkpoint holds
+    optimizer.param_groups[0]["initial_lr"] = 0.4  # as the checkpoint's optimizer state restores
     place_scheduler(scheduler, optimizer, [0.3], point.iteration)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * (1 - 1 / 8))
+    # detectron2's LRScheduler hook builds a scheduler of a ParamScheduler from initial_lr.
+    assert optimizer.param_groups[0]["initial_lr"] == 0.3
+    with pytest.raises(ValueError, match="2 base LRs for 1 optimizer param groups"):
+        place_scheduler(scheduler, optimizer, [0.3, 0.1], point.iteration)
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * (1 - 2 / 8))
 
