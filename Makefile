@@ -24,7 +24,11 @@ CLS_CONFIG ?= configs/ImageNet-Classification/resnet50_digits.yaml
 # The demo config's LazyConfig twin (the same network, data and schedule, as a .py config).
 LAZY_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.py
 
+# The wheels the GPU machine lacks, for its Python 3.12 (benchmarks/README.md, "GPU check").
+GPU_WHEELHOUSE ?= .gpu-wheelhouse
+
 .PHONY: setup demo demo-cls demo-lazy test test-upstream lint clean-venv
+.PHONY: gpu-wheelhouse gpu-check gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -66,3 +70,17 @@ test-upstream:
 
 clean-venv:
 	rm -rf $(VENV) $(UPSTREAM_VENV)
+
+# Here, with the registry: fvcore, iopath, yacs, omegaconf, hydra-core, pycocotools, detectron2
+# v0.6 (built from the pinned sdist) and what they need, as wheels for CPython 3.12 manylinux
+# x86-64, into $(GPU_WHEELHOUSE) (git-ignored; carried to the GPU machine). Not part of `make test`.
+gpu-wheelhouse: setup
+	$(PY) tools/gpu_wheelhouse.py build --dest $(GPU_WHEELHOUSE)
+
+# On the GPU machine, with its python3 and the wheelhouse beside the checkout.
+gpu-check:
+	bash benchmarks/gpu_check.sh --wheelhouse $(GPU_WHEELHOUSE)
+
+# The same steps on this machine's CPU, small (CI runs it through the test suite).
+gpu-check-dry-run: setup
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --dry-run
