@@ -37,7 +37,11 @@ LAZY_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.py
 # (KEY VALUE pairs for demo and demo-cls, key=value for demo-lazy).
 DEMO_OPTS ?=
 
+# The wheels the GPU machine lacks, for its Python 3.12 (benchmarks/README.md, "GPU check").
+GPU_WHEELHOUSE ?= .gpu-wheelhouse
+
 .PHONY: setup demo demo-cls demo-lazy test test-upstream lint docs mutation clean-venv
+.PHONY: gpu-wheelhouse gpu-check gpu-check-dry-run
 
 setup: $(STAMP)
 
@@ -102,3 +106,17 @@ test-upstream: set DETECTRON2_SOURCE to an upstream detectron2 checkout or sourc
 
 clean-venv:
 	rm -rf $(VENV) $(UPSTREAM_VENV)
+
+# Here, with the registry: fvcore, iopath, yacs, omegaconf, hydra-core, pycocotools, detectron2
+# v0.6 (built from the pinned sdist) and what they need, as wheels for CPython 3.12 manylinux
+# x86-64, into $(GPU_WHEELHOUSE) (git-ignored; carried to the GPU machine). Not part of `make test`.
+gpu-wheelhouse: setup
+	$(PY) tools/gpu_wheelhouse.py build --dest $(GPU_WHEELHOUSE)
+
+# On the GPU machine, with its python3 and the wheelhouse beside the checkout.
+gpu-check:
+	bash benchmarks/gpu_check.sh --wheelhouse $(GPU_WHEELHOUSE)
+
+# The same steps on this machine's CPU, small (CI runs it through the test suite).
+gpu-check-dry-run: setup
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --dry-run

@@ -1,12 +1,15 @@
 """Time one optimizer step over ResNet-50's parameters: SGD as detectron2 builds it, LARS, LARC.
 
-    python benchmarks/optimizer_step.py [--device cuda] [--steps 40] [--threads 1]
+    python benchmarks/optimizer_step.py [--device cuda] [--dtype float32 bfloat16] [--steps 40]
+        [--threads 1] [--json FILE]
 
 Every optimizer updates the same ResNet-50 parameters (torchvision's layout, 161 tensors, 25.6M
 values) with the same random gradients, each with its own momentum buffers. The steps are
 timed in rounds, each round stepping every optimizer once in a rotating order, so that all of
 them see the same machine conditions; the first ``--warmup`` rounds are not counted. The table
-gives the median step time and its ratio to SGD, all measured in this one run.
+gives the median step time and its ratio to SGD, all measured in this one run; one table per
+``--dtype`` of the parameters and gradients (bfloat16: a model trained in bf16), and with
+``--json`` the same figures in a file.
 
 Rows: detectron2's ``build_optimizer`` (torch SGD with its default implementation: a
 per-parameter loop on CPU, multi-tensor on CUDA) and the same SGD forced to multi-tensor;
@@ -19,11 +22,13 @@ clipping on, as LARC) when timm is installed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -31,46 +36,65 @@ import det_scaling
 from det_scaling.solver import LARS
 
 CONFIG_OVERRIDES = ["SOLVER.BASE_LR", "0.001", "SOLVER.WEIGHT_DECAY", "0.0001"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=list(DTYPES),
+        default=["float32"],
+        help="dtype of the parameters and gradients, one table each (default: float32)",
+    )
     parser.add_argument("--steps", type=int, default=40, help="timed rounds (default: 40)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first rounds (default: 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
 
-    steps = build_steppers(device)
-    times = time_rounds(steps, args.steps, args.warmup, device)
-    print(describe_machine(device, args.threads))
-    print(format_table(times))
+    machine = describe_machine(device, args.threads)
+    print(machine)
+    record: dict = {"machine": machine, "steps": args.steps, "warmup": args.warmup, "dtypes": {}}
+    for name in args.dtype:
+        steps = build_steppers(device, DTYPES[name])
+        times = time_rounds(steps, args.steps, args.warmup, device)
+        print(f"\nparameters and gradients in {name}:")
+        print(format_table(times))
+        record["dtypes"][name] = summarize(times)
+        del steps
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def resnet50(device: torch.device) -> torch.nn.Module:
-    """ResNet-50 with random weights and random gradients on every parameter."""
+def resnet50(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """ResNet-50 in ``dtype`` with random weights and random gradients on every parameter."""
     import torchvision
 
-    model = torchvision.models.resnet50().to(device)
+    model = torchvision.models.resnet50().to(device=device, dtype=dtype)
     generator = torch.Generator(device=device).manual_seed(0)
     for param in model.parameters():
-        param.grad = torch.randn(param.shape, generator=generator, device=device) * 1e-2
+        grad = torch.randn(param.shape, generator=generator, device=device) * 1e-2
+        param.grad = grad.to(dtype)
     return model
 
 
 Stepper = tuple[Callable[[], None], Callable[[], None] | None]
 
 
-def build_steppers(device: torch.device) -> dict[str, Stepper]:
-    """Name -> (one step of that optimizer, an untimed preparation to run before it or None)."""
+def build_steppers(device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, Stepper]:
+    """Name -> (one step of that optimizer, an untimed preparation to run before it or None),
+    each over its own copy of the state of ResNet-50 in ``dtype``."""
     from detectron2.solver.build import get_default_optimizer_params
 
     cfg = det_scaling.load_cfg(overrides=CONFIG_OVERRIDES)
-    model = resnet50(device)
+    model = resnet50(device, dtype)
     solver = cfg.SOLVER
 
     def optimizer_named(name: str) -> torch.optim.Optimizer:
@@ -97,7 +121,7 @@ def build_steppers(device: torch.device) -> dict[str, Stepper]:
         "LARS (det_scaling)": (optimizer_named("LARS").step, None),
         "LARC (det_scaling)": (optimizer_named("LARC").step, None),
         "LARS, all adapted": (lars_all.step, None),
-        "apex-style LARC loop": apex_style_larc(resnet50(device), solver.BASE_LR),
+        "apex-style LARC loop": apex_style_larc(resnet50(device, dtype), solver.BASE_LR),
     }
     timm_lars = _timm_lars(model, solver.BASE_LR, solver.WEIGHT_DECAY)
     if timm_lars is not None:
@@ -197,6 +221,24 @@ def format_table(times: dict[str, list[float]]) -> str:
             f"| {median / sgd:.2f} | {median / sgd_foreach:.2f} |"
         )
     return "\n".join(rows)
+
+
+def summarize(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per optimizer: the median step (ms), its quartiles and the median's ratio to SGD."""
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    sgd = medians["SGD (detectron2 build)"]
+    out = {}
+    for name, median in medians.items():
+        low, _, high = (
+            statistics.quantiles(times[name], n=4) if len(times[name]) > 1 else [median] * 3
+        )
+        out[name] = {
+            "median_ms": median * 1e3,
+            "q25_ms": low * 1e3,
+            "q75_ms": high * 1e3,
+            "ratio_to_sgd": median / sgd,
+        }
+    return out
 
 
 def describe_machine(device: torch.device, threads: int) -> str:

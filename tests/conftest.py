@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.stacks_plugin import (  # noqa: F401  (the plugin's hooks)
     pytest_configure,
     pytest_runtest_call,
@@ -49,6 +50,10 @@ SLOW_TEST_TIMEOUT = 450
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests get their hard timeout; tests marked ``cuda`` are skipped without CUDA."""
+    no_cuda = pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)

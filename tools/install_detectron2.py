@@ -146,23 +146,52 @@ class InstallError(RuntimeError):
     """An install path failed; the message says why and what to do."""
 
 
+def _python_package(sdist: Path, tmp: Path) -> Path:
+    """The sdist's ``detectron2`` package extracted under ``tmp`` beside the build description
+    above; returns the folder to build."""
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp, filter="data")
+    source = tmp / f"{SDIST_NAME}-{SDIST_VERSION}" / "detectron2"
+    build = tmp / "build"
+    shutil.copytree(source, build / "detectron2")
+    (build / "pyproject.toml").write_text(_PYPROJECT)
+    return build
+
+
+def _packaging_failed(sdist: Path, what: str, error: subprocess.CalledProcessError) -> InstallError:
+    return InstallError(
+        f"{what} detectron2 v0.6 from {sdist} failed (pip exit {error.returncode}; its output is "
+        "above). It is packaged by this environment's setuptools (--no-build-isolation), which "
+        "needs version 70.1 or later (or the wheel package): pip install 'setuptools>=70.1,<81', "
+        "then rerun"
+    )
+
+
 def install_from_sdist(sdist: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="detectron2-py-") as tmp:
-        with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
-        source = Path(tmp) / f"{SDIST_NAME}-{SDIST_VERSION}" / "detectron2"
-        build = Path(tmp) / "build"
-        shutil.copytree(source, build / "detectron2")
-        (build / "pyproject.toml").write_text(_PYPROJECT)
+        build = _python_package(sdist, Path(tmp))
         try:
             _pip("install", "--quiet", "--no-deps", "--no-build-isolation", str(build))
         except subprocess.CalledProcessError as error:
-            raise InstallError(
-                f"installing detectron2 v0.6 from {sdist} failed (pip exit {error.returncode}; "
-                "its output is above). It is packaged by this environment's setuptools "
-                "(--no-build-isolation), which needs version 70.1 or later (or the wheel "
-                "package): pip install 'setuptools>=70.1,<81', then rerun"
-            ) from error
+            raise _packaging_failed(sdist, "installing", error) from error
+
+
+def build_wheel_from_sdist(sdist: Path, dest: Path) -> Path:
+    """What :func:`install_from_sdist` installs, as a pure-Python wheel written to ``dest``
+    (``detectron2-0.6-py3-none-any.whl``), for a machine that cannot reach the registry; returns
+    its path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="detectron2-py-") as tmp:
+        build = _python_package(sdist, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="detectron2-wheel-") as out:
+            try:
+                _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", out, str(build))
+            except subprocess.CalledProcessError as error:
+                raise _packaging_failed(sdist, "building a wheel of", error) from error
+            (wheel,) = Path(out).glob("detectron2-*.whl")
+            target = dest / wheel.name
+            shutil.move(str(wheel), target)
+    return target
 
 
 def _checkout_in(root: Path) -> Path:

@@ -136,6 +136,13 @@ def test_without_gpus_the_backend_is_gloo_on_the_cpu():
     assert default_device() == "cpu"
 
 
+@pytest.mark.cuda
+def test_with_a_gpu_the_backend_is_nccl_and_the_device_cuda():
+    assert pick_backend(1) == "nccl"
+    assert pick_backend(torch.cuda.device_count() + 1) == "gloo"  # a GPU per process, or none
+    assert default_device() == "cuda"
+
+
 def test_torchrun_is_recognised_by_its_environment(monkeypatch):
     for name in TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -331,7 +331,7 @@ def test_norm_and_update_never_read_a_tensor_value() -> None:
     assert stats.noise_scale == pytest.approx(with_floats.noise_scale, rel=1e-6)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_norm_and_update_do_not_synchronize() -> None:
     model = model_with_grads().cuda()
     stats = GradientNoiseStats()

@@ -313,7 +313,7 @@ def test_step_never_reads_a_tensor_value_on_the_host(options: dict) -> None:
             optimizer.step()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_step_does_not_synchronize() -> None:
     params = [p.float().cuda().requires_grad_() for p in _initial_params()]
     optimizer = LARS(params, lr=0.1, weight_decay=1e-4, clip=True, nesterov=True)
@@ -326,6 +326,65 @@ def test_cuda_step_does_not_synchronize() -> None:
             optimizer.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(momentum=0.9, weight_decay=1e-4, clip=True),
+        dict(momentum=0.9, weight_decay=1e-4, nesterov=True),
+    ],
+)
+def test_cuda_step_captured_in_a_cuda_graph_replays_the_eager_steps(
+    options: dict, dtype: torch.dtype
+) -> None:
+    """A step captured once in a CUDA graph and replayed on new gradients (copied into the
+    captured ones) updates as the eager steps do: nothing in it needs the host. The LR is
+    constant: a graph keeps the LR it was captured with."""
+    steps, eager_steps = 8, 3  # the eager steps before capture create the momentum buffers
+    # The tensors that have a gradient at every step (a captured step updates a fixed set).
+    kept = [
+        i for i in range(len(SHAPES)) if all(_gradients(s)[i] is not None for s in range(steps))
+    ]
+    initial = [_initial_params(torch.float32)[i].to("cuda", dtype) for i in kept]
+    grads = [
+        [_gradients(step, torch.float32)[i].to("cuda", dtype) for i in kept]
+        for step in range(steps)
+    ]
+
+    eager = [p.clone().requires_grad_() for p in initial]
+    eager_optimizer = LARS(eager, lr=0.1, **options)
+    for step in range(steps):
+        for param, grad in zip(eager, grads[step], strict=True):
+            param.grad = grad.clone()
+        eager_optimizer.step()
+
+    graphed = [p.clone().requires_grad_() for p in initial]
+    for param in graphed:
+        param.grad = torch.zeros_like(param)
+    optimizer = LARS(graphed, lr=0.1, **options)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for step in range(eager_steps):
+            for param, grad in zip(graphed, grads[step], strict=True):
+                param.grad.copy_(grad)
+            optimizer.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        optimizer.step()
+    before_replay = [p.detach().clone() for p in graphed]
+    for step in range(eager_steps, steps):
+        for param, grad in zip(graphed, grads[step], strict=True):
+            param.grad.copy_(grad)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before_replay, graphed, strict=True))
+    for a, b in zip(eager, graphed, strict=True):  # the same kernels: equal up to dtype's rounding
+        torch.testing.assert_close(b.detach(), a.detach())
 
 
 def test_rejects_settings_it_cannot_honour() -> None:

@@ -12,6 +12,7 @@ import socket
 import tarfile
 import threading
 import time
+import zipfile
 
 import pytest
 from helpers import REPO
@@ -164,3 +165,23 @@ def test_the_pinned_upstream_archive_is_downloaded_once(installer, tmp_path, ser
     assert archive.read_bytes() == tarball()
     (tmp_path / "upstream.tar.gz").unlink()  # the second call must not need the server
     assert installer.fetch_upstream(f"{serve}/upstream.tar.gz", timeout=5) == archive
+
+
+def test_the_sdist_becomes_the_pure_python_wheel_it_would_install(installer, tmp_path):
+    sdist = tmp_path / installer.SDIST_FILE
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, text in (
+            ("detectron2/__init__.py", "__version__ = '0.6'\n"),
+            ("detectron2/model_zoo/__init__.py", ""),
+            ("detectron2/model_zoo/configs/Base-RCNN-FPN.yaml", "MODEL: {}\n"),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(f"pb1-detectron2-0.6/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    wheel = installer.build_wheel_from_sdist(sdist, tmp_path / "wheels")
+    assert wheel == tmp_path / "wheels" / "detectron2-0.6-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert "detectron2/__init__.py" in names
+    assert "detectron2/model_zoo/configs/Base-RCNN-FPN.yaml" in names  # package data kept
