@@ -12,16 +12,7 @@ STAMP := $(VENV)/.det-scaling-setup
 # checkout or source .tar.gz to build instead of the default order; see docs/installing.md).
 INSTALL_FLAGS ?=
 DETECTRON2_SOURCE ?=
-# make # Mutation testing of the core math and state modules against their fast tests ([tool.mutmut] in
-# pyproject.toml; the dev extra). Not part of CI: run it after changing those modules or their
-# tests, and update tests/MUTATION.md. MUTMUT_ARGS: e.g. a glob of mutants to run.
-MUTMUT_ARGS ?=
-mutation: setup
-	$(PY) -m pip install -e '.[test,dev]'
-	time $(PY) -m mutmut run $(MUTMUT_ARGS)
-	$(PY) -m mutmut results
-
-test-upstream: the suite against upstream detectron2 main built from DETECTRON2_SOURCE,
+# make test-upstream: the suite against upstream detectron2 main built from DETECTRON2_SOURCE,
 # in its own environment (same torch pins), beside the v0.6 one in $(VENV).
 UPSTREAM_VENV ?= .venv-upstream
 
@@ -82,6 +73,10 @@ docs: setup
 
 # The same set-up, lint and suite in $(UPSTREAM_VENV), with detectron2 built (--force: always
 # this source, never a detectron2 found there) from DETECTRON2_SOURCE.
+test-upstream:
+	@test -n "$(DETECTRON2_SOURCE)" || { echo "make test-upstream: set DETECTRON2_SOURCE to an upstream detectron2 checkout or source .tar.gz, e.g. make test-upstream DETECTRON2_SOURCE=../shared/vendor/detectron2-02b5c4e295e9.tar.gz" >&2; exit 2; }
+	$(MAKE) test VENV=$(UPSTREAM_VENV) INSTALL_FLAGS=--force DETECTRON2_SOURCE="$(abspath $(DETECTRON2_SOURCE))"
+
 # Mutation testing of the core math and state modules against their fast tests ([tool.mutmut] in
 # pyproject.toml; the dev extra). Not part of CI: run it after changing those modules or their
 # tests, and update tests/MUTATION.md. MUTMUT_ARGS: e.g. a glob of mutants to run.
@@ -90,19 +85,6 @@ mutation: setup
 	$(PY) -m pip install -e '.[test,dev]'
 	time $(PY) -m mutmut run $(MUTMUT_ARGS)
 	$(PY) -m mutmut results
-
-test-upstream:
-	@test -n "$(DETECTRON2_SOURCE)" || { echo "make # Mutation testing of the core math and state modules against their fast tests ([tool.mutmut] in
-# pyproject.toml; the dev extra). Not part of CI: run it after changing those modules or their
-# tests, and update tests/MUTATION.md. MUTMUT_ARGS: e.g. a glob of mutants to run.
-MUTMUT_ARGS ?=
-mutation: setup
-	$(PY) -m pip install -e '.[test,dev]'
-	time $(PY) -m mutmut run $(MUTMUT_ARGS)
-	$(PY) -m mutmut results
-
-test-upstream: set DETECTRON2_SOURCE to an upstream detectron2 checkout or source .tar.gz, e.g. make test-upstream DETECTRON2_SOURCE=../shared/vendor/detectron2-02b5c4e295e9.tar.gz" >&2; exit 2; }
-	$(MAKE) test VENV=$(UPSTREAM_VENV) INSTALL_FLAGS=--force DETECTRON2_SOURCE="$(abspath $(DETECTRON2_SOURCE))"
 
 clean-venv:
 	rm -rf $(VENV) $(UPSTREAM_VENV)
