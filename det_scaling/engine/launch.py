@@ -12,7 +12,11 @@ detectron2 v0.6 lacks (upstream main has some of it; see the notes on each funct
   v0.6 and main, always passes them, which ``DistributedDataParallel`` rejects for CPU models);
 * a failure told once: a process that raises appends its traceback to its log, the others here
   are stopped, and :class:`~det_scaling.engine.failures.RankFailedError` names the rank that failed
-  first and why (:mod:`det_scaling.engine.failures`).
+  first and why (:mod:`det_scaling.engine.failures`);
+* no orphans: SIGTERM, SIGINT and SIGUSR1 to the launcher are passed on to its workers, which stop
+  at a step with a checkpoint (:mod:`det_scaling.engine.preemption`), and the launcher waits for
+  them;
+* torchrun restarts that come up: each attempt's process group in a store namespace of its own.
 
 The launcher knows nothing of scaling: ``main_func`` reads the world size from
 ``detectron2.utils.comm`` and scales its config itself.
