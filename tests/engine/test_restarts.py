@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.processes import TINY_RUN, free_port, tiny_run_setup
+from helpers.stacks import descendants
 from helpers.tiny import build_trainer, tiny_cfg
 
 from det_scaling import plan_scaling
@@ -31,19 +32,6 @@ from det_scaling.commands.train import PLAN_FILE, resume_requested
 from det_scaling.solver import scheduled_lrs
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found += [child, *descendants(child)]
-    return found
 
 
 def kill_tree(process: subprocess.Popen) -> None:
