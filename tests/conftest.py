@@ -10,6 +10,7 @@ from helpers.stacks_plugin import (  # noqa: F401  (the plugin's hooks)
     pytest_configure,
     pytest_runtest_call,
     pytest_runtest_makereport,
+    pytest_unconfigure,
 )
 from hypothesis import settings
 

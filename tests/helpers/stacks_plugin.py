@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -38,10 +39,19 @@ def _dump_children(directory: Path, into: list[str]) -> None:
         into.append(f"---- process {pid} ----\n{text or '(no stack written)'}")
 
 
+_created: list[str] = []  # the folder this session made, removed when it ends
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if STACKS_DIR not in os.environ:
         os.environ[STACKS_DIR] = tempfile.mkdtemp(prefix="det-scaling-stacks-")
+        _created.append(os.environ[STACKS_DIR])
     register_stack_dump()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for directory in _created:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
