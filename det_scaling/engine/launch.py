@@ -496,6 +496,10 @@ def _create_local_process_group(processes_per_machine: int) -> None:
     """Sets detectron2's group of the processes on this machine (``comm.get_local_rank`` needs
     it): upstream main's ``comm.create_local_process_group`` where it exists."""
     if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
+        # Its function is cached and keeps the group of an earlier launch in this process, which
+        # destroy_process_group has ended: a second launch needs a new one.
+        comm._LOCAL_PROCESS_GROUP = None
+        getattr(comm.create_local_process_group, "cache_clear", lambda: None)()
         comm.create_local_process_group(processes_per_machine)
         return
     # v0.6 gap: no such function; its launch builds the groups inline and stores this machine's

@@ -62,6 +62,7 @@ def prepare_run(
     """:func:`resolve_run` in a process of the run, on this process's device, with the data sets
     the config names registered (generated ones written once per machine); the run's config is
     frozen."""
+    register_datasets(adapter_of(cfg))
     run = resolve_run(
         cfg,
         world_size,
@@ -69,6 +70,5 @@ def prepare_run(
         keep_reference_batch=keep_reference_batch,
         device=default_device(),
     )
-    register_datasets(run.adapter)
     run.adapter.freeze()
     return run
