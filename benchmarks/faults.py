@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -40,27 +39,15 @@ MAIN_ONLY = {"kill-in-checkpoint", "truncate"}
 
 
 def tiny_setup(folder: Path) -> tuple[Path, dict[str, str]]:
-    """The tiny model's config (written for 1 GPU x 2 images) and its processes' environment."""
+    """The tiny model's config (written for 1 GPU x 2 images) and its processes' environment:
+    the tests' ``tiny_run_setup`` with this benchmark's schedule."""
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-    from helpers.tiny import tiny_cfg, write_images
+    from helpers.processes import tiny_run_setup
 
-    data = folder / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    write_images(data)
-    cfg = tiny_cfg(folder / "out", ims_per_batch=2, max_iter=MAX_ITER)
-    cfg.MODEL.META_ARCHITECTURE = "TinyFaultyRegressor"
-    cfg.SOLVER.merge_from_list(["REFERENCE_WORLD_SIZE", 1, "BASE_LR", 0.01, "WARMUP_ITERS", 4])
-    cfg.SOLVER.merge_from_list(["STEPS", (48, 80), "CHECKPOINT_PERIOD", CHECKPOINT_PERIOD])
-    cfg.SCALING.DATASET_SIZE = 0
-    config = folder / "tiny.yaml"
-    config.write_text(cfg.dump())
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-        "TINY_RUN_DATA": str(data),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONWARNINGS": "ignore",
-    }
+    folder.mkdir(parents=True, exist_ok=True)
+    schedule = {"WARMUP_ITERS": 4, "STEPS": (48, 80), "CHECKPOINT_PERIOD": CHECKPOINT_PERIOD}
+    config, env = tiny_run_setup(folder, max_iter=MAX_ITER, **schedule)
+    env["PYTHONWARNINGS"] = "ignore"
     return config, env
 
 
