@@ -83,6 +83,49 @@ SERIES = {
     "none": "LR kept (1-GPU LR)",
     "sqrt": "LR scaled (sqrt)",
     "larc": "LARC, linear LR",
+    "adascale": "AdaScale (1-GPU LR and schedule)",
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One table in one command: the third edition's full-schedule rows in one setting.
+
+    Every preset trains the config's own epochs from scratch at 1, 2, 4 and 8 simulated GPUs of
+    1 image, on one process each (accumulation makes up the batch), so that two presets can run
+    side by side on two cores; finished runs are reused. The reference row keeps
+    ``checkpoints`` evenly spaced checkpoints: ``noise_scale_over_training.py`` reads them.
+    """
+
+    description: str
+    overrides: tuple[str, ...] = ()
+    gpus: tuple[int, ...] = (1, 2, 4, 8)
+    series: tuple[str, ...] = ("linear", "none", "adascale")
+    # Seeds of each series; the kept LR is the control the seeds' table has, one seed is enough.
+    seeds: tuple[tuple[str, tuple[int, ...]], ...] = (
+        ("linear", (0, 1)),
+        ("adascale", (0, 1)),
+        ("none", (0,)),
+    )
+    checkpoints: int = 6
+
+    def seeds_of(self, series: str) -> tuple[int, ...]:
+        return dict(self.seeds)[series]
+
+
+# The faithful setting samples 16 anchors and 16 RoIs per image instead of 64: with 3-6 objects
+# on a 128-pixel image, 64 samples are mostly near-duplicate background, which makes one image's
+# gradient an average over many correlated terms and its noise scale small (benchmarks/README.md,
+# "B_simple over training", for the measurement that chose it).
+FAITHFUL_SAMPLING = (
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "16",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "16",
+)
+PRESETS = {
+    "default": Preset("the tiny config as written"),
+    "faithful": Preset("16 sampled anchors and RoIs per image", FAITHFUL_SAMPLING),
 }
 
 
@@ -105,6 +148,10 @@ class Row:
         return "linear" if self.series == "larc" else self.series
 
     @property
+    def is_reference(self) -> bool:
+        return self.gpus == 1 and self.series == "linear"
+
+    @property
     def how(self) -> str:
         return f"{self.processes} x {self.accumulation}"
 
@@ -124,13 +171,13 @@ def plan_rows(
     larc_gpus: list[int],
     series_shown: tuple[str, ...] = tuple(SERIES),
 ) -> list[Row]:
-    """The linear rule at every count; the kept and the square-root LR at every count but 1 (at
-    1 GPU every rule gives the 1-GPU LR: the same run); LARC at ``larc_gpus``; only the series
-    in ``series_shown`` (the linear rule's 1-GPU run always: every series is compared to it)."""
+    """The linear rule at every count; the kept and the square-root LR and AdaScale at every count
+    but 1 (at 1 GPU every rule gives the 1-GPU run); LARC at ``larc_gpus``; only the series in
+    ``series_shown`` (the linear rule's 1-GPU run always: every series is compared to it)."""
     rows = []
     for series in SERIES:
         for gpus in gpu_counts:
-            if (series in ("none", "sqrt") and gpus == 1) or (
+            if (series in ("none", "sqrt", "adascale") and gpus == 1) or (
                 series == "larc" and gpus not in larc_gpus
             ):
                 continue
@@ -179,16 +226,21 @@ def one_gpu_cfg(cfg: CfgNode) -> CfgNode:
     return det_scaling.plan_scaling(cfg, 1, keep_reference_batch=False).cfg
 
 
-def row_cfg(one_gpu: CfgNode, row: Row, seed: int, output_dir: Path) -> CfgNode:
+def row_cfg(
+    one_gpu: CfgNode, row: Row, seed: int, output_dir: Path, checkpoints: int = 0
+) -> CfgNode:
     """The config a run trains with: ``one_gpu`` scaled to ``row.gpus`` by the row's rule (LARC
     rows: the LARC optimizer), realised on ``row.processes`` by gradient accumulation, with the
-    noise scale measured when a step has two batch sizes."""
+    noise scale measured when a step has two batch sizes; the reference row checkpoints
+    ``checkpoints`` times in the run (0: at the end only)."""
     base = one_gpu.clone()
     base.defrost()
     base.SEED = seed
     base.OUTPUT_DIR = str(output_dir / f"seed{seed}" / row.name)
     if row.series == "larc":
         base.SOLVER.OPTIMIZER = "LARC"
+    if row.is_reference and checkpoints > 0:
+        base.SCALING.EPOCHS.CHECKPOINT_PERIOD = base.SCALING.EPOCHS.MAX / checkpoints
     base.SCALING.NOISE_SCALE.ENABLED = row.gpus > 1
     rule = row.rule
     simulated = det_scaling.plan_scaling(base, row.gpus, rule=rule, keep_reference_batch=False).cfg
@@ -234,19 +286,33 @@ def _run_name(cfg: CfgNode) -> str:
     return f"{Path(cfg.OUTPUT_DIR).parent.name}/{Path(cfg.OUTPUT_DIR).name}"
 
 
+def finished_summary(cfg: CfgNode) -> dict | None:
+    """The summary of a run of exactly ``cfg`` in its folder; None if there is none."""
+    output = Path(cfg.OUTPUT_DIR)
+    config_file, summary_file = output / "config.yaml", output / SUMMARY_FILE
+    if summary_file.exists() and config_file.exists() and config_file.read_text() == cfg.dump():
+        return json.loads(summary_file.read_text())
+    return None
+
+
 def train_runs(
-    cfgs: list[CfgNode], processes: int, threads: int, keep: bool, reuse: bool = False
+    cfgs: list[CfgNode],
+    processes: int,
+    threads: int,
+    keep: bool | set[str],
+    reuse: bool = False,
 ) -> list[dict]:
     """Trains ``cfgs`` on ``processes`` processes (one launch for all); returns their
     ScalingTrainer summaries. A run whose loss diverges (NaN or Inf, on any rank) is a result,
     ``{"diverged": why}``; the launch goes on with the runs after it. ``reuse``: a run whose
-    folder holds a summary of exactly this config is not trained again."""
+    folder holds a summary of exactly this config is not trained again. ``keep``: keep the
+    checkpoints of every run, or of the runs with these ``OUTPUT_DIR``s."""
     todo = []
     for cfg in cfgs:
         output = Path(cfg.OUTPUT_DIR)
         output.mkdir(parents=True, exist_ok=True)
         config_file, summary_file = output / "config.yaml", output / SUMMARY_FILE
-        if reuse and summary_file.exists() and config_file.read_text() == cfg.dump():
+        if reuse and finished_summary(cfg) is not None:
             continue
         summary_file.unlink(missing_ok=True)  # never report a previous run's numbers
         config_file.write_text(cfg.dump())  # what this run trained, for the record
@@ -268,7 +334,7 @@ def train_runs(
     for cfg in cfgs:
         output = Path(cfg.OUTPUT_DIR)
         summaries.append(json.loads((output / SUMMARY_FILE).read_text()))
-        if not keep:
+        if keep is not True and cfg.OUTPUT_DIR not in (keep or set()):
             # The table does not need the weights: about 120 MB per run (model and momentum).
             for path in (*output.glob("*.pth"), output / "last_checkpoint"):
                 path.unlink(missing_ok=True)
@@ -292,6 +358,8 @@ def run_result(row: Row, cfg: CfgNode, summary: dict[str, Any]) -> dict[str, Any
         "AP50": metrics.get("bbox/AP50", float("nan")),
         "AP": metrics.get("bbox/AP", float("nan")),
         "noise_scale": noise.get("noise_scale"),
+        # AdaScale's schedule ends on its own clock: fewer steps than MAX_ITER, more epochs.
+        "steps_done": (summary.get("adascale") or {}).get("steps", cfg.SOLVER.MAX_ITER),
         "epochs": summary["epochs_seen"],
         "train_time_s": summary["train_time_s"],
         "diverged": False,
@@ -314,7 +382,8 @@ def table_row(row: Row, runs: list[dict[str, Any]], per_gpu: int) -> dict[str, A
         "images/GPU": per_gpu,
         "LR": f"{runs[0]['lr']:.4g}",
         "how (processes x accum)": row.how,
-        "steps": runs[0]["steps"],
+        "steps": runs[0].get("steps_done", runs[0]["steps"]),
+        "epochs": None if runs[0].get("epochs") is None else round(runs[0]["epochs"], 2),
         "AP50 per seed": " / ".join(
             "diverged" if r["diverged"] else f"{r['AP50']:.1f}" for r in runs
         ),
@@ -364,6 +433,55 @@ def verdict(rows: list[dict[str, Any]], noise_scale: float | None) -> list[dict[
         }
         out.append(entry)
     return out
+
+
+def row_verdicts(
+    rows: list[dict[str, Any]], late_noise_scale: float | None
+) -> list[dict[str, Any]]:
+    """Every multi-GPU row against the reference (the 1-GPU row): the linear rule is predicted
+    to hold while the total batch is at most B_simple late in the reference run; a row held if
+    its AP50 mean is within 1 of the reference's. The kept LR rows also say whether they are at
+    least 3 AP50 below the linear row of their GPU count, as in the seeds' table."""
+    by = {(r["series"], r["GPUs (simulated)"]): r for r in rows}
+    reference = by.get((SERIES["linear"], 1))
+    out = []
+    if reference is None:
+        return out
+    for r in sorted(rows, key=lambda r: (r["GPUs (simulated)"], r["series"])):
+        if r["GPUs (simulated)"] == 1:
+            continue
+        delta = r["AP50 mean"] - reference["AP50 mean"]
+        predicted = None if late_noise_scale is None else r["total batch"] <= late_noise_scale
+        entry = {
+            "series": r["series"],
+            "GPUs": r["GPUs (simulated)"],
+            "seeds": len(_seed_ap50(r)),
+            "AP50 - reference": round(delta, 2),
+            "predicted to hold (batch <= B_simple late)": None
+            if predicted is None
+            else ("yes" if predicted else "no"),
+            "held (within 1 AP50)": "yes" if delta >= -1 else "no",
+            "steps": r["steps"],
+            "epochs": r["epochs"],
+        }
+        linear = by.get((SERIES["linear"], r["GPUs (simulated)"]))
+        if r["series"] == SERIES["none"] and linear is not None:
+            entry["kept >= 3 below linear"] = (
+                "yes" if r["AP50 mean"] <= linear["AP50 mean"] - 3 else "no"
+            )
+        out.append(entry)
+    return out
+
+
+def late_noise_scale(path: Path) -> float | None:
+    """B_simple late in the reference run: the mean over the last third of the measured points
+    of the preset's own setting (``noise_scale_over_training.py``), None when not measured."""
+    if not path.exists():
+        return None
+    curves = json.loads(path.read_text())["curves"]
+    points = next(iter(curves.values()))
+    late = [p["B_simple"] for p in points[-max(1, len(points) // 3) :] if p["B_simple"]]
+    return statistics.fmean(late) if late else None
 
 
 # ---------------------------------------------------------------------------- overhead ----
@@ -429,7 +547,7 @@ def plot(
 
     one_gpu = [r for r in rows if r["GPUs (simulated)"] == 1]
     fig, (ap_ax, noise_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
-    markers = dict(zip(SERIES.values(), "osD^", strict=True))
+    markers = dict(zip(SERIES.values(), "osD^v", strict=True))
     for label, marker in markers.items():
         mine = [r for r in rows if r["series"] == label]
         if label != SERIES["larc"]:
@@ -517,7 +635,12 @@ def main() -> None:
     parser.add_argument(
         "--series", nargs="+", choices=list(SERIES), default=list(SERIES), help="rows to run"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="SEED of each run")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="SEED of each run (default 0 1); with --preset: the preset's seeds to train now",
+    )
     parser.add_argument(
         "--max-epochs",
         type=float,
@@ -553,9 +676,29 @@ def main() -> None:
         action="store_true",
         help="keep the result of a run whose folder holds a summary of exactly its config",
     )
-    parser.add_argument("--output-dir", type=Path, default=Path("output/scaling_table"))
+    parser.add_argument("--output-dir", type=Path, help="default: output/scaling_table[/PRESET]")
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="a full-schedule table in one setting (sets the GPU counts, series, seeds, "
+        "--max-epochs 0, --backbone scratch, --processes 1 and --reuse)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="ROW",
+        help="train only these rows (e.g. gpus1_linear gpus8_adascale) now; the table shows "
+        "every other row that has finished",
+    )
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs merged into the config")
     args = parser.parse_args()
+    preset = PRESETS[args.preset] if args.preset else None
+    if preset is not None:
+        args.gpus, args.series, args.larc_gpus = list(preset.gpus), list(preset.series), []
+        args.max_epochs, args.backbone, args.processes, args.reuse = 0, "scratch", 1, True
+        args.overrides = [*preset.overrides, *args.overrides]
+    if args.output_dir is None:
+        args.output_dir = Path("output/scaling_table") / (args.preset or "")
 
     start, cpu_start = time.perf_counter(), os.times()
     torch.set_num_threads(args.threads)
@@ -579,7 +722,9 @@ def main() -> None:
         f" 1-GPU form: batch {per_gpu}, LR {one_gpu.SOLVER.BASE_LR:g}; "
         f"{cfg.SCALING.EPOCHS.MAX:g} epochs of {cfg.SCALING.DATASET_SIZE} images "
         f"(LR steps at {', '.join(f'{s:g}' for s in cfg.SCALING.EPOCHS.STEPS)}, warmup "
-        f"{cfg.SCALING.EPOCHS.WARMUP:g}), seeds {args.seeds}\n{machine}"
+        f"{cfg.SCALING.EPOCHS.WARMUP:g})"
+        + (f", preset {args.preset}: {preset.description}" if preset else "")
+        + f"\n{machine}"
     )
     print(header, flush=True)
 
@@ -595,23 +740,39 @@ def main() -> None:
         print(f"\nOverhead, 1 process:\n{format_overhead(overhead)}", flush=True)
 
     rows = plan_rows(args.gpus, args.processes, args.larc_gpus, tuple(args.series))
+    checkpoints = preset.checkpoints if preset else 0
     runs = [
-        (row, seed, row_cfg(one_gpu, row, seed, args.output_dir))
+        (row, seed, row_cfg(one_gpu, row, seed, args.output_dir, checkpoints))
         for row in rows
-        for seed in args.seeds
+        for seed in (preset.seeds_of(row.series) if preset else args.seeds or (0, 1))
     ]
+    seeds_now = set(args.seeds) if args.seeds else None
+    todo = [
+        (row, seed, c)
+        for row, seed, c in runs
+        if (args.only is None or row.name in args.only) and (seeds_now is None or seed in seeds_now)
+    ]
+    keep = args.keep_checkpoints or {c.OUTPUT_DIR for row, _, c in runs if row.is_reference}
+    print(f"\n{len(runs)} runs, {len(todo)} to train or reuse now", flush=True)
+    for processes in sorted({row.processes for row, _, _ in todo}):
+        mine = [c for row, _, c in todo if row.processes == processes]
+        train_runs(mine, processes, args.threads, keep, args.reuse)
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    print(f"\n{len(runs)} runs", flush=True)
-    for processes in sorted({row.processes for row in rows}):
-        mine = [(row, seed, cfg) for row, seed, cfg in runs if row.processes == processes]
-        summaries = train_runs(
-            [c for _, _, c in mine], processes, args.threads, args.keep_checkpoints, args.reuse
-        )
-        for (row, _, run_cfg), summary in zip(mine, summaries, strict=True):
-            results.setdefault((row.name, row.gpus), []).append(run_result(row, run_cfg, summary))
+    per_run, missing = {}, []
+    for row, seed, run_cfg in runs:
+        summary = finished_summary(run_cfg)
+        if summary is None:
+            missing.append(f"{row.name}/seed{seed}")
+            continue
+        result = run_result(row, run_cfg, summary)
+        results.setdefault((row.name, row.gpus), []).append(result)
+        per_run[f"{row.name}/seed{seed}"] = {"row": asdict(row), "result": result}
+    rows = [row for row in rows if (row.name, row.gpus) in results]
     table = [table_row(row, results[row.name, row.gpus], per_gpu) for row in rows]
     noise_scale = baseline_noise_scale(table)
     checks = verdict(table, noise_scale)
+    late = late_noise_scale(args.output_dir / "noise_over_training.json") if preset else None
+    verdicts = row_verdicts(table, late) if preset else []
     wall = time.perf_counter() - start
     end = os.times()
     cpu = (end.user + end.children_user) - (cpu_start.user + cpu_start.children_user)
@@ -626,6 +787,14 @@ def main() -> None:
         f"{'?' if noise_scale is None else max(1, int(noise_scale // per_gpu))} GPU(s)\n\n"
         f"Against the seeds' table:\n\n{tabulate(checks, headers='keys', tablefmt='github')}\n"
     )
+    if preset is not None:
+        text += (
+            f"\nRow by row (B_simple late in the reference run: "
+            f"{'not measured' if late is None else f'{late:.3g} images'}, "
+            f"noise_scale_over_training.py):\n\n"
+            f"{tabulate(verdicts, headers='keys', tablefmt='github')}\n"
+            f"\nNot run yet: {', '.join(missing) or 'none'}\n"
+        )
     if overhead is not None:
         text += f"\nOverhead (1 process, same config):\n\n{format_overhead(overhead)}\n"
     print(f"\n{text}")
@@ -642,11 +811,10 @@ def main() -> None:
         "rows": table,
         "noise_scale": noise_scale,
         "verdict": checks,
-        "runs": {
-            f"{row.name}/seed{seed}": {"row": asdict(row), "result": r}
-            for row in rows
-            for seed, r in zip(args.seeds, results[row.name, row.gpus], strict=True)
-        },
+        "late_noise_scale": late,
+        "row_verdicts": verdicts,
+        "runs": per_run,
+        "not_run_yet": missing,
         "overhead": overhead,
     }
     (args.output_dir / "results.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -654,8 +822,8 @@ def main() -> None:
         table,
         args.output_dir / "scaling_table.png",
         f"{args.config.stem} ({args.backbone} backbone): {cfg.SCALING.EPOCHS.MAX:g} epoch(s), "
-        f"seeds {', '.join(map(str, args.seeds))}",
-        noise_scale,
+        f"seeds {', '.join(sorted({k.split('/seed')[1] for k in per_run}))}",
+        noise_scale if late is None else late,
         per_gpu,
     )
     print(f"written: {args.output_dir}/table.md, results.json, scaling_table.png")

@@ -121,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
             for gpus in TABLE_GPU_COUNTS
         ]
         print(tabulate(table, headers="keys", tablefmt="github"))
+        if limit < TABLE_GPU_COUNTS[-1]:
+            print(
+                f"past {limit} GPU(s): consider SCALING.RULE adascale, which measures how much "
+                "of the larger batch's LR the gradients allow (docs/scaling.md, AdaScale)"
+            )
     if args.csv:
         result.write_csv(args.csv)
         print(f"wrote {args.csv}")

@@ -81,9 +81,14 @@ def test_plan_rows(bench):
         (16, "sqrt", "2 x 8"),
         (8, "larc", "2 x 4"),
         (16, "larc", "2 x 8"),
+        (2, "adascale", "2 x 1"),
+        (4, "adascale", "2 x 2"),
+        (8, "adascale", "2 x 4"),
+        (16, "adascale", "2 x 8"),
     ]
     assert len({r.name for r in rows}) == len(rows)
     assert {r.rule for r in rows if r.series == "larc"} == {"linear"}
+    assert {r.rule for r in rows if r.series == "adascale"} == {"adascale"}
     only_kept = bench.plan_rows([1, 2], 2, [], ("none",))
     assert [(r.gpus, r.series) for r in only_kept] == [(1, "linear"), (2, "none")]
 
@@ -110,7 +115,9 @@ def test_row_cfgs_see_the_same_images(bench, cfg, tmp_path):
     assert one_gpu.SOLVER.IMS_PER_BATCH == 2
     assert one_gpu.SOLVER.BASE_LR == pytest.approx(0.01)
     by_key = {}
-    for row in bench.plan_rows([1, 2, 4, 8], 2, [8]):
+    # AdaScale's rows see more images, on a clock of their own (the preset test checks them).
+    shown = ("linear", "none", "sqrt", "larc")
+    for row in bench.plan_rows([1, 2, 4, 8], 2, [8], shown):
         run = bench.row_cfg(one_gpu, row, 3, tmp_path)
         by_key[row.gpus, row.series] = run
         assert run.SOLVER.IMS_PER_BATCH == 2 * row.gpus
@@ -196,3 +203,114 @@ def test_format_overhead(bench):
     }
     text = bench.format_overhead(result)
     assert "1.250" in text and "0.4500-0.5500" in text
+
+
+def test_presets_train_the_full_schedule_on_one_process_and_keep_the_references_checkpoints(
+    bench, cfg, tmp_path
+):
+    one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, None))  # 1600 steps of 2 images
+    preset = bench.PRESETS["default"]
+    rows = bench.plan_rows(list(preset.gpus), 1, [], preset.series)
+    assert [r.name for r in rows] == [
+        "gpus1_linear",
+        "gpus2_linear",
+        "gpus4_linear",
+        "gpus8_linear",
+        "gpus2_none",
+        "gpus4_none",
+        "gpus8_none",
+        "gpus2_adascale",
+        "gpus4_adascale",
+        "gpus8_adascale",
+    ]
+    assert preset.seeds_of("linear") == (0, 1) and preset.seeds_of("none") == (0,)
+    by_name = {r.name: bench.row_cfg(one_gpu, r, 0, tmp_path, preset.checkpoints) for r in rows}
+    reference = by_name["gpus1_linear"]
+    assert reference.SOLVER.MAX_ITER == 1600
+    assert abs(reference.SOLVER.CHECKPOINT_PERIOD - 1600 / 6) <= 1
+    # Other rows checkpoint at the end only (their weights are deleted after the table).
+    linear8 = by_name["gpus8_linear"]
+    assert linear8.SOLVER.CHECKPOINT_PERIOD > linear8.SOLVER.MAX_ITER == 200
+    assert linear8.SOLVER.BASE_LR == pytest.approx(0.08) and linear8.SCALING.GRAD_ACCUM_STEPS == 8
+    # AdaScale keeps the 1-GPU LR and schedule and measures its gain over 8 micro-batches.
+    ada = by_name["gpus8_adascale"]
+    assert (ada.SCALING.RULE, ada.SCALING.ADASCALE_REFERENCE_BATCH) == ("adascale", 2)
+    assert ada.SOLVER.IMS_PER_BATCH == 16 and ada.SCALING.GRAD_ACCUM_STEPS == 8
+    assert ada.SOLVER.BASE_LR == pytest.approx(0.01) and ada.SOLVER.MAX_ITER == 1600
+    faithful = bench.PRESETS["faithful"].overrides
+    assert dict(zip(faithful[::2], faithful[1::2], strict=True)) == {
+        "MODEL.RPN.BATCH_SIZE_PER_IMAGE": "16",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": "16",
+    }
+
+
+def test_a_finished_run_is_reused_only_for_the_same_config(bench, cfg, tmp_path):
+    cfg.OUTPUT_DIR = str(tmp_path / "run")
+    assert bench.finished_summary(cfg) is None
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(cfg.dump())
+    (tmp_path / "run" / "summary.json").write_text('{"metrics": {"bbox/AP50": 50.0}}')
+    assert bench.finished_summary(cfg) == {"metrics": {"bbox/AP50": 50.0}}
+    cfg.SOLVER.BASE_LR = 0.04
+    assert bench.finished_summary(cfg) is None
+
+
+def _table_row(series, gpus, ap50_per_seed, steps, epochs, batch):
+    return {
+        "series": series,
+        "GPUs (simulated)": gpus,
+        "total batch": batch,
+        "AP50 per seed": " / ".join(f"{v:.1f}" for v in ap50_per_seed),
+        "AP50 mean": sum(ap50_per_seed) / len(ap50_per_seed),
+        "steps": steps,
+        "epochs": epochs,
+    }
+
+
+def test_row_verdicts_against_the_reference_and_the_late_noise_scale(bench):
+    linear, kept, ada = (bench.SERIES[k] for k in ("linear", "none", "adascale"))
+    table = [
+        _table_row(linear, 1, [70.0, 72.0], 3000, 6.0, 1),  # reference: 71
+        _table_row(linear, 2, [70.5, 70.1], 1500, 6.0, 2),  # -0.7: held
+        _table_row(linear, 8, [60.0, 62.0], 375, 6.0, 8),  # -10: not held
+        _table_row(kept, 8, [55.0], 375, 6.0, 8),  # 6 below linear
+        _table_row(ada, 8, [70.4, 71.0], 900, 14.4, 8),  # -0.3
+    ]
+    got = {(v["series"], v["GPUs"]): v for v in bench.row_verdicts(table, 5.0)}
+    assert set(got) == {(linear, 2), (linear, 8), (kept, 8), (ada, 8)}
+    key = "predicted to hold (batch <= B_simple late)"
+    assert got[linear, 2][key] == "yes" and got[linear, 8][key] == "no"
+    assert got[linear, 2]["held (within 1 AP50)"] == "yes"
+    assert got[linear, 8]["held (within 1 AP50)"] == "no"
+    assert got[linear, 8]["AP50 - reference"] == -10.0
+    assert got[kept, 8]["kept >= 3 below linear"] == "yes"
+    assert got[ada, 8]["held (within 1 AP50)"] == "yes"
+    assert (got[ada, 8]["steps"], got[ada, 8]["epochs"], got[ada, 8]["seeds"]) == (900, 14.4, 2)
+    unmeasured = bench.row_verdicts(table, None)
+    assert {v[key] for v in unmeasured} == {None}
+    assert bench.row_verdicts(table[1:], 5.0) == []  # no reference: nothing to compare
+
+
+def test_late_noise_scale_is_the_mean_of_the_last_third_of_the_points(bench, tmp_path):
+    path = tmp_path / "noise_over_training.json"
+    assert bench.late_noise_scale(path) is None
+    values = [2.0, 4.0, 8.0, 10.0, 12.0, 20.0]
+    curves = {"default: as written": [{"B_simple": v} for v in values], "other": []}
+    path.write_text(json.dumps({"curves": curves}))
+    assert bench.late_noise_scale(path) == pytest.approx(16.0)  # the last 2 of 6
+
+
+def test_noise_over_training_points_are_the_start_and_every_checkpoint(tmp_path):
+    path = REPO / "benchmarks" / "noise_scale_over_training.py"
+    spec = importlib.util.spec_from_file_location("noise_over_training_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    for name in ("model_0000999.pth", "model_0000499.pth", "model_final.pth", "last_checkpoint"):
+        (tmp_path / name).write_text("")
+    points = module.measurement_points(tmp_path, 60, 3000)
+    assert [start for start, _ in points] == [0, 500, 1000, 2940]
+    assert points[0][1] == "" and points[-1][1].endswith("model_final.pth")
