@@ -99,6 +99,18 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
             f"batch) and advances the schedule by r, so a run takes {max_iter} / S to {max_iter} "
             "steps"
         )
+    applied = choose_rule(written)[0] if written.rule == AUTO_RULE else written.rule
+    if applied == "linear" and max(gpu_counts) > max(reference, 1):
+        # The noise-scale command reads YAML configs; a LazyConfig measures it in training.
+        measure = (
+            "in training: docs/scaling.md"
+            if plans[0].adapter.is_lazy
+            else "by det-scaling noise-scale CONFIG"
+        )
+        table += (
+            "\n\nlinear rule: holds while the total batch is at most the gradient noise scale "
+            f"B_simple\n(measured {measure}); past it, consider {written.keys.rule} adascale"
+        )
     return table + "".join(f"\nwarning: {warning}" for warning in warnings)
 
 
