@@ -51,7 +51,7 @@ def measurement_points(run_dir: Path, num_iter: int, max_iter: int) -> list[tupl
     points = [(0, "")]
     for path in sorted(run_dir.glob("model_*.pth")):
         match = re.fullmatch(r"model_(\d+)\.pth", path.name)
-        if match:
+        if match and int(match.group(1)) + 1 < max_iter:  # the last one is model_final's
             points.append((int(match.group(1)) + 1, str(path)))
         elif path.name == "model_final.pth":
             points.append((max_iter - num_iter, str(path)))

@@ -309,7 +309,8 @@ def test_noise_over_training_points_are_the_start_and_every_checkpoint(tmp_path)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(path.parent))
-    for name in ("model_0000999.pth", "model_0000499.pth", "model_final.pth", "last_checkpoint"):
+    names = ("model_0000999.pth", "model_0000499.pth", "model_0002999.pth", "model_final.pth")
+    for name in (*names, "last_checkpoint"):
         (tmp_path / name).write_text("")
     points = module.measurement_points(tmp_path, 60, 3000)
     assert [start for start, _ in points] == [0, 500, 1000, 2940]
