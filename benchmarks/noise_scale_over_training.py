@@ -44,30 +44,36 @@ def reference_dir(output_dir: Path, preset: str) -> Path:
     return output_dir / preset / "seed0" / "gpus1_linear"
 
 
-def measurement_points(run_dir: Path, num_iter: int, max_iter: int) -> list[tuple[int, str]]:
-    """(start iteration, weights) of each point: the initial weights (the config's, random
-    here) at 0, then every checkpoint; the final weights measured over the schedule's last
-    ``num_iter`` steps."""
+def measurement_points(run_dir: Path, max_iter: int) -> list[tuple[int, str]]:
+    """(iteration, weights) of each point: the initial weights (the config's, random here) at
+    0, then every checkpoint, the final weights at ``max_iter`` (measured over the schedule's
+    last steps)."""
     points = [(0, "")]
     for path in sorted(run_dir.glob("model_*.pth")):
         match = re.fullmatch(r"model_(\d+)\.pth", path.name)
         if match and int(match.group(1)) + 1 < max_iter:  # the last one is model_final's
             points.append((int(match.group(1)) + 1, str(path)))
         elif path.name == "model_final.pth":
-            points.append((max_iter - num_iter, str(path)))
+            points.append((max_iter, str(path)))
     return sorted(points)
 
 
 def measure(
     written: CfgNode, overrides: tuple[str, ...], start: int, weights: str, num_iter: int
 ) -> dict[str, Any]:
+    """B_simple of ``written`` (the reference run's config, 1 image per step) from its step
+    ``start`` with ``weights``. One process without accumulation has one batch size per step:
+    noise-scale then measures at twice the batch, whose schedule has half the steps, so the
+    measurement starts where that schedule has seen the same images."""
     cfg = written.clone()
     cfg.defrost()
     cfg.merge_from_list(list(overrides))
     cfg.MODEL.WEIGHTS = weights
     cfg.SCALING.NOISE_SCALE.ENABLED = False  # the command measures; no meter in a hook too
+    doubled = 2 if written.SCALING.GRAD_ACCUM_STEPS == 1 else 1
+    measured_start = min(start // doubled, written.SOLVER.MAX_ITER // doubled - num_iter)
     began = time.perf_counter()
-    result = launch_noise_scale(cfg, 1, num_iter=num_iter, start_iter=start)
+    result = launch_noise_scale(cfg, 1, num_iter=num_iter, start_iter=measured_start)
     overall = result.overall
     return {
         "start_iter": start,
@@ -138,7 +144,7 @@ def main() -> None:
     written.OUTPUT_DIR = str(args.output_dir / args.preset / "noise_over_training")
     register_datasets(config_format(written))
     log_to(Path(written.OUTPUT_DIR) / "log.txt")
-    points = measurement_points(run_dir, args.num_iter, written.SOLVER.MAX_ITER)
+    points = measurement_points(run_dir, written.SOLVER.MAX_ITER)
     print(f"{run_dir}: {len(points)} points x {len(settings)} setting(s)", flush=True)
 
     curves: dict[str, list[dict[str, Any]]] = {}

@@ -312,6 +312,6 @@ def test_noise_over_training_points_are_the_start_and_every_checkpoint(tmp_path)
     names = ("model_0000999.pth", "model_0000499.pth", "model_0002999.pth", "model_final.pth")
     for name in (*names, "last_checkpoint"):
         (tmp_path / name).write_text("")
-    points = module.measurement_points(tmp_path, 60, 3000)
-    assert [start for start, _ in points] == [0, 500, 1000, 2940]
+    points = module.measurement_points(tmp_path, 3000)
+    assert [start for start, _ in points] == [0, 500, 1000, 3000]
     assert points[0][1] == "" and points[-1][1].endswith("model_final.pth")
