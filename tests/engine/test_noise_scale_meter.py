@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 import det_scaling  # noqa: F401  (the compat layer, before detectron2's trainer)
 from det_scaling.engine import AccumulatingTrainer, GradientNoiseMeter
 from det_scaling.engine.launch import create_ddp_model, launch
-from det_scaling.scaling.gradient_noise import two_batch_estimates
+from det_scaling.scaling.gradient_noise import GradientNoiseStats, two_batch_estimates
 
 # ---- the closed-form problem (as in tests/test_gradient_noise.py) ----
 # Linear regression y = x.w* + e, x ~ N(0, I_d), e ~ N(0, 1), loss (x.w - y)^2 / 2, at w = w* + u
@@ -239,6 +239,17 @@ def check_run(output_dir: Path, summary, measured, independent) -> None:
     assert [norm for pair in measured for norm in pair] == pytest.approx(flat, rel=1e-5)
     noise = summary["gradient_noise"]
     assert noise["steps_measured"] == 6 and noise["steps_skipped"] == 0
+    # The reported figures are the running averages of the independent norms at the config's
+    # DECAY (one micro-batch of 2 images against the step's 4).
+    expected = GradientNoiseStats(decay=0.5)
+    for small, big in independent:
+        expected.update(small, 2, big, 4)
+    assert noise["sq_grad_norm"] == pytest.approx(expected.sq_grad_norm, rel=1e-4)
+    # tr(Sigma) is a difference of the two norms: its error is relative to them, not to it.
+    norm_scale = max(flat) * 4
+    assert noise["trace_sigma"] == pytest.approx(expected.trace_sigma, abs=1e-4 * norm_scale)
+    noise_scale_error = 1e-4 * norm_scale / expected.sq_grad_norm
+    assert noise["noise_scale"] == pytest.approx(expected.noise_scale, abs=noise_scale_error)
     # Every PERIOD steps into the event storage; metrics.json has the last (its writer's period
     # is longer than this run).
     trace_logged = summary["logged"]["grad_trace_sigma"]
@@ -246,8 +257,7 @@ def check_run(output_dir: Path, summary, measured, independent) -> None:
     assert trace_logged[-1][0] == pytest.approx(noise["trace_sigma"])
     metrics = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
     assert metrics[-1]["grad_trace_sigma"] == pytest.approx(noise["trace_sigma"])
-    if noise["noise_scale"] is not None:
-        assert metrics[-1]["noise_scale"] == pytest.approx(noise["noise_scale"])
+    assert metrics[-1]["noise_scale"] == pytest.approx(noise["noise_scale"])
     saved = torch.load(output_dir / "model_0000002.pth", weights_only=False)
     state = saved["trainer"]["hooks"]["NoiseScaleHook"]
     assert state["steps"] == 3 and state["skipped_steps"] == 0

@@ -1,5 +1,5 @@
 """Runs of ``tools/train.py``'s command on the tiny model in real processes
-(``tests/helpers/tiny_run.py``)."""
+(``tests/helpers/tiny_run.py``), and the check of a run's reported AP50 against its weights."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.evaluation import PascalVOCDetectionEvaluator, inference_on_dataset
+from torch import nn
+
+from det_scaling.data import register_synthetic_voc
 from helpers import REPO
 from helpers.tiny import tiny_cfg, write_images
 
@@ -88,3 +94,20 @@ def run_train_tool_on_two_processes(tmp_path: Path, config: Path, *overrides: st
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     return log
+
+
+def synthetic_voc_test_ap50(model: nn.Module, weights: Path, datasets: Path, loader) -> float:
+    """The AP50 of ``weights`` (loaded into ``model``) on the synthetic set's test split under
+    ``datasets``, as detectron2's own inference loop and VOC evaluator give it in this process,
+    on one thread as in the runs' processes. ``loader(name)`` builds the test loader of the
+    registered split ``name``."""
+    _, test_name = register_synthetic_voc(datasets / "synthetic_voc")
+    DetectionCheckpointer(model).load(str(weights))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluator = PascalVOCDetectionEvaluator(test_name)
+        results = inference_on_dataset(model, loader(test_name), evaluator)
+    finally:
+        torch.set_num_threads(threads)
+    return results["bbox"]["AP50"]
