@@ -81,6 +81,8 @@ def measure(
         "weights": weights or "initial (random)",
         "B_simple": overall.noise_scale,
         "standard_error": overall.standard_error,
+        "sq_grad_norm": overall.sq_grad_norm,
+        "trace_sigma": overall.trace_sigma,
         "loss": sum(result.losses) / len(result.losses),
         "seconds": time.perf_counter() - began,
     }

@@ -474,14 +474,16 @@ def row_verdicts(
 
 
 def late_noise_scale(path: Path) -> float | None:
-    """B_simple late in the reference run: the mean over the last third of the measured points
-    of the preset's own setting (``noise_scale_over_training.py``), None when not measured."""
+    """B_simple late in the reference run, from ``noise_scale_over_training.py``'s points of the
+    preset's own setting: the smallest resolved value over the second half of the run. Late in
+    training |G|^2 falls towards its noise and single estimates scatter upwards or are not
+    resolved at all; the smallest is the conservative reading. None when not measured."""
     if not path.exists():
         return None
     curves = json.loads(path.read_text())["curves"]
     points = next(iter(curves.values()))
-    late = [p["B_simple"] for p in points[-max(1, len(points) // 3) :] if p["B_simple"]]
-    return statistics.fmean(late) if late else None
+    late = [p["B_simple"] for p in points[len(points) // 2 :] if p["B_simple"] is not None]
+    return min(late) if late else None
 
 
 # ---------------------------------------------------------------------------- overhead ----
@@ -685,10 +687,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        nargs="+",
+        nargs="*",
         metavar="ROW",
-        help="train only these rows (e.g. gpus1_linear gpus8_adascale) now; the table shows "
-        "every other row that has finished",
+        help="train only these rows (e.g. gpus1_linear gpus8_adascale) now, none when empty; "
+        "the table shows every other row that has finished",
     )
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs merged into the config")
     args = parser.parse_args()

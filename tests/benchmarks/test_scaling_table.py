@@ -291,13 +291,16 @@ def test_row_verdicts_against_the_reference_and_the_late_noise_scale(bench):
     assert bench.row_verdicts(table[1:], 5.0) == []  # no reference: nothing to compare
 
 
-def test_late_noise_scale_is_the_mean_of_the_last_third_of_the_points(bench, tmp_path):
+def test_late_noise_scale_is_the_smallest_resolved_value_of_the_second_half(bench, tmp_path):
     path = tmp_path / "noise_over_training.json"
     assert bench.late_noise_scale(path) is None
-    values = [2.0, 4.0, 8.0, 10.0, 12.0, 20.0]
-    curves = {"default: as written": [{"B_simple": v} for v in values], "other": []}
+    values = [2.0, 4.0, 8.0, 30.0, 12.0, None, 20.0]  # the first curve is the preset's own
+    curves = {"default: as written": [{"B_simple": v} for v in values], "other": [{"B_simple": 1}]}
     path.write_text(json.dumps({"curves": curves}))
-    assert bench.late_noise_scale(path) == pytest.approx(16.0)  # the last 2 of 6
+    assert bench.late_noise_scale(path) == 12.0  # of 30, 12, unresolved, 20
+    curves["default: as written"] = [{"B_simple": 3.0}, {"B_simple": None}]
+    path.write_text(json.dumps({"curves": curves}))
+    assert bench.late_noise_scale(path) is None
 
 
 def test_noise_over_training_points_are_the_start_and_every_checkpoint(tmp_path):
