@@ -3,7 +3,7 @@ most one checkpoint period; under torchrun a restarted worker group resumes by i
 world size. In both, the images seen and the LR at the end are an uninterrupted run's.
 
 Real processes: tests/helpers/tiny_run.py (tools/train.py's command for the tiny model), spawned
-gloo processes and torchrun agents with a c10d rendezvous on 127.0.0.1, killed with SIGKILL.
+gloo processes and torchrun agents with a c10d rendezvous, killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.processes import TINY_RUN, free_port, tiny_run_setup
+from helpers.processes import TINY_RUN, tiny_run_setup
 from helpers.stacks import descendants
 from helpers.tiny import build_trainer, tiny_cfg
 
@@ -150,10 +150,20 @@ def popen_logged(command: list[str], env: dict, logs: Path, **kwargs) -> subproc
     return process
 
 
-def torchrun_agent(
-    config: Path, port: int, is_host: bool, env: dict, logs: Path
-) -> subprocess.Popen:
-    """A torchrun agent of an elastic job of 1 to 2 nodes with one worker each."""
+def torchrun_agent(config: Path, rendezvous_file: Path, env: dict, logs: Path) -> subprocess.Popen:
+    """A torchrun agent of an elastic job of 1 to 2 nodes with one worker each.
+
+    The c10d rendezvous keeps its state in a file store (torchrun's store_type=file), so no port
+    is chosen before the agents bind it; the workers' store is the rank 0 agent's, which torchrun
+    binds to port 0 itself. The timeouts are short so that the round after a node is lost does
+    not wait long: a node silent for 5 s (5 heartbeats of 1 s) is dead, and a round holding fewer
+    than 2 nodes completes 2 s after the first joined. (A second agent later than that to the
+    first round only costs a restart for the change of membership, which torchrun does not count.)
+    """
+    rendezvous_conf = (
+        "store_type=file,join_timeout=120,last_call_timeout=2,"
+        "keep_alive_interval=1,keep_alive_max_attempt=5"
+    )
     command = [
         sys.executable,
         "-m",
@@ -161,10 +171,9 @@ def torchrun_agent(
         "--nnodes=1:2",
         "--nproc-per-node=1",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{port}",
+        f"--rdzv-endpoint={rendezvous_file}",
         "--rdzv-id=det-scaling-test",
-        # The first agent hosts the rendezvous store; a new round waits 10 s for late nodes.
-        f"--rdzv-conf=is_host={str(is_host).lower()},last_call_timeout=10,join_timeout=120",
+        f"--rdzv-conf={rendezvous_conf}",
         "--max-restarts=2",
         "--monitor-interval=0.5",
         str(TINY_RUN),
@@ -180,9 +189,9 @@ def test_torchrun_restarts_at_another_world_size_and_resumes_by_itself(tmp_path)
     config, env = tiny_run_setup(tmp_path, max_iter=40, CHECKPOINT_PERIOD=8, STEPS=(20, 32))
     out = tmp_path / "out"
     env["TINY_RUN_STEP_SECONDS"] = "0.4"
-    port = free_port()
-    first = torchrun_agent(config, port, True, env, tmp_path / "first_agent")
-    second = torchrun_agent(config, port, False, env, tmp_path / "second_agent")
+    rendezvous = tmp_path / "rendezvous"
+    first = torchrun_agent(config, rendezvous, env, tmp_path / "first_agent")
+    second = torchrun_agent(config, rendezvous, env, tmp_path / "second_agent")
     try:
 
         def written_by_two_workers() -> bool:
