@@ -37,6 +37,7 @@ from det_scaling.commands.run_plot import read_run_metrics
 from det_scaling.engine import AccumulatingTrainer, GradientNoiseMeter, ScalingTrainer
 from det_scaling.engine.adascale import AdaScale
 from det_scaling.engine.launch import launch
+from det_scaling.scaling.gradient_noise import GradientNoiseStats
 from det_scaling.solver import ProgressLRScheduler, build_lr_multiplier
 
 LENGTH = 12  # the reference schedule's steps
@@ -189,6 +190,116 @@ def test_the_gain_is_johnson_et_al_s_closed_form_and_sets_lr_and_length():
     z = math.sqrt(CLOSED_FORM_TRACE / 8)
     moved = -sum(expected_lrs)
     assert model.weight.tolist() == pytest.approx([moved, 0.0, moved * z], rel=1e-12, abs=1e-15)
+
+
+class StatsOnly:
+    """What AdaScale reads of a GradientNoiseMeter: its statistics, kept in its state."""
+
+    def __init__(self) -> None:
+        self.stats = GradientNoiseStats(decay=0.0)
+
+    def state_dict(self) -> dict:
+        return {"stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state["stats"])
+
+
+class Loop:
+    """What AdaScale's after_step reads and calls of the trainer."""
+
+    def __init__(self) -> None:
+        self.iter = 0
+        self.storage = EventStorage(0)
+        self.ended = False
+        self.expected_end = None
+
+    def end_after_this_step(self) -> None:
+        self.ended = True
+
+    def expect_end(self, max_iter: int) -> None:
+        self.expected_end = max_iter
+
+
+def clock_at(scale: float, reference_batch: int, meter) -> AdaScale:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=CLOSED_FORM_BASE_LR)
+    scheduler = ProgressLRScheduler(optimizer, LinearParamScheduler(1.0, 0.0), LENGTH)
+    return AdaScale(scheduler, meter, scale=scale, reference_batch=reference_batch, length=LENGTH)
+
+
+def test_the_clock_counts_gains_predicts_its_end_and_continues_from_its_state():
+    """S = 4, reference batch 2: r = 1 before anything is measured, then the closed form's r = 2
+    (|G|^2 = 1, tr(Sigma) = 4); the clock ends at the first tau >= 12."""
+    meter = StatsOnly()
+    clock = clock_at(4, 2, meter)
+    clock.trainer = loop = Loop()
+    assert (clock.gain, clock.progress, clock.steps, clock.loaded) == (1.0, 0.0, 0, False)
+    assert clock.summary()["mean_gain"] is None
+    assert (clock.steps_left_at_most(), clock.steps_left_expected()) == (12, 12)
+
+    clock.before_optimizer_step()  # nothing measured yet: as the reference batch
+    assert (clock.gain, clock.progress) == (1.0, 1.0)
+    # |G_b|^2 = 1 + 4 / 2 at b = 2 and |G_B|^2 = 1 + 4 / 8 at B = 8.
+    meter.stats.update(3.0, 2, 1.5, 8)
+    clock.before_optimizer_step()
+    assert (clock.gain, clock.progress) == pytest.approx((2.0, 3.0), rel=1e-12)
+    # 9 reference steps left: at most 9 steps, 9 / 1.5 = 6 at the mean gain (1 + 2) / 2.
+    assert (clock.steps_left_at_most(), clock.steps_left_expected()) == (9, 6)
+    loop.iter = 1
+    clock.after_step()
+    assert (loop.expected_end, loop.ended) == (1 + 1 + 6, False)
+    assert loop.storage.history("adascale_gain").latest() == pytest.approx(2.0, rel=1e-12)
+    assert loop.storage.history("adascale_progress").latest() == pytest.approx(3.0, rel=1e-12)
+
+    while not clock.finished:  # tau 5, 7, 9, 11, 13
+        clock.before_optimizer_step()
+    clock.after_step()
+    assert loop.ended
+    assert (clock.steps_left_at_most(), clock.steps_left_expected()) == (0, 0)
+    summary = {
+        "scale": 4,
+        "reference_batch": 2,
+        "length": LENGTH,
+        "progress": 13.0,
+        "steps": 7,
+        "mean_gain": 13 / 7,
+        "last_gain": 2.0,
+    }
+    assert clock.summary() == pytest.approx(summary, rel=1e-12)
+    state = clock.state_dict()
+    assert state == {  # sums of 1 and 2: exact
+        "progress": 13.0,
+        "gain": 2.0,
+        "steps": 7,
+        "gain_sum": 13.0,
+        "scale": 4,
+        "reference_batch": 2,
+        "length": LENGTH,
+        "gradient_noise": meter.state_dict(),
+    }
+
+    # At another S and reference batch 4: tau 13 of batch 2 is 6.5 of batch 4.
+    other_meter = StatsOnly()
+    resumed = clock_at(2, 4, other_meter)
+    resumed.load_state_dict(state)
+    assert resumed.loaded
+    assert (resumed.progress, resumed.gain, resumed.steps) == pytest.approx((6.5, 2.0, 7))
+    assert resumed.summary()["mean_gain"] == pytest.approx(13 / 7, rel=1e-12)
+    assert other_meter.stats.trace_sigma == pytest.approx(CLOSED_FORM_TRACE, rel=1e-12)
+    assert other_meter.stats.sq_grad_norm == pytest.approx(1.0, rel=1e-12)
+    # At S = 1 there is no meter: the checkpoint's statistics are left aside.
+    at_reference = clock_at(1, 2, None)
+    at_reference.load_state_dict(state)
+    assert (at_reference.progress, at_reference.loaded) == (13.0, True)
+
+
+def test_the_clock_refuses_what_it_cannot_drive():
+    with pytest.raises(ValueError, match=r"^AdaScale needs S >= 1, got 0.5"):
+        clock_at(0.5, 2, StatsOnly())
+    with pytest.raises(ValueError, match=r"^AdaScale at S > 1 needs the gradient noise meter"):
+        clock_at(2, 2, None)
+    with pytest.raises(TypeError, match="ProgressLRScheduler, got object"):
+        AdaScale(object(), None, scale=1, reference_batch=2, length=LENGTH)
 
 
 # ---- training ----

@@ -28,7 +28,13 @@ from det_scaling.commands.lr_plot import lr_curve, plot_lr_curves
 from det_scaling.commands.plan import format_plan_table
 from det_scaling.config import read_recipe
 from det_scaling.engine import ImagePeriodHook, ScalingProgress, ScalingTrainer, resume_point
-from det_scaling.scaling.batch_schedule import BatchSchedule, Growth
+from det_scaling.scaling.batch_schedule import (
+    BatchSchedule,
+    Growth,
+    Stage,
+    iterations_for_images,
+    micro_batch,
+)
 from det_scaling.solver import build_lr_multiplier, build_lr_scheduler, scheduled_lrs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,6 +175,82 @@ def test_a_remainder_too_small_for_the_grown_batch_goes_to_the_previous_stage():
     )
     assert [(s.num_iters, s.ims_per_batch) for s in schedule.stages] == [(2, 4), (2, 8)]
     assert schedule.final_images == 24
+
+
+def test_edges_of_the_maps_and_their_defaults():
+    fixed = BatchSchedule(ims_per_batch=4, grad_accum_steps=1, total_images=40)
+    (stage,) = fixed.stages
+    assert stage == Stage(0, 0, 10, 0, 4, 1, 1.0)
+    assert type(stage.ims_per_batch) is type(stage.grad_accum_steps) is int
+    # Defaults: 1 process, data set size unknown, no micro-batch limit, no growth.
+    assert fixed.state_at(0) == {
+        "world_size": 1,
+        "ims_per_batch": 4,
+        "grad_accum_steps": 1,
+        "max_iter": 10,
+    }
+    assert fixed.epochs(100) is None
+    assert fixed.same_steps_as({"ims_per_batch": 4})  # a checkpoint without growth
+    one_per_epoch = BatchSchedule(
+        ims_per_batch=1, grad_accum_steps=1, total_images=1, dataset_size=1
+    )
+    assert (one_per_epoch.total_iterations, one_per_epoch.epochs(7)) == (1, 7.0)
+    assert iterations_for_images(7, 1) == 7
+    with pytest.raises(ValueError, match="ims_per_batch must be positive"):
+        iterations_for_images(7, 0)
+    with pytest.raises(ValueError, match="GRAD_ACCUM_STEPS must be >= 1"):
+        micro_batch(8, 1, 0)
+    with pytest.raises(ValueError, match="divisible by 4 process"):
+        BatchSchedule(ims_per_batch=6, grad_accum_steps=1, total_images=60, world_size=4)
+    assert Growth(1, 2, 0.5).interval_images == 1  # one image is an interval
+
+    # Three stages: 8 steps of 2, 4 of 4, 2 of 8 (48 images).
+    three = growing(2, 1, 48, 16, 2, 0.75)
+    assert three.stage_at_images(1000) == three.stages[2]  # past the end: the last
+    assert three.iteration_for_schedule_step(6) == 6  # 12 images
+    assert three.progress_at(three.total_iterations + 5) == 1.0
+
+
+def test_a_micro_batch_limit_keeps_the_growth_and_the_data_set_size():
+    growth = Growth(32, 2, 0.5)
+    schedule = BatchSchedule(
+        ims_per_batch=8, grad_accum_steps=1, total_images=96, dataset_size=16, growth=growth
+    )
+    limited = schedule.with_micro_batch_limit(2)
+    # Micro-batch 8 -> 2: accumulation 4 at the start, 8 and 16 as the batch grows.
+    assert [(s.ims_per_batch, s.grad_accum_steps) for s in limited.stages] == [
+        (8, 4),
+        (16, 8),
+        (32, 16),
+    ]
+    assert type(limited.grad_accum_steps) is int
+    assert limited.epochs(32) == 2.0
+
+
+def test_a_middle_stage_under_half_a_step_is_refused_and_a_last_one_extends_by_one_step():
+    # Batch 4 growing x4 every 8 images: stage 1 (batch 16) would get 8 images, half a step.
+    with pytest.raises(ValueError, match="stage 1 has 8 images"):
+        growing(4, 1, 48, 8, 4, 0.5)
+    # 18 images, batch 4 then 8: the third stage's 2 images go to the second, which then ends
+    # at the step nearest to 18 images: 1 step of 8 after the first 8 images.
+    schedule = growing(4, 1, 18, 8, 2, 0.5)
+    assert [(s.num_iters, s.ims_per_batch) for s in schedule.stages] == [(2, 4), (1, 8)]
+
+
+def test_a_config_without_growth_records_no_stages_and_one_with_them_keeps_max_stages():
+    cfg = get_cfg()
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.MAX_ITER = 30
+    assert "adabatch" not in BatchSchedule.from_recipe(read_recipe(cfg), 1).state_at(0)
+    # 60 images, 1 image an epoch, growth every 20: three stages, or two with MAX_STAGES 2.
+    cfg.SCALING.DATASET_SIZE = 1
+    cfg.SCALING.ADABATCH.ENABLED = True
+    cfg.SCALING.ADABATCH.INTERVAL_EPOCHS = 20.0
+    schedule = BatchSchedule.from_recipe(read_recipe(cfg), 1)
+    assert [(s.num_iters, s.ims_per_batch) for s in schedule.stages] == [(10, 2), (5, 4), (2, 8)]
+    cfg.SCALING.ADABATCH.MAX_STAGES = 2
+    schedule = BatchSchedule.from_recipe(read_recipe(cfg), 1)
+    assert [(s.num_iters, s.ims_per_batch) for s in schedule.stages] == [(10, 2), (10, 4)]
 
 
 @pytest.mark.parametrize(

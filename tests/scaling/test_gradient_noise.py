@@ -193,10 +193,31 @@ def test_batch_sizes_and_decay_are_checked() -> None:
         GradientNoiseStats().update(1.0, 0, 1.0, 8)
     with pytest.raises(ValueError, match="decay"):
         GradientNoiseStats(decay=1.0)
-    with pytest.raises(ValueError, match="reference_batch"):
+    with pytest.raises(ValueError, match=r"^reference_batch must be positive"):
         GradientNoiseStats().gain_ratio(2, 0)
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ValueError, match=r"^scale must be positive"):
+        GradientNoiseStats().gain_ratio(0, 2)
+    with pytest.raises(ValueError, match=r"^scale must be positive"):
         gain_ratio(1.0, 1.0, 0)
+
+
+def test_decay_0_keeps_the_latest_step_only() -> None:
+    stats = GradientNoiseStats(decay=0.0)
+    update_exactly(stats, 1.0, 10.0)
+    update_exactly(stats, 0.25, 20.0)
+    assert (stats.sq_grad_norm, stats.trace_sigma) == pytest.approx((0.25, 20.0))
+
+
+def test_float32_tensor_norms_are_combined_in_float64() -> None:
+    # |G_b|^2 = 1 + 2^-20 and |G_B|^2 = 1, both exact in float32, at b = 2 and B = 8:
+    # |G|^2 = (8 - 2 (1 + 2^-20)) / 6 = 1 - 2^-19 / 6 and tr = 2^-20 / (1/2 - 1/8) = 2^-20 * 8 / 3,
+    # which float32 arithmetic would round at about 1e-7.
+    stats = GradientNoiseStats(decay=0.0)
+    small, big = torch.tensor(1.0 + 2.0**-20), torch.tensor(1.0)
+    assert small.dtype == torch.float32
+    stats.update(small, 2, big, 8)
+    assert stats.sq_grad_norm == pytest.approx(1.0 - 2.0**-19 / 6, rel=1e-14)
+    assert stats.trace_sigma == pytest.approx(2.0**-20 * 8 / 3, rel=1e-14)
 
 
 # ---- not measurable: None, never negative or infinite ----
@@ -250,6 +271,7 @@ def test_gain_ratio_limits() -> None:
     # Rounding alone gives 7.000000000000001 and 0.29999999999999993 here.
     assert gain_ratio(1e13, 1e-10, 7) == 7.0
     assert gain_ratio(1e20, 1e-10, 0.3) == 0.3
+    assert gain_ratio(1e13, 1e-10, 1.75) == 1.75  # raw 1.7500000000000002
     assert gain_ratio(1.0, 1.0, 3) == pytest.approx(2 / (1 / 3 + 1))
     assert gain_ratio(1.0, 0.0, 8) is None
     assert gain_ratio(1.0, -1.0, 8) is None
@@ -275,6 +297,7 @@ def test_linear_rule_gpu_limit() -> None:
     assert linear_rule_gpu_limit(1.5, 2) == 1  # at least 1
     assert linear_rule_gpu_limit(0.0, 2) == 1
     assert linear_rule_gpu_limit(1024.0, 16) == 64
+    assert linear_rule_gpu_limit(7.5, 1) == 7  # one image per GPU is a batch
     with pytest.raises(ValueError, match="per_gpu_batch"):
         linear_rule_gpu_limit(100.0, 0)
 
@@ -309,7 +332,7 @@ def test_squared_grad_norm_mixes_dtypes_and_upcasts_half_precision() -> None:
     assert result.dtype == torch.float64
     assert float(result) == pytest.approx(400 * 60000.0**2 + 14.0, rel=1e-6)
     assert float(squared_grad_norm([half])) == pytest.approx(400 * 60000.0**2, rel=1e-6)
-    with pytest.raises(ValueError, match="no parameter has a gradient"):
+    with pytest.raises(ValueError, match=r"^no parameter has a gradient$"):
         squared_grad_norm([torch.zeros(2, requires_grad=True)])
 
 

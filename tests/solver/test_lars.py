@@ -395,3 +395,98 @@ def test_rejects_settings_it_cannot_honour() -> None:
         LARS(param, lr=-1.0)
     with pytest.raises(ValueError, match="trust_coefficient"):
         LARS(param, lr=0.1, trust_coefficient=0.0)
+    with pytest.raises(ValueError, match="momentum must be"):
+        LARS(param, lr=0.1, momentum=-0.1)
+    with pytest.raises(ValueError, match="weight_decay must be"):
+        LARS(param, lr=0.1, weight_decay=-1e-4)
+    with pytest.raises(ValueError, match="eps must be"):
+        LARS(param, lr=0.1, eps=-1e-8)
+    param[0].grad = torch.ones(2).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        LARS(param, lr=0.1).step()
+
+
+def test_defaults_are_momentum_0_9_no_weight_decay_trust_0_02_unclipped() -> None:
+    initial = _initial_params()
+    actual, _ = run_lars(initial, STEPS)
+    expected = reference_lars(
+        initial,
+        STEPS,
+        momentum=0.9,
+        weight_decay=0.0,
+        trust_coefficient=0.02,
+        eps=1e-8,
+        clip=False,
+        nesterov=False,
+        excluded=set(),
+    )
+    assert max_relative_error(actual, expected) <= 1e-6
+
+
+def test_zero_lr_and_zero_eps_are_allowed_and_lr_0_moves_nothing_even_clipped() -> None:
+    LARS([torch.ones(2, requires_grad=True)], lr=0.1, eps=0.0)
+    weight = torch.tensor([1.0, 2.0], requires_grad=True)
+    optimizer = LARS([weight], lr=0.0, clip=True, weight_decay=1e-2)
+    weight.grad = torch.tensor([0.5, -0.5])
+    optimizer.step()
+    assert weight.detach().tolist() == [1.0, 2.0]
+
+
+def test_without_momentum_no_buffer_is_kept() -> None:
+    weight = torch.tensor([1.0, 2.0], requires_grad=True)
+    optimizer = LARS([weight], lr=0.1, momentum=0.0)
+    weight.grad = torch.tensor([0.5, -0.5])
+    optimizer.step()
+    assert "momentum_buffer" not in optimizer.state[weight]
+
+
+@pytest.mark.parametrize("excluded", [False, True], ids=["lars", "excluded"])
+def test_weight_decay_of_1_is_applied(excluded: bool) -> None:
+    # momentum 0, lr 0.1, w = (1, 2), g = (0.5, 0.5): d = g + 1 * w = (1.5, 2.5).
+    weight = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    optimizer = LARS(
+        [{"params": [weight], "lars_exclude": excluded}],
+        lr=0.1,
+        momentum=0.0,
+        weight_decay=1.0,
+        eps=0.0,
+    )
+    weight.grad = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    optimizer.step()
+    # trust = 0.02 ||w|| / (||g|| + ||w||), or 1 when excluded.
+    trust = 1.0 if excluded else 0.02 * math.sqrt(5) / (math.sqrt(0.5) + math.sqrt(5))
+    expected = [1.0 - 0.1 * trust * 1.5, 2.0 - 0.1 * trust * 2.5]
+    assert weight.detach().tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_float16_norms_are_taken_in_float32() -> None:
+    # ||w|| = 1e5 overflows float16 (max 65504); trust = 0.02 * 1e5 / 10 = 200, so each
+    # element moves by lr * trust * g = 0.1 * 200 * 1 = 20.
+    weight = torch.full((100,), 1e4, dtype=torch.float16, requires_grad=True)
+    optimizer = LARS([weight], lr=0.1, momentum=0.0)
+    weight.grad = torch.ones(100, dtype=torch.float16)
+    optimizer.step()
+    assert torch.isfinite(weight).all()
+    # float16 is spaced 8 apart around 1e4.
+    assert weight.detach().float().tolist() == pytest.approx([9980.0] * 100, abs=4.0)
+
+
+def test_state_saved_without_newer_group_keys_loads_with_their_defaults() -> None:
+    weight = torch.tensor([1.0, 2.0], requires_grad=True)
+    saved = LARS([weight], lr=0.1).state_dict()
+    for key in ("lars_exclude", "clip", "nesterov"):
+        del saved["param_groups"][0][key]  # as saved before these keys existed
+    optimizer = LARS([weight], lr=0.1)
+    optimizer.load_state_dict(saved)
+    group = optimizer.param_groups[0]
+    assert (group["lars_exclude"], group["clip"], group["nesterov"]) == (False, False, False)
+    assert None not in group
+
+
+def test_cpu_chunks_fill_up_to_the_byte_limit_in_order() -> None:
+    # float32 tensors of 40, 60, 100, 4, 96, 40, 40 and 40 bytes, in chunks of at most 100.
+    params = [torch.zeros(n) for n in (10, 15, 25, 1, 24, 10, 10, 10)]
+    chunks = list(lars_module._chunks(params, 100))
+    assert [len(chunk) for chunk in chunks] == [2, 1, 2, 2, 1]
+    assert all(a is b for a, b in zip(itertools.chain(*chunks), params, strict=True))
+    assert [len(chunk) for chunk in lars_module._chunks(params, None)] == [8]

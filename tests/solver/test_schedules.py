@@ -11,7 +11,14 @@ import pytest
 import torch
 
 import det_scaling
+from det_scaling.errors import ConfigError
 from det_scaling.solver import Plateau, build_lr_multiplier, build_lr_scheduler
+from det_scaling.solver.schedules import (
+    FlatParamScheduler,
+    InverseTimeParamScheduler,
+    PolynomialParamScheduler,
+    with_warmup,
+)
 
 VOC_CONFIG = (
     Path(__file__).resolve().parents[2] / "configs/VOC07-Detection/faster_rcnn_R_50_FPN.yaml"
@@ -152,6 +159,49 @@ def test_unknown_names_and_bad_settings_name_the_key() -> None:
         build_lr_multiplier(small_cfg(WARMUP_METHOD="cubic"))
     with pytest.raises(ValueError, match=r"SOLVER\.BASE_LR_END"):
         build_lr_multiplier(small_cfg(LR_SCHEDULER_NAME="WarmupPolyLR", BASE_LR_END=0.5))
+
+
+def test_new_schedule_classes_take_their_defaults_and_the_edges_of_their_ranges() -> None:
+    assert FlatParamScheduler()(0.0) == 1.0
+    assert FlatParamScheduler()(1.0) == 1.0
+    # power 0 and k 0 are allowed: no decay at all.
+    assert PolynomialParamScheduler(0.5, 0.1, 0.0)(0.3) == 0.5
+    assert InverseTimeParamScheduler(0.4, 0.0)(0.7) == 0.4
+    assert InverseTimeParamScheduler(0.4, 0.5)(1.0) == pytest.approx(0.4 / 1.5, rel=1e-12)
+    with pytest.raises(ConfigError, match="power"):
+        PolynomialParamScheduler(0.5, 0.1, -0.5)
+    with pytest.raises(ConfigError, match="k must be"):
+        InverseTimeParamScheduler(0.4, -0.5)
+
+
+def test_with_warmup_starts_at_the_factor_times_the_schedules_start_and_joins_it() -> None:
+    def falling(where: float) -> float:
+        return 2.0 * (1.0 - where)
+
+    schedule = PolynomialParamScheduler(2.0, 0.0, 1.0)  # 2 (1 - where)
+    # Defaults: linear, not rescaled: 0.2 -> falling(0.2) = 1.6 over the first 0.2, then falling.
+    default = with_warmup(schedule, 0.1, 0.2)
+    assert default(0.0) == pytest.approx(0.2, rel=1e-12)
+    assert default(0.1) == pytest.approx(0.9, rel=1e-12)
+    assert default(0.6) == pytest.approx(falling(0.6), rel=1e-12)
+    # Exponential: geometric from 0.2 to 1.6.
+    exponential = with_warmup(schedule, 0.1, 0.2, "exponential")
+    assert exponential(0.0) == pytest.approx(0.2, rel=1e-12)
+    assert exponential(0.1) == pytest.approx(math.sqrt(0.2 * 1.6), rel=1e-12)
+    assert exponential(0.6) == pytest.approx(falling(0.6), rel=1e-12)
+    # Rescaled: 0.2 -> falling(0) = 2 over the first 0.2, then falling over the rest as [0, 1].
+    rescaled = with_warmup(schedule, 0.1, 0.2, "linear", rescale_interval=True)
+    assert rescaled(0.0) == pytest.approx(0.2, rel=1e-12)
+    assert rescaled(0.1) == pytest.approx(1.1, rel=1e-12)
+    assert rescaled(0.6) == pytest.approx(falling(0.5), rel=1e-12)
+
+
+def test_with_warmup_refuses_a_length_past_the_run_and_exponential_growth_from_zero() -> None:
+    with pytest.raises(ConfigError, match=r"in \[0, 1\], got 1.5"):
+        with_warmup(FlatParamScheduler(), 0.1, 1.5)
+    rising_from_zero = PolynomialParamScheduler(0.0, 1.0, 1.0)
+    with pytest.raises(ConfigError, match="starts above 0"):
+        with_warmup(rising_from_zero, 0.1, 0.2, "exponential")
 
 
 # ---- reduce on plateau ----
