@@ -440,8 +440,11 @@ def row_verdicts(
 ) -> list[dict[str, Any]]:
     """Every multi-GPU row against the reference (the 1-GPU row): the linear rule is predicted
     to hold while the total batch is at most B_simple late in the reference run; a row held if
-    its AP50 mean is within 1 of the reference's. The kept LR rows also say whether they are at
-    least 3 AP50 below the linear row of their GPU count, as in the seeds' table."""
+    its AP50 mean is within 1 of the reference's. McCandlish et al.'s epochs-to-batch relation
+    E = E_min (1 + B / B_simple) gives the epochs a batch needs for the reference's progress
+    (a column beside the epochs each row ran; AdaScale's clock decides them itself). The kept
+    LR rows also say whether they are at least 3 AP50 below the linear row of their GPU count,
+    as in the seeds' table."""
     by = {(r["series"], r["GPUs (simulated)"]): r for r in rows}
     reference = by.get((SERIES["linear"], 1))
     out = []
@@ -463,6 +466,14 @@ def row_verdicts(
             "held (within 1 AP50)": "yes" if delta >= -1 else "no",
             "steps": r["steps"],
             "epochs": r["epochs"],
+            "epochs predicted for the reference's progress": None
+            if late_noise_scale is None or reference["epochs"] is None
+            else round(
+                reference["epochs"]
+                * (1 + r["total batch"] / late_noise_scale)
+                / (1 + reference["total batch"] / late_noise_scale),
+                2,
+            ),
         }
         linear = by.get((SERIES["linear"], r["GPUs (simulated)"]))
         if r["series"] == SERIES["none"] and linear is not None:

@@ -286,8 +286,12 @@ def test_row_verdicts_against_the_reference_and_the_late_noise_scale(bench):
     assert got[kept, 8]["kept >= 3 below linear"] == "yes"
     assert got[ada, 8]["held (within 1 AP50)"] == "yes"
     assert (got[ada, 8]["steps"], got[ada, 8]["epochs"], got[ada, 8]["seeds"]) == (900, 14.4, 2)
+    # E = E_min (1 + B / 5): the reference (B 1) ran 6 epochs = 1.2 E_min, so E_min = 5 epochs
+    # and batch 8 needs 5 x 2.6 = 13 epochs, batch 2 needs 5 x 1.4 = 7.
+    predicted = "epochs predicted for the reference's progress"
+    assert got[ada, 8][predicted] == 13.0 and got[linear, 2][predicted] == 7.0
     unmeasured = bench.row_verdicts(table, None)
-    assert {v[key] for v in unmeasured} == {None}
+    assert {v[key] for v in unmeasured} == {v[predicted] for v in unmeasured} == {None}
     assert bench.row_verdicts(table[1:], 5.0) == []  # no reference: nothing to compare
 
 
