@@ -1,7 +1,9 @@
-"""The seeds' VOC07 scaling table, second edition: AP50 at 1, 2, 4, 8 and 16 simulated GPUs with
-the LR scaled by the linear rule, kept (rule "none") and by the square-root rule, and LARC at 8
-and 16, each row over several seeds (mean and spread), with the gradient noise scale measured in
-the same runs.
+"""The seeds' VOC07 scaling table: AP50 at 1, 2, 4, 8 and 16 simulated GPUs with the LR scaled by
+the linear rule, kept (rule "none") and by the square-root rule, LARC at 8 and 16, and AdaScale,
+each row over several seeds (mean and spread), with the gradient noise scale measured in the
+same runs. ``--preset default|faithful``: the config's full schedule at 1-8 GPUs (linear, kept,
+AdaScale), built over several sittings (``--only ROW``), each row against the noise scale late
+in the reference run (``noise_scale_over_training.py``).
 
 The seeds' table (Faster R-CNN on VOC07, MXNet, an ImageNet-pretrained backbone) shows that
 scaling the LR with the GPU count holds mAP to 8 GPUs while keeping the LR loses 4-6 points;
@@ -36,7 +38,8 @@ table, and writes ``table.md``, ``results.json`` and ``scaling_table.png`` to ``
 
     .venv/bin/python benchmarks/scaling_table.py [--gpus 1 2 4 8 16] [--seeds 0 1]
         [--max-epochs E] [--backbone pretrained|scratch] [--processes P]
-        [--overhead-iters N] [--output-dir DIR] [KEY VALUE ...]
+        [--overhead-iters N] [--output-dir DIR] [--preset default|faithful [--only ROW ...]]
+        [KEY VALUE ...]
 """
 
 from __future__ import annotations
@@ -563,6 +566,10 @@ def plot(
     markers = dict(zip(SERIES.values(), "osD^v", strict=True))
     for label, marker in markers.items():
         mine = [r for r in rows if r["series"] == label]
+        if label not in (SERIES["linear"], SERIES["larc"]) and all(
+            r["GPUs (simulated)"] == 1 for r in mine
+        ):
+            continue  # a series with no row of its own: not the 1-GPU point alone
         if label != SERIES["larc"]:
             mine = one_gpu + [r for r in mine if r["GPUs (simulated)"] > 1]
         mine = sorted(
@@ -572,8 +579,9 @@ def plot(
             continue
         gpus = [r["GPUs (simulated)"] for r in mine]
         means = [r["AP50 mean"] for r in mine]
-        lows = [m - min(_seed_ap50(r)) for m, r in zip(means, mine, strict=True)]
-        highs = [max(_seed_ap50(r)) - m for m, r in zip(means, mine, strict=True)]
+        # max(0, ...): the seeds' AP50 are shown rounded to 0.1, the mean to 0.01.
+        lows = [max(0.0, m - min(_seed_ap50(r))) for m, r in zip(means, mine, strict=True)]
+        highs = [max(0.0, max(_seed_ap50(r)) - m) for m, r in zip(means, mine, strict=True)]
         ap_ax.errorbar(gpus, means, yerr=[lows, highs], marker=marker, capsize=3, label=label)
         measured = [(r["total batch"], r["B_simple (end)"]) for r in mine if r["B_simple (end)"]]
         if measured and label != SERIES["larc"]:
@@ -793,14 +801,17 @@ def main() -> None:
     text = (
         f"{header}\n{len(runs)} runs, {wall / 60:.1f} min in all ({cpu / 60:.1f} min of CPU, "
         f"all processes; {pretrained_s / 60:.1f} min getting the pretrained backbone)\n\n"
-        f"{tabulate(table, headers='keys', tablefmt='github', floatfmt='g')}\n\n"
-        f"B_simple of the baseline (linear rule, smallest multi-GPU row, end of run): "
-        f"{noise_scale if noise_scale is not None else 'not measured'} images; with "
-        f"{per_gpu} image(s)/GPU the linear rule is expected to hold up to "
-        f"{'?' if noise_scale is None else max(1, int(noise_scale // per_gpu))} GPU(s)\n\n"
-        f"Against the seeds' table:\n\n{tabulate(checks, headers='keys', tablefmt='github')}\n"
+        f"{tabulate(table, headers='keys', tablefmt='github', floatfmt='g')}\n"
     )
-    if preset is not None:
+    if preset is None:
+        text += (
+            f"\nB_simple of the baseline (linear rule, smallest multi-GPU row, end of run): "
+            f"{noise_scale if noise_scale is not None else 'not measured'} images; with "
+            f"{per_gpu} image(s)/GPU the linear rule is expected to hold up to "
+            f"{'?' if noise_scale is None else max(1, int(noise_scale // per_gpu))} GPU(s)\n\n"
+            f"Against the seeds' table:\n\n{tabulate(checks, headers='keys', tablefmt='github')}\n"
+        )
+    else:
         text += (
             f"\nRow by row (B_simple late in the reference run: "
             f"{'not measured' if late is None else f'{late:.3g} images'}, "
