@@ -301,3 +301,33 @@ def test_negative_periods_are_refused_in_iterations_and_in_a_one_epoch_schedule(
         )
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
             plan_scaling(cfg, 1)
+
+
+@pytest.mark.parametrize(
+    ("steps", "refusal"),
+    [
+        ((600, 600), "SOLVER.STEPS (600, 600): steps must increase (600 comes after 600)"),
+        ((600, 1000), "SOLVER.STEPS: step 1000 is not inside the run (SOLVER.MAX_ITER 1000)"),
+    ],
+)
+def test_a_repeated_step_or_one_at_the_end_of_the_run_is_refused(steps, refusal):
+    with pytest.raises(ConfigError, match="^" + re.escape(refusal)):
+        plan_scaling(small_cfg(steps=steps), 2)
+
+
+@pytest.mark.parametrize(
+    ("epoch_steps", "refusal"),
+    [
+        ((0.8, 0.5), "SCALING.EPOCHS.STEPS (0.8, 0.5): steps must increase (0.5 comes after 0.8)"),
+        ((0.5, 1.0), "SCALING.EPOCHS.STEPS: step 1 is not inside the run (SCALING.EPOCHS.MAX 1)"),
+    ],
+)
+def test_epoch_steps_of_a_one_epoch_run_out_of_order_or_at_its_end_are_refused(
+    epoch_steps, refusal
+):
+    cfg = small_cfg()
+    cfg.SCALING.DATASET_SIZE = 100
+    cfg.SCALING.EPOCHS.MAX = 1.0
+    cfg.SCALING.EPOCHS.STEPS = epoch_steps
+    with pytest.raises(ConfigError, match="^" + re.escape(refusal)):
+        plan_scaling(cfg, 2)
