@@ -121,15 +121,23 @@ def run(args: argparse.Namespace) -> int:
             for gpus in TABLE_GPU_COUNTS
         ]
         print(tabulate(table, headers="keys", tablefmt="github"))
-        if limit < TABLE_GPU_COUNTS[-1]:
-            print(
-                f"past {limit} GPU(s): consider SCALING.RULE adascale, which measures how much "
-                "of the larger batch's LR the gradients allow (docs/scaling.md, AdaScale)"
-            )
+        pointer = past_the_limit(limit)
+        if pointer:
+            print(pointer)
     if args.csv:
         result.write_csv(args.csv)
         print(f"wrote {args.csv}")
     return 0
+
+
+def past_the_limit(limit: int) -> str | None:
+    """What to use past the linear rule's GPU limit, when the table's counts go past it."""
+    if limit >= TABLE_GPU_COUNTS[-1]:
+        return None
+    return (
+        f"past {limit} GPU(s): consider SCALING.RULE adascale, which measures how much of the "
+        "larger batch's LR the gradients allow (docs/scaling.md, AdaScale)"
+    )
 
 
 def _format(window: noise_scale.NoiseScaleEstimate) -> str:

@@ -16,6 +16,7 @@ import torch
 import det_scaling
 from det_scaling.classification import export_digits
 from det_scaling.cli import main
+from det_scaling.cli.noise_scale import past_the_limit
 from det_scaling.commands.noise_scale import estimate, launch_noise_scale, measure_noise_scale
 from det_scaling.engine import StepNorms
 
@@ -152,6 +153,8 @@ def test_command_prints_the_noise_scale_its_movement_and_the_gpu_limit(
     noise_scale = trace / sq_grad_norm
     assert f"B_simple over the 10 steps: {noise_scale:.3g} +- " in out
     assert f"linear rule expected to hold up to {int(noise_scale // 16)} GPU(s) of 16" in out
+    pointer = past_the_limit(int(noise_scale // 16))
+    assert (pointer in out) if pointer else ("consider SCALING.RULE adascale" not in out)
 
 
 def test_command_refuses_a_measurement_longer_than_the_schedule(tmp_path: Path, capsys) -> None:
@@ -161,3 +164,9 @@ def test_command_refuses_a_measurement_longer_than_the_schedule(tmp_path: Path, 
     assert err.startswith("det-scaling noise-scale: error: the schedule has")
     assert main(["noise-scale", str(tmp_path / "missing.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_past_the_gpu_limit_the_command_points_to_adascale():
+    assert past_the_limit(4).startswith("past 4 GPU(s): consider SCALING.RULE adascale")
+    assert past_the_limit(15) is not None
+    assert past_the_limit(16) is None  # the table's largest count is within the limit
