@@ -12,22 +12,19 @@ import torch
 from detectron2.config import LazyCall as L
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
+from test_scaling_plan import small_cfg as written_for
 
-from det_scaling import get_cfg, plan_scaling, scale_cfg
+from det_scaling import plan_scaling, scale_cfg
 from det_scaling.config.lazy import add_lazy_scaling_keys
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.plan import Change, ScalingPlan
 
 
 def small_cfg(reference=1, batch=2, max_iter=1000, steps=(600, 800), lr=0.02):
-    cfg = get_cfg()
-    cfg.SOLVER.REFERENCE_WORLD_SIZE = reference
-    cfg.SOLVER.IMS_PER_BATCH = batch
-    cfg.SOLVER.MAX_ITER = max_iter
-    cfg.SOLVER.STEPS = steps
-    cfg.SOLVER.BASE_LR = lr
-    cfg.SOLVER.WARMUP_ITERS = 0
-    cfg.SOLVER.CHECKPOINT_PERIOD = max_iter // 2
+    """test_scaling_plan's config, written for 1 GPU, without warmup or evaluation."""
+    cfg = written_for(
+        reference, batch, max_iter, steps, lr, WARMUP_ITERS=0, CHECKPOINT_PERIOD=max_iter // 2
+    )
     cfg.TEST.EVAL_PERIOD = 0
     return cfg
 
