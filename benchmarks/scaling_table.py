@@ -116,10 +116,10 @@ class Preset:
         return dict(self.seeds)[series]
 
 
-# The faithful setting samples 16 anchors and 16 RoIs per image instead of 64: with 3-6 objects
-# on a 128-pixel image, 64 samples are mostly near-duplicate background, which makes one image's
-# gradient an average over many correlated terms and its noise scale small (benchmarks/README.md,
-# "B_simple over training", for the measurement that chose it).
+# The candidate faithful setting: 16 sampled anchors and 16 RoIs per image instead of 64, on the
+# idea that 64 samples of 3-6 objects on a 128-pixel image are mostly near-duplicate background
+# and keep one image's gradient noise small. Measured, it did not raise B_simple and halved the
+# reference's AP50 (benchmarks/README.md, "Third edition").
 FAITHFUL_SAMPLING = (
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
     "16",
@@ -304,12 +304,13 @@ def train_runs(
     threads: int,
     keep: bool | set[str],
     reuse: bool = False,
-) -> list[dict]:
-    """Trains ``cfgs`` on ``processes`` processes (one launch for all); returns their
-    ScalingTrainer summaries. A run whose loss diverges (NaN or Inf, on any rank) is a result,
-    ``{"diverged": why}``; the launch goes on with the runs after it. ``reuse``: a run whose
-    folder holds a summary of exactly this config is not trained again. ``keep``: keep the
-    checkpoints of every run, or of the runs with these ``OUTPUT_DIR``s."""
+) -> None:
+    """Trains ``cfgs`` on ``processes`` processes (one launch for all); each writes its
+    ScalingTrainer summary (read by :func:`finished_summary`). A run whose loss diverges (NaN
+    or Inf, on any rank) is a result, ``{"diverged": why}``; the launch goes on with the runs
+    after it. ``reuse``: a run whose folder holds a summary of exactly this config is not
+    trained again. ``keep``: keep the checkpoints of every run, or of the runs with these
+    ``OUTPUT_DIR``s."""
     todo = []
     for cfg in cfgs:
         output = Path(cfg.OUTPUT_DIR)
@@ -333,15 +334,12 @@ def train_runs(
             (Path(diverged.OUTPUT_DIR) / SUMMARY_FILE).write_text(json.dumps(record, indent=2))
             print(f"  {_run_name(diverged)}: diverged ({error})", flush=True)
             todo = todo[todo.index(diverged) + 1 :]
-    summaries = []
     for cfg in cfgs:
-        output = Path(cfg.OUTPUT_DIR)
-        summaries.append(json.loads((output / SUMMARY_FILE).read_text()))
         if keep is not True and cfg.OUTPUT_DIR not in (keep or set()):
             # The table does not need the weights: about 120 MB per run (model and momentum).
+            output = Path(cfg.OUTPUT_DIR)
             for path in (*output.glob("*.pth"), output / "last_checkpoint"):
                 path.unlink(missing_ok=True)
-    return summaries
 
 
 # ------------------------------------------------------------------------------- table ----
