@@ -99,8 +99,7 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
             f"batch) and advances the schedule by r, so a run takes {max_iter} / S to {max_iter} "
             "steps"
         )
-    applied = choose_rule(written)[0] if written.rule == AUTO_RULE else written.rule
-    if applied == "linear" and max(gpu_counts) > max(reference, 1):
+    if plans[0].rule == "linear" and max(gpu_counts) > max(reference, 1):  # the applied rule
         # The noise-scale command reads YAML configs; a LazyConfig measures it in training.
         measure = (
             "in training: docs/scaling.md"
