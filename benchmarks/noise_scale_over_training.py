@@ -9,7 +9,7 @@ iteration, on one process with two micro-batches of one image per step. Prints a
 writes ``noise_over_training.json`` and ``noise_over_training.png`` next to the preset's table::
 
     .venv/bin/python benchmarks/noise_scale_over_training.py --preset default
-        [--settings default faithful] [--num-iter 60] [--output-dir output/scaling_table]
+        [--settings default few-samples] [--num-iter 60] [--output-dir output/scaling_table]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from det_scaling.config import config_format
 from det_scaling.tasks import register_datasets
 
 # The per-GPU batch of the table is 1 image: the linear rule is predicted to hold to N GPUs
-# while B_simple >= N images. The faithful setting is chosen to keep B_simple >= 8 over most of
+# while B_simple >= N images: the setting where it should hold keeps B_simple >= 8 over most of
 # the run.
 TARGET_GPUS = 8
 
@@ -63,17 +63,16 @@ def measure(
 ) -> dict[str, Any]:
     """B_simple of ``written`` (the reference run's config, 1 image per step) from its step
     ``start`` with ``weights``. One process without accumulation has one batch size per step:
-    noise-scale then measures at twice the batch, whose schedule has half the steps, so the
-    measurement starts where that schedule has seen the same images."""
+    noise-scale then measures at twice the batch, each measured step spanning two of the run's."""
     cfg = written.clone()
     cfg.defrost()
     cfg.merge_from_list(list(overrides))
     cfg.MODEL.WEIGHTS = weights
     cfg.SCALING.NOISE_SCALE.ENABLED = False  # the command measures; no meter in a hook too
     doubled = 2 if written.SCALING.GRAD_ACCUM_STEPS == 1 else 1
-    measured_start = min(start // doubled, written.SOLVER.MAX_ITER // doubled - num_iter)
     began = time.perf_counter()
-    result = launch_noise_scale(cfg, 1, num_iter=num_iter, start_iter=measured_start)
+    start_at = min(start, written.SOLVER.MAX_ITER - doubled * num_iter)
+    result = launch_noise_scale(cfg, 1, num_iter=num_iter, start_iter=start_at)
     overall = result.overall
     return {
         "start_iter": start,

@@ -82,19 +82,20 @@ def export_digits(
         for index, label in enumerate(digits.target)
     ]
     target = GeneratedSet(root, MANIFEST_NAME, SPLITS, asdict(params))
-    if target.is_complete(paths):
-        return root
-    target.begin()
-    # 0..16 -> 0..255, rounded: the 17 grey levels stay distinct.
-    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    for image, path in zip(pixels, paths, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        picture = Image.fromarray(image)  # 2-D uint8: grayscale ("L")
-        if params.upscale != image.shape[0]:
-            size = (params.upscale, params.upscale)
-            picture = picture.resize(size, _RESAMPLING[params.resample])
-        picture.save(path)
-    target.finish(counts=_counts(split_of), num_classes=len(digits.target_names))
+    with target.locked():
+        if target.is_complete(paths):
+            return root
+        target.begin()
+        # 0..16 -> 0..255, rounded: the 17 grey levels stay distinct.
+        pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+        for image, path in zip(pixels, paths, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            picture = Image.fromarray(image)  # 2-D uint8: grayscale ("L")
+            if params.upscale != image.shape[0]:
+                size = (params.upscale, params.upscale)
+                picture = picture.resize(size, _RESAMPLING[params.resample])
+            picture.save(path)
+        target.finish(counts=_counts(split_of), num_classes=len(digits.target_names))
     return root
 
 

@@ -50,7 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="step of the config's LR schedule to start at (default: 0)",
+        help="step of the config's schedule to start at (default: 0), counted at the batch "
+        "the config is written for",
     )
     parser.add_argument(
         "--windows",

@@ -167,8 +167,13 @@ def measure_noise_scale(
     if start_iter < 0:
         raise ConfigError(f"start_iter must be >= 0, got {start_iter}")
     world_size = comm.get_world_size()
-    run, notes = _measurable_run(cfg, world_size)
+    run, notes, doubled = _measurable_run(cfg, world_size)
     scaled, schedule = run.cfg, run.schedule
+    if doubled:
+        # The same point of training: where the doubled batch's schedule has seen the images
+        # the config's schedule has at ``start_iter``.
+        notes.append(f"step {start_iter} of the config's schedule is step {start_iter // 2} here")
+        start_iter //= 2
     if start_iter + num_iter > schedule.total_iterations:
         raise ConfigError(
             f"the schedule has {schedule.total_iterations} steps at {schedule.ims_per_batch} "
@@ -238,13 +243,13 @@ def _measure(cfg: CfgNode, num_iter: int, start_iter: int) -> NoiseScaleResult:
     return measure_noise_scale(cfg, num_iter=num_iter, start_iter=start_iter)
 
 
-def _measurable_run(cfg: CfgNode, world_size: int) -> tuple[Run, list[str]]:
+def _measurable_run(cfg: CfgNode, world_size: int) -> tuple[Run, list[str], bool]:
     """The config's run at its reference batch on ``world_size`` processes, with two batch sizes
-    per step (see the module); and a note when it had to double the batch for that."""
+    per step (see the module); a note, and True, when it had to double the batch for that."""
     run = prepare_run(cfg, world_size, keep_reference_batch=True)
     scaled = run.cfg
     if world_size > 1 or scaled.SCALING.GRAD_ACCUM_STEPS > 1:
-        return run, []
+        return run, [], False
     twice = plan_scaling(scaled, 2, keep_reference_batch=False).cfg
     plan = plan_scaling(twice, 1, keep_reference_batch=True)
     plan.adapter.freeze()
@@ -255,4 +260,4 @@ def _measurable_run(cfg: CfgNode, world_size: int) -> tuple[Run, list[str]]:
         f"(2 micro-batches of {scaled.SOLVER.IMS_PER_BATCH}), LR {doubled.SOLVER.BASE_LR:g} "
         f"by the {doubled.SCALING.RULE} rule"
     )
-    return Run.from_plan(plan, 1), [note]
+    return Run.from_plan(plan, 1), [note], True

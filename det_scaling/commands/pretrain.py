@@ -87,22 +87,25 @@ def pretrained_backbone(
     root = datasets_root() / "pretrained" / Path(config_file).stem
     cache = GeneratedSet(root, _MANIFEST, ("train", "datasets"), {"config": cfg.dump()})
     weights = root / BACKBONE_FILE
-    if cache.is_complete([weights]):
-        return weights
-    logger.info("Pretraining a backbone with %s into %s", config_file, root)
-    cache.begin()
-    output = root / "train"
-    args = training_args(config_file, [*overrides, "OUTPUT_DIR", str(output)], num_gpus=num_gpus)
-    saved = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = str(data_root or root / "datasets")
-    try:
-        launch_training(args)  # spawned processes inherit the data root
-    finally:
-        if saved is None:
-            del os.environ["DETECTRON2_DATASETS"]
-        else:
-            os.environ["DETECTRON2_DATASETS"] = saved
-    export_backbone(output / "model_final.pth", weights)
-    summary = json.loads((output / "summary.json").read_text())
-    cache.finish(metrics=summary["metrics"], train_time_s=summary["train_time_s"])
+    with cache.locked():
+        if cache.is_complete([weights]):
+            return weights
+        logger.info("Pretraining a backbone with %s into %s", config_file, root)
+        cache.begin()
+        output = root / "train"
+        args = training_args(
+            config_file, [*overrides, "OUTPUT_DIR", str(output)], num_gpus=num_gpus
+        )
+        saved = os.environ.get("DETECTRON2_DATASETS")
+        os.environ["DETECTRON2_DATASETS"] = str(data_root or root / "datasets")
+        try:
+            launch_training(args)  # spawned processes inherit the data root
+        finally:
+            if saved is None:
+                del os.environ["DETECTRON2_DATASETS"]
+            else:
+                os.environ["DETECTRON2_DATASETS"] = saved
+        export_backbone(output / "model_final.pth", weights)
+        summary = json.loads((output / "summary.json").read_text())
+        cache.finish(metrics=summary["metrics"], train_time_s=summary["train_time_s"])
     return weights

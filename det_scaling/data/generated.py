@@ -5,18 +5,26 @@ A generated set's directory holds a JSON manifest: the parameters it was made wi
 ``"complete"``, false from before the first file is written until the last one is. A set whose
 manifest says complete with the same parameters, and whose files exist, is reused; one made with
 other parameters, or left incomplete, is replaced; a directory holding the set's folders without a
-manifest is someone else's data and is never touched.
+manifest is someone else's data and is never touched. Independent runs on one machine (two
+launches started together) take the set's lock file in turn: the first writes, the next finds the
+set complete.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from detectron2.utils import comm
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock between independent runs
+    fcntl = None
 
 __all__ = ["GeneratedSet", "generate_once", "read_manifest"]
 
@@ -46,6 +54,15 @@ class GeneratedSet:
 
     def manifest(self) -> dict[str, Any] | None:
         return read_manifest(self.root, self.manifest_name)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Holds the set's lock (``root/<manifest>.lock``) while checking and writing it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{self.manifest_name}.lock", "a") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+            yield
 
     def is_complete(self, files: Iterable[Path]) -> bool:
         """Whether the set was completed with these parameters and all ``files`` exist."""

@@ -119,21 +119,22 @@ def generate_synthetic_voc(
     ids = [f"{index + 1:06d}" for index in range(params.num_trainval + params.num_test)]
     target = GeneratedSet(root, MANIFEST_NAME, _OWNED, params.to_json())
     files = [root / folder / f"{i}.{ext}" for i in ids for folder, ext in _FILES]
-    if target.is_complete(files):
-        return root
-    target.begin()
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for index, image_id in enumerate(ids):
-        image, objects = _draw_image(params, np.random.default_rng([params.seed, index]))
-        image.save(root / "JPEGImages" / f"{image_id}.jpg", quality=_JPEG_QUALITY)
-        _write_annotation(root / "Annotations" / f"{image_id}.xml", image_id, params, objects)
-    splits = {"trainval": ids[: params.num_trainval], "test": ids[params.num_trainval :]}
-    for split, split_ids in splits.items():
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text(
-            "".join(f"{i}\n" for i in split_ids)
-        )
-    target.finish()
+    with target.locked():
+        if target.is_complete(files):
+            return root
+        target.begin()
+        for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        for index, image_id in enumerate(ids):
+            image, objects = _draw_image(params, np.random.default_rng([params.seed, index]))
+            image.save(root / "JPEGImages" / f"{image_id}.jpg", quality=_JPEG_QUALITY)
+            _write_annotation(root / "Annotations" / f"{image_id}.xml", image_id, params, objects)
+        splits = {"trainval": ids[: params.num_trainval], "test": ids[params.num_trainval :]}
+        for split, split_ids in splits.items():
+            (root / "ImageSets" / "Main" / f"{split}.txt").write_text(
+                "".join(f"{i}\n" for i in split_ids)
+            )
+        target.finish()
     return root
 
 

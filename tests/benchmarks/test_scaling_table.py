@@ -237,8 +237,15 @@ def test_presets_train_the_full_schedule_on_one_process_and_keep_the_references_
     assert (ada.SCALING.RULE, ada.SCALING.ADASCALE_REFERENCE_BATCH) == ("adascale", 2)
     assert ada.SOLVER.IMS_PER_BATCH == 16 and ada.SCALING.GRAD_ACCUM_STEPS == 8
     assert ada.SOLVER.BASE_LR == pytest.approx(0.01) and ada.SOLVER.MAX_ITER == 1600
-    faithful = bench.PRESETS["faithful"].overrides
-    assert dict(zip(faithful[::2], faithful[1::2], strict=True)) == {
+    # The long preset: the same rows over 12 epochs (here 8 epochs of 400 images as written),
+    # the reference checkpointed every epoch.
+    long = bench.PRESETS["long"]
+    stretched = bench.one_gpu_cfg(bench.epoch_schedule(cfg, long.epochs))
+    long_reference = bench.row_cfg(stretched, rows[0], 0, tmp_path, long.checkpoints)
+    assert (stretched.SCALING.EPOCHS.MAX, long_reference.SOLVER.MAX_ITER) == (12, 2400)
+    assert abs(long_reference.SOLVER.CHECKPOINT_PERIOD - 200) <= 1
+    few = bench.PRESETS["few-samples"].overrides
+    assert dict(zip(few[::2], few[1::2], strict=True)) == {
         "MODEL.RPN.BATCH_SIZE_PER_IMAGE": "16",
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": "16",
     }
@@ -253,6 +260,20 @@ def test_a_finished_run_is_reused_only_for_the_same_config(bench, cfg, tmp_path)
     assert bench.finished_summary(cfg) == {"metrics": {"bbox/AP50": 50.0}}
     cfg.SOLVER.BASE_LR = 0.04
     assert bench.finished_summary(cfg) is None
+
+
+def test_a_recorded_run_stands_in_only_for_the_same_config(bench, cfg):
+    result = {"AP50": 50.0, "steps": 200}
+    record = {
+        "runs": {
+            "gpus8_linear/seed0": {"config_sha256": bench.config_sha256(cfg), "result": result}
+        }
+    }
+    assert bench.recorded_result(record, "gpus8_linear/seed0", cfg) == result
+    assert bench.recorded_result(record, "gpus8_linear/seed1", cfg) is None
+    assert bench.recorded_result({}, "gpus8_linear/seed0", cfg) is None
+    cfg.SOLVER.BASE_LR = 0.04
+    assert bench.recorded_result(record, "gpus8_linear/seed0", cfg) is None
 
 
 def _table_row(series, gpus, ap50_per_seed, steps, epochs, batch):

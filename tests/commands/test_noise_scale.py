@@ -106,8 +106,10 @@ def test_one_process_without_accumulation_measures_at_twice_the_batch(tmp_path: 
     result = measure_noise_scale(cfg, num_iter=4, start_iter=10)
     assert (result.ims_per_batch, result.grad_accum_steps) == (32, 2)
     assert {(n.small_batch, n.big_batch) for n in result.norms} == {(16, 32)}
-    assert [n.iteration for n in result.norms] == [10, 11, 12, 13]
+    # Step 10 of the config's schedule (160 images seen) is step 5 of the doubled one.
+    assert [n.iteration for n in result.norms] == [5, 6, 7, 8]
     assert "one batch size per step" in result.notes[0]
+    assert result.notes[1] == "step 10 of the config's schedule is step 5 here"
     assert result.per_gpu_batch == 16  # the limit is counted in the config's own per-GPU batch
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def test_same_seed_writes_the_same_bytes(tmp_path):
     first = _files(generate_synthetic_voc(tmp_path / "a", **SMALL, seed=3))
     second = _files(generate_synthetic_voc(tmp_path / "b", **SMALL, seed=3))
     assert first == second
-    assert len(first) == 2 * 9 + 2 + 1  # jpg + xml per image, two split files, the manifest
+    # jpg + xml per image, two split files, the manifest and its lock
+    assert len(first) == 2 * 9 + 2 + 1 + 1
 
 
 def test_another_seed_draws_other_images(tmp_path):
@@ -119,6 +121,32 @@ def test_interrupted_set_is_made_again(tmp_path):
     (tmp_path / "ImageSets/Main/test.txt").unlink()
     generate_synthetic_voc(tmp_path, **SMALL)
     assert _files(tmp_path) == expected
+
+
+def _generate_and_read(root: Path, params: dict) -> None:
+    generate_synthetic_voc(root, **params)
+    # What this process returned with must be whole, whatever the others are doing.
+    for record in load_voc_instances(str(root), "trainval", CLASS_NAMES):
+        Image.open(record["file_name"]).load()
+
+
+@pytest.mark.slow
+def test_independent_runs_on_one_machine_write_the_set_once(tmp_path):
+    # Separate interpreters, no process group: their starts spread over the time one takes to
+    # write the set, so without the lock a later one clears the files an earlier one is writing.
+    params, processes = {"num_trainval": 300, "num_test": 4, "image_size": 64, "seed": 5}, 4
+    expected = _files(generate_synthetic_voc(tmp_path / "alone", **params))
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_generate_and_read, args=(tmp_path / "shared", params))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+    assert [child.exitcode for child in children] == [0] * processes
+    assert _files(tmp_path / "shared") == expected
 
 
 def test_refuses_to_overwrite_a_data_set_it_did_not_make(tmp_path):
