@@ -156,6 +156,8 @@ class ScalingTrainer(SolverMixin, TrainerBase):
     (``MODEL.DEVICE cpu``, gloo processes).
     """
 
+    runs_scaling_step = True  # accumulation, AdaScale and AdaBatch are this trainer's step
+
     # detectron2's DefaultTrainer pieces, kept as they are there.
     build_model = DefaultTrainer.__dict__["build_model"]
     build_test_loader = DefaultTrainer.__dict__["build_test_loader"]

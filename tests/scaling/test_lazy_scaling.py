@@ -202,6 +202,8 @@ def test_epoch_schedule_sets_max_iter_milestones_warmup_and_periods():
     assert scaled.lr_multiplier.warmup_length == pytest.approx(5 / 90)
     assert scaled.train.checkpointer.period == iterations[0]  # 0 epochs: at the end
     assert scaled.train.eval_period == 0
+    reasons = {c.key: c.reason for c in plan_scaling(cfg, 32).changes}
+    assert reasons["lr_multiplier.warmup_length"] == "5 of 90 epochs"
 
 
 def test_epoch_schedule_needs_the_one_multistep_scheduler():

@@ -12,6 +12,7 @@ import torch
 from detectron2.config import LazyCall as L
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
+from test_lazy_scaling import lazy_cfg
 from test_scaling_plan import small_cfg as written_for
 
 from det_scaling import plan_scaling, scale_cfg
@@ -328,3 +329,44 @@ def test_epoch_steps_of_a_one_epoch_run_out_of_order_or_at_its_end_are_refused(
     cfg.SCALING.EPOCHS.STEPS = epoch_steps
     with pytest.raises(ConfigError, match="^" + re.escape(refusal)):
         plan_scaling(cfg, 2)
+
+
+def test_a_config_for_these_gpus_or_for_any_count_is_left_as_written_and_says_why():
+    same = plan_scaling(small_cfg(reference=2, batch=4), 2)
+    assert (same.changes, same.batch_ratio, same.lr_factor) == ([], 1.0, 1.0)
+    assert same.notes == ["the config is already written for 2 GPUs"]
+    anywhere = plan_scaling(small_cfg(reference=0, batch=4), 8)
+    assert (anywhere.changes, anywhere.batch_ratio, anywhere.lr_factor) == ([], 1.0, 1.0)
+    assert anywhere.notes == [
+        "SOLVER.REFERENCE_WORLD_SIZE is 0: the config is written for the GPUs it runs on; "
+        "nothing is rescaled"
+    ]
+
+
+def test_a_one_epoch_schedule_is_read_in_epochs_not_from_max_iter():
+    # 1 epoch of 100 images at 2 GPUs x 2 images: 25 steps, whatever MAX_ITER says.
+    cfg = small_cfg(reference=1, batch=2, max_iter=1000, steps=(600, 800))
+    cfg.SCALING.DATASET_SIZE = 100
+    cfg.SCALING.EPOCHS.MAX = 1.0
+    cfg.SCALING.EPOCHS.STEPS = (0.8,)
+    assert plan_scaling(cfg, 2).cfg.SOLVER.MAX_ITER == 25
+
+
+def test_the_micro_batch_must_divide_by_gpus_times_accumulation_not_their_ratio():
+    cfg = small_cfg(reference=2, batch=6)  # 2 GPUs x 2 micro-batches: 1.5 images each
+    cfg.SCALING.GRAD_ACCUM_STEPS = 2
+    message = "(6) must be divisible by SOLVER.REFERENCE_WORLD_SIZE (2) x SCALING.GRAD_ACCUM_STEPS"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        plan_scaling(cfg, 4)
+
+
+def test_unclassified_fields_are_warned_of_only_when_the_schedule_moves_and_beside_others():
+    cfg = lazy_cfg(max_iter=1000)
+    cfg.lr_multiplier.scheduler.decay_every = 250  # an iteration count det_scaling cannot know
+    cfg.lr_multiplier.scheduler.num_updates = 900  # left behind by a train.max_iter override
+    behind = "lr_multiplier.scheduler.num_updates 900 is not the run's length"
+    unclassified = "lr_multiplier.scheduler.decay_every (250)"
+    kept = plan_scaling(cfg, 8).warnings  # written for 8 GPUs: nothing moves
+    assert len(kept) == 1 and kept[0].startswith(behind)
+    moved = plan_scaling(cfg, 2).warnings
+    assert len(moved) == 2 and moved[0].startswith(behind) and moved[1].startswith(unclassified)

@@ -13,6 +13,7 @@ from torch import nn
 
 import det_scaling
 from det_scaling.engine import PlateauHook, SolverMixin, add_plateau_hook
+from det_scaling.errors import ConfigError
 from det_scaling.solver import (
     LARS,
     LR_SCHEDULER_REGISTRY,
@@ -322,6 +323,27 @@ class TinyDefaultTrainer(SolverMixin, DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         return cls.evaluation()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "SCALING.GRAD_ACCUM_STEPS 2",
+        "SCALING.RULE adascale",
+        "SCALING.ADABATCH.ENABLED True",
+        "SCALING.AUTO_MICRO_BATCH True",
+    ],
+)
+def test_default_trainer_with_the_mixin_refuses_what_only_the_scaling_step_does(
+    setting, tmp_path
+) -> None:
+    # DefaultTrainer's step would run one micro-batch at the LR of the whole batch.
+    cfg = plateau_solver_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.merge_from_list(setting.split())
+    named = setting.removesuffix(" True")
+    with pytest.raises(ConfigError, match=f"{named} need.*ScalingTrainer"):
+        TinyDefaultTrainer(cfg)
 
 
 @pytest.mark.slow
