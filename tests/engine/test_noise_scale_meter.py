@@ -138,6 +138,27 @@ def test_the_step_reads_no_tensor_value() -> None:
     assert meter.stats.steps == 1  # read here, after the step
 
 
+def _guarded_ddp_step_worker(out: str) -> None:
+    torch.set_num_threads(1)
+    model = create_ddp_model(LinearRegression())
+    step_trainer = AccumulatingTrainer(model, regression_batches(4, comm.get_rank()), None, 1)
+    meter = GradientNoiseMeter(step_trainer, 4)
+    loss = model(next(step_trainer._data_loader_iter))["loss"]
+    with host_reads_forbidden():
+        loss.backward()  # DDP's all-reduce, through the meter's communication hook
+        meter.after_backward(0, 1)
+        meter.before_optimizer_step()
+    if comm.is_main_process():
+        Path(out).write_text(json.dumps({"steps": meter.stats.steps}))
+
+
+@pytest.mark.slow
+def test_the_step_reads_no_tensor_value_across_processes(tmp_path) -> None:
+    out = tmp_path / "result.json"
+    launch(_guarded_ddp_step_worker, 2, dist_url="auto", args=(str(out),))
+    assert json.loads(out.read_text()) == {"steps": 1}
+
+
 # ---- in ScalingTrainer, against norms computed independently ----
 class _Recorder:
     """Keeps the micro-batches a step loads (wraps the step trainer's data iterator)."""
