@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,17 @@ settings.load_profile("det_scaling")
 
 REPO = Path(__file__).resolve().parents[1]
 VOC07_CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_R_50_FPN.yaml"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_under_basetemp(tmp_path_factory: pytest.TempPathFactory):
+    """Temporary files of the processes tests start (torch's error files, torchelastic's logs) go
+    under pytest's base folder, which pytest prunes, instead of piling up in /tmp."""
+    folder = str(tmp_path_factory.mktemp("tmp"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", folder)
+        patch.setattr(tempfile, "tempdir", folder)
+        yield
 
 
 @pytest.fixture

@@ -6,10 +6,13 @@ file and fails, with why and a short unified diff, when they change.
     def test_my_rcnn_scales(config_diff):
         config_diff.check("configs/my_rcnn.yaml", num_gpus=[1, 2, 4, 8])
 
-Installing det-scaling registers the plugin (entry point ``pytest11``, named after this module so
-that ``-p det_scaling.testing.plugin`` on a command line or in ``addopts`` does not register it
-twice). Config paths are relative to pytest's rootdir (where its ini file is). Each test keeps its
-golden file in ``config_diff/`` next to its module, named ``<module>.<test>.txt``.
+Installing det-scaling registers the plugin: the ``pytest11`` entry point, named after this
+module, loads ``_det_scaling_pytestplugin``, which holds the hooks and imports this module when a
+test first asks for the fixture. ``-p det_scaling.testing.plugin`` (command line or ``addopts``)
+registers this module under the same name, so never twice.
+
+Config paths are relative to pytest's rootdir (where its ini file is). Each test keeps its golden
+file in ``config_diff/`` next to its module, named ``<module>.<test>.txt``.
 ``--det-scaling-update`` (or ``DET_SCALING_UPDATE=1``) writes the golden files that are missing or
 differ, and lists them at the end of the run.
 """
@@ -24,45 +27,33 @@ from pathlib import Path
 
 import pytest
 
+# The hooks and the fixture, re-exported for ``-p det_scaling.testing.plugin`` where the entry
+# point is missing; where it is there, pytest has them from _det_scaling_pytestplugin already.
+from _det_scaling_pytestplugin import (
+    REWRITTEN,
+    UPDATE_OPTION,
+    UPDATE_VARIABLE,
+    config_diff,
+    pytest_addoption,
+    pytest_configure,
+    pytest_terminal_summary,
+    update_requested,
+)
 from det_scaling.errors import ConfigError
 from det_scaling.testing.golden import Golden, compare_golden, config_golden, write_golden
 
-__all__ = ["ConfigDiff", "config_diff", "fixture_golden"]
+__all__ = [
+    "ConfigDiff",
+    "config_diff",
+    "fixture_golden",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_terminal_summary",
+    "update_requested",
+]
 
-UPDATE_OPTION = "--det-scaling-update"
-UPDATE_VARIABLE = "DET_SCALING_UPDATE"
 ACCEPT = f"pytest {UPDATE_OPTION} (or {UPDATE_VARIABLE}=1), then review the change with git diff"
 GOLDEN_FOLDER = "config_diff"
-
-_REWRITTEN = pytest.StashKey[list]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("det-scaling", "config-diff golden files (det_scaling.testing)")
-    group.addoption(
-        UPDATE_OPTION,
-        action="store_true",
-        default=False,
-        help="write the config_diff golden files that are missing or differ, instead of failing "
-        f"(also: {UPDATE_VARIABLE}=1)",
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_REWRITTEN] = []
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    rewritten = config.stash.get(_REWRITTEN, [])
-    if rewritten:
-        terminalreporter.write_sep("-", "det-scaling: golden files written (review with git diff)")
-        for path in rewritten:
-            terminalreporter.write_line(path)
-
-
-def update_requested(config: pytest.Config) -> bool:
-    variable = os.environ.get(UPDATE_VARIABLE, "").strip().lower()
-    return config.getoption(UPDATE_OPTION) or variable not in ("", "0", "false", "no")
 
 
 class ConfigDiff:
@@ -100,7 +91,7 @@ class ConfigDiff:
                 if update_requested(self._config):
                     Path(shown).parent.mkdir(parents=True, exist_ok=True)
                     if write_golden(shown, golden):
-                        self._config.stash[_REWRITTEN].append(shown)
+                        self._config.stash[REWRITTEN].append(shown)
                     return
                 report = compare_golden(shown, golden)
         except ConfigError as error:  # the user's to fix: one line, no traceback of ours
@@ -120,13 +111,6 @@ def fixture_golden(config: str, gpu_counts: Sequence[int], overrides: Sequence[s
     if overrides:
         title += f" with {' '.join(overrides)}"
     return config_golden(config, overrides, gpu_counts, title=title, accept=ACCEPT)
-
-
-@pytest.fixture
-def config_diff(request: pytest.FixtureRequest) -> ConfigDiff:
-    """``config_diff.check(config, num_gpus=[1, 2, 4, 8])``: the config's plan table and every
-    changed key with its reason, compared with the test's golden file."""
-    return ConfigDiff(request)
 
 
 def _counts(counts: Sequence[int]) -> str:

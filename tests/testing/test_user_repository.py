@@ -32,12 +32,13 @@ from det_scaling.testing.plugin import fixture_golden
 GPU_COUNTS = [1, 2, 4, 8]
 
 
-def run_pytest(repo, *args: str) -> subprocess.CompletedProcess:
+def run_pytest(repo, *args: str, load: bool = True) -> subprocess.CompletedProcess:
+    """pytest in ``repo``; ``load``: with ``-p det_scaling.testing.plugin``, else as installed."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     for name in ("DET_SCALING_UPDATE", "PYTEST_ADDOPTS"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "pytest", "-p", "det_scaling.testing.plugin"]
+    command = [sys.executable, "-m", "pytest", *(["-p", "det_scaling.testing.plugin"] * load)]
     return subprocess.run(
         [*command, "-p", "no:cacheprovider", *args],
         cwd=repo,
@@ -90,3 +91,20 @@ def test_passes_then_fails_on_an_edited_base_file_then_passes_once_updated(
     # What a run without the flag compares now matches.
     assert compare_golden(GOLDEN, fixture_golden(config, GPU_COUNTS)) is None
     assert f"#   {key}: 0.04  ({base})" in (repo / GOLDEN).read_text()
+
+
+@pytest.mark.slow
+def test_pytest_starts_without_torch_until_a_test_asks_for_the_fixture(tmp_path):
+    """As installed (entry point, no -p): a suite that never uses config_diff never pays for
+    importing torch and detectron2."""
+    repo = write_user_repo(tmp_path / "repo", YAML_CONFIG)
+    (repo / "tests" / "test_imports.py").write_text(
+        "import sys\n\n\n"
+        "def test_before_the_fixture():\n"
+        "    assert 'torch' not in sys.modules and 'det_scaling' not in sys.modules\n\n\n"
+        "def test_the_fixture_loads_det_scaling(config_diff):\n"
+        "    assert 'detectron2' in sys.modules\n"
+    )
+    run = run_pytest(repo, "tests/test_imports.py", load=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "2 passed" in run.stdout
