@@ -9,8 +9,12 @@ fixture's code lives (:class:`det_scaling.testing.plugin.ConfigDiff`).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from det_scaling.testing.plugin import ConfigDiff
 
 UPDATE_OPTION = "--det-scaling-update"
 UPDATE_VARIABLE = "DET_SCALING_UPDATE"
@@ -47,7 +51,7 @@ def update_requested(config: pytest.Config) -> bool:
 
 
 @pytest.fixture
-def config_diff(request: pytest.FixtureRequest):
+def config_diff(request: pytest.FixtureRequest) -> ConfigDiff:
     """``config_diff.check(config, num_gpus=[1, 2, 4, 8])``: the config's plan table and every
     changed key with its reason, compared with the test's golden file."""
     from det_scaling.testing.plugin import ConfigDiff
