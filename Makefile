@@ -17,7 +17,7 @@ DETECTRON2_SOURCE ?=
 UPSTREAM_VENV ?= .venv-upstream
 
 # The embedded default: no download. Faster R-CNN trained from scratch on a generated VOC-layout
-# data set (datasets/synthetic_voc), on 2 processes (gloo on the CPU, NCCL on GPUs).
+# data set (datasets/synthetic_voc/<key>/), on 2 processes (gloo on the CPU, NCCL on GPUs).
 DEMO_CONFIG ?= configs/VOC07-Detection/faster_rcnn_synthetic_tiny.yaml
 DEMO_GPUS ?= 2
 CLS_CONFIG ?= configs/ImageNet-Classification/resnet50_digits.yaml

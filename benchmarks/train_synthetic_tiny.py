@@ -23,7 +23,7 @@ import torch
 
 import det_scaling  # first: applies the detectron2 compatibility layer
 from det_scaling.config import config_format
-from det_scaling.data import datasets_root, register_synthetic_voc
+from det_scaling.data import register_synthetic_voc
 from det_scaling.tasks import generate_synthetic_voc_for, training_set_size
 
 # isort: split
@@ -54,8 +54,8 @@ def main() -> None:
         "--data-root",
         type=Path,
         default=None,
-        help="where the synthetic set is made (default: $DETECTRON2_DATASETS/synthetic_voc, "
-        "as tools/train.py)",
+        help="the data sets root: the set is made in its parameters' folder under "
+        "<root>/synthetic_voc/ (default: $DETECTRON2_DATASETS, as tools/train.py)",
     )
     parser.add_argument("--output", type=Path, default=Path("/tmp/det_scaling_synthetic_tiny"))
     # One intra-op thread: on a small shared CPU, 2 threads per process spend their time waiting
@@ -67,9 +67,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cfg = det_scaling.load_cfg(str(args.config), args.overrides)
-    data_root = generate_synthetic_voc_for(
-        config_format(cfg), args.data_root or datasets_root() / "synthetic_voc"
-    )
+    data_root = generate_synthetic_voc_for(config_format(cfg), args.data_root)
     train_name, _ = register_synthetic_voc(data_root)
     cfg.OUTPUT_DIR = str(args.output)
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 0  # the config's total batch, as written, on this process

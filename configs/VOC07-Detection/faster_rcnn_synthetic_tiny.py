@@ -48,7 +48,8 @@ dataloader = voc_dataloader(
     total_batch_size=2,
     num_workers=0,  # a 128-pixel JPEG decodes in about a millisecond
 )
-# The set the trainer generates under $DETECTRON2_DATASETS/synthetic_voc when it is missing.
+# The set the trainer generates on first use, in the folder of these parameters under
+# $DETECTRON2_DATASETS/synthetic_voc/ (datasets/README.md).
 dataloader.synthetic_voc = dict(
     num_trainval=500,
     num_test=100,

@@ -1,6 +1,7 @@
 """Image classification (ResNet on ImageNet-style folders) on the detection engine and scaling.
 
-* :func:`export_digits`: the embedded data set, scikit-learn's digits as class folders;
+* :func:`export_digits`: the embedded data set, scikit-learn's digits as class folders, in a
+  folder of each parameter set's own (:func:`digits_dir`);
 * :func:`register_image_folder`, :func:`register_classification_datasets`: folders as detectron2
   data sets; :func:`build_classification_train_loader` / :func:`build_classification_test_loader`;
 * ``ImageClassifier``: a torchvision ResNet as a detectron2 meta-architecture (registered in
@@ -22,7 +23,7 @@ from det_scaling.classification.data import (
     register_image_folder,
     register_imagenet,
 )
-from det_scaling.classification.digits import export_digits
+from det_scaling.classification.digits import digits_dir, export_digits
 from det_scaling.classification.evaluation import ClassificationEvaluator, topk_correct
 from det_scaling.classification.model import ImageClassifier, build_resnet
 from det_scaling.classification.trainer import ClassificationTrainer, check_num_classes
@@ -36,6 +37,7 @@ __all__ = [
     "build_classification_train_loader",
     "build_resnet",
     "check_num_classes",
+    "digits_dir",
     "export_digits",
     "load_image_folder",
     "register_classification_datasets",

@@ -37,7 +37,7 @@ from detectron2.data import (
 from detectron2.data.detection_utils import read_image
 from torchvision.transforms import v2
 
-from det_scaling.classification.digits import export_digits
+from det_scaling.classification.digits import digits_dir, export_digits
 from det_scaling.compat import build_test_loader
 from det_scaling.data import datasets_root
 from det_scaling.data.generated import generate_once
@@ -59,7 +59,8 @@ __all__ = [
 
 # What the loader reads (case-insensitive); ImageNet ships JPEG, the digits are PNG.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-# Registered name -> split folder, under <datasets root>/digits and <datasets root>/imagenet.
+# Registered name -> split folder, in the export's folder under <datasets root>/digits
+# (digits_dir) and under <datasets root>/imagenet.
 DIGITS_SPLITS = {"digits_train": "train", "digits_val": "val"}
 IMAGENET_SPLITS = {"imagenet_train": "train", "imagenet_val": "val"}
 EVALUATOR_TYPE = "classification"
@@ -139,15 +140,17 @@ def register_image_folder(
 
 
 def register_digits(root: str | os.PathLike | None = None, **export_args: Any) -> tuple[str, str]:
-    """Exports the digits under ``<root>/digits`` when needed (:func:`export_digits`, with
-    ``export_args``) and registers ``digits_train`` and ``digits_val``; returns the two names.
+    """Exports the digits when needed (:func:`export_digits`, with ``export_args``) in their
+    parameters' folder under ``<root>/digits`` (:func:`digits_dir`) and registers ``digits_train``
+    and ``digits_val`` from it (metadata ``split_dir``: ``<folder>/train``, ``<folder>/val``);
+    returns the two names.
 
     ``root`` defaults to ``$DETECTRON2_DATASETS``, else ``./datasets``. In a multi-process run
     each process calls it: the first process of each machine exports, the others wait for it.
     """
-    directory = datasets_root(root) / "digits"
-    generate_once(lambda: export_digits(directory, **export_args))
-    return _register_splits(directory, DIGITS_SPLITS)
+    exports = datasets_root(root) / "digits"
+    generate_once(lambda: export_digits(exports, **export_args))
+    return _register_splits(digits_dir(exports, **export_args), DIGITS_SPLITS)
 
 
 def register_imagenet(root: str | os.PathLike | None = None) -> tuple[str, str]:

@@ -2,16 +2,22 @@
 
 ``sklearn.datasets.load_digits`` ships with scikit-learn (no download): 1797 grayscale 8x8 images
 of handwritten digits, 10 classes, about 180 per class. :func:`export_digits` writes them in the
-layout ImageNet is distributed in once unpacked, so the folder loader reads both the same way::
+layout ImageNet is distributed in once unpacked, so the folder loader reads both the same way, in
+a folder of each parameter set's own under ``root`` (in a run, ``$DETECTRON2_DATASETS/digits``),
+named by :func:`digits_dir`::
 
-    root/train/<class>/<index>.png     class directories "0" .. "9"; index: sklearn's, 4 digits
-    root/val/<class>/<index>.png
-    root/digits.json                   the parameters, counts and whether the export is complete
+    root/<key>/train/<class>/<index>.png   class directories "0" .. "9"; index: sklearn's, 4 digits
+    root/<key>/val/<class>/<index>.png
+    root/<key>/digits.json                 the parameters, counts and whether the export is complete
+
+``<key>`` is ``<upscale>px-val<val_fraction>-seed<seed>-<hash>``, the hash that of all the
+parameters (:class:`DigitsParams`): exports with other parameters go to other folders, and a
+complete one is never rewritten while a run may read it.
 
 Pixels go from sklearn's 0..16 to 0..255 and are upscaled (bilinear by default) to ``upscale``
 pixels a side; PNG keeps them exactly. The validation split takes ``val_fraction`` of each class
 (stratified), chosen by a random stream seeded with ``seed``: the same parameters give the same
-files, byte for byte (with the same Pillow). A complete set with the same parameters is reused.
+files, byte for byte (with the same Pillow). A complete export with the same parameters is reused.
 
 Only one process per machine should call it (:func:`det_scaling.data.generated.generate_once`).
 """
@@ -22,15 +28,24 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from det_scaling.data.generated import GeneratedSet
+from det_scaling.data.generated import GeneratedSet, parameter_key
 from det_scaling.data.generated import read_manifest as _read_manifest
 from det_scaling.errors import ConfigError
 
-__all__ = ["MANIFEST_NAME", "DigitsParams", "digits_counts", "export_digits", "read_manifest"]
+__all__ = [
+    "MANIFEST_NAME",
+    "DigitsParams",
+    "digits_counts",
+    "digits_dir",
+    "digits_params",
+    "export_digits",
+    "read_manifest",
+]
 
 MANIFEST_NAME = "digits.json"
 SPLITS = ("train", "val")
@@ -53,6 +68,27 @@ class DigitsParams:
     resample: str
     version: int = EXPORT_VERSION
 
+    def key(self) -> str:
+        """The name of this parameter set's folder (:func:`digits_dir`)."""
+        label = f"{self.upscale}px-val{self.val_fraction:g}-seed{self.seed}"
+        return parameter_key(label, asdict(self))
+
+
+def digits_params(
+    upscale: int = 32, val_fraction: float = 0.2, seed: int = 0, *, resample: str = "bilinear"
+) -> DigitsParams:
+    """The parameters of :func:`export_digits`, checked (``ConfigError``)."""
+    params = DigitsParams(int(upscale), float(val_fraction), int(seed), str(resample))
+    _check_params(params)
+    return params
+
+
+def digits_dir(root: str | Path, *args: Any, **kwargs: Any) -> Path:
+    """The folder under ``root`` of the export :func:`export_digits` makes with the same arguments
+    (``root/<key>``; the arguments after ``root`` as :func:`digits_params` takes them), whether or
+    not it is made yet."""
+    return Path(root) / digits_params(*args, **kwargs).key()
+
 
 def export_digits(
     root: str | Path,
@@ -62,29 +98,29 @@ def export_digits(
     *,
     resample: str = "bilinear",
 ) -> Path:
-    """Writes sklearn's digits under ``root`` as ``train/`` and ``val/`` class folders of PNG
-    files, ``upscale`` pixels a side (8: as shipped), and returns ``root`` as a Path.
+    """Writes sklearn's digits as ``train/`` and ``val/`` class folders of PNG files, ``upscale``
+    pixels a side (8: as shipped), in the parameters' own folder under ``root``
+    (:func:`digits_dir`), and returns that folder.
 
     ``resample`` is the upscaling filter: "nearest", "bilinear" or "bicubic". Does nothing when
-    ``root`` already holds a complete export with the same parameters; replaces an export made
-    with other parameters; refuses (``FileExistsError``) to write into ``train/`` or ``val/``
-    folders that it did not make.
+    the folder already holds the complete export, and never rewrites it then (``ConfigError`` when
+    its files are missing); replaces an incomplete one; refuses (``FileExistsError``) to write
+    into ``train/`` or ``val/`` folders that it did not make.
     """
     from sklearn.datasets import load_digits  # only here: the rest of the package needs no sklearn
 
-    params = DigitsParams(int(upscale), float(val_fraction), int(seed), str(resample))
-    _check_params(params)
-    root = Path(root)
+    params = digits_params(upscale, val_fraction, seed, resample=resample)
+    folder = Path(root) / params.key()
     digits = load_digits()
     split_of = _split(digits.target, params.val_fraction, params.seed)
     paths = [
-        _image_path(root, split_of[index], int(label), index)
+        _image_path(folder, split_of[index], int(label), index)
         for index, label in enumerate(digits.target)
     ]
-    target = GeneratedSet(root, MANIFEST_NAME, SPLITS, asdict(params))
+    target = GeneratedSet(folder, MANIFEST_NAME, SPLITS, asdict(params))
     with target.locked():
-        if target.is_complete(paths):
-            return root
+        if target.reusable(paths):
+            return folder
         target.begin()
         # 0..16 -> 0..255, rounded: the 17 grey levels stay distinct.
         pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -96,7 +132,7 @@ def export_digits(
                 picture = picture.resize(size, _RESAMPLING[params.resample])
             picture.save(path)
         target.finish(counts=_counts(split_of), num_classes=len(digits.target_names))
-    return root
+    return folder
 
 
 def digits_counts(val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
@@ -107,7 +143,8 @@ def digits_counts(val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
 
 
 def read_manifest(root: str | Path) -> dict | None:
-    """The parameters and counts of the export under ``root``, or None if there is none."""
+    """The parameters and counts of the export in the folder ``root``, or None if there is
+    none."""
     return _read_manifest(root, MANIFEST_NAME)
 
 
@@ -140,9 +177,15 @@ def _counts(split_of: np.ndarray) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m det_scaling.classification.digits ROOT``: export (or reuse) and print ROOT."""
+    """``python -m det_scaling.classification.digits ROOT``: export (or reuse) the digits in their
+    parameters' folder under ROOT and print that folder."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("root", type=Path)
+    parser.add_argument(
+        "root",
+        type=Path,
+        help="the folder of the digits exports, one subfolder per parameter set "
+        "(a run's: $DETECTRON2_DATASETS/digits)",
+    )
     parser.add_argument("--upscale", type=int, default=32)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)

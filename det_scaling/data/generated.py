@@ -1,32 +1,52 @@
 """Data sets the toolkit writes itself (the synthetic VOC set, the digits export): one manifest
-protocol, and one way to generate them once per machine in a multi-process run.
+protocol, one folder per parameter set, and one way to generate them once per machine in a
+multi-process run.
 
 A generated set's directory holds a JSON manifest: the parameters it was made with and
-``"complete"``, false from before the first file is written until the last one is. A set whose
-manifest says complete with the same parameters, and whose files exist, is reused; one made with
-other parameters, or left incomplete, is replaced; a directory holding the set's folders without a
-manifest is someone else's data and is never touched. Independent runs on one machine (two
-launches started together) take the set's lock file in turn: the first writes, the next finds the
-set complete.
+``"complete"``, false from before the first file is written until the last one is. Each parameter
+set has a folder of its own, named by :func:`parameter_key` (a few parameters for people, then a
+hash of all of them), so runs with other parameters under the same data sets root never share
+files. Such a folder is written once and never rewritten once complete, since a run may be
+reading it (:meth:`GeneratedSet.reusable`); one left incomplete by a writer that stopped is
+replaced. A directory holding the set's folders without a manifest is someone else's data and is
+never touched. Independent runs on one machine (two launches started together) take the set's
+lock file in turn: the first writes, the next finds the set complete. (A cache kept in one
+directory whatever its parameters, the pretraining cache, is replaced when they change instead:
+:meth:`GeneratedSet.is_complete`.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from detectron2.utils import comm
 
+from det_scaling.errors import ConfigError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock between independent runs
     fcntl = None
 
-__all__ = ["GeneratedSet", "generate_once", "read_manifest"]
+__all__ = ["GeneratedSet", "generate_once", "parameter_key", "read_manifest"]
+
+# Hex digits of the parameters' hash in a folder name: 40 bits, no collision in practice.
+_KEY_HASH_DIGITS = 10
+
+
+def parameter_key(label: str, params: Mapping[str, Any]) -> str:
+    """The folder name of a parameter set: ``<label>-<hash>``, ``label`` a few of the parameters
+    for people to read, ``hash`` the first hex digits of the SHA-256 of all ``params`` (as JSON
+    with sorted keys), which alone tells one set from another."""
+    text = json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:_KEY_HASH_DIGITS]
+    return f"{label}-{digest}"
 
 
 def read_manifest(root: str | Path, name: str) -> dict[str, Any] | None:
@@ -65,13 +85,39 @@ class GeneratedSet:
             yield
 
     def is_complete(self, files: Iterable[Path]) -> bool:
-        """Whether the set was completed with these parameters and all ``files`` exist."""
+        """Whether the set was completed with these parameters and all ``files`` exist; for a
+        directory that holds whichever parameters were asked last and is replaced when they
+        change (the pretraining cache), unlike a parameter set's own folder (:meth:`reusable`)."""
         manifest = self.manifest()
         if manifest is None or not manifest.get("complete", False):
             return False
         if any(manifest.get(key) != value for key, value in self.params.items()):
             return False
         return all(path.is_file() for path in files)
+
+    def reusable(self, files: Iterable[Path]) -> bool:
+        """For a set in its parameters' own folder (:func:`parameter_key`): True when it is
+        complete, to be used as it is; False when it is absent or incomplete (its writer stopped),
+        to be written now. A complete set is never rewritten, since runs may be reading it:
+        raises ``ConfigError`` when it was made with other parameters or misses ``files``."""
+        manifest = self.manifest()
+        if manifest is None or not manifest.get("complete", False):
+            return False
+        other = sorted(key for key, value in self.params.items() if manifest.get(key) != value)
+        if other:
+            raise ConfigError(
+                f"{self.root} holds a complete set made with other {', '.join(other)} (see its "
+                f"{self.manifest_name}); runs may be reading it, so it is not rewritten: move it "
+                "away if no run uses it"
+            )
+        missing = [path for path in files if not path.is_file()]
+        if missing:
+            raise ConfigError(
+                f"{self.root} is a complete set with {len(missing)} of its files missing (e.g. "
+                f"{missing[0]}); runs may be reading it, so it is not rewritten: delete the "
+                "folder to have it made again"
+            )
+        return True
 
     def begin(self) -> None:
         """Clears an earlier set made here and marks the directory as being written."""
@@ -88,8 +134,20 @@ class GeneratedSet:
         self._write(complete=False)
 
     def finish(self, **extra: Any) -> None:
-        """Marks the set complete, with ``extra`` facts (counts, class names) in the manifest."""
-        self._write(complete=True, **extra)
+        """Marks the set complete, with ``extra`` facts (counts, class names) and the digest of
+        its files (:meth:`files_sha256`) in the manifest."""
+        self._write(complete=True, **extra, files_sha256=self.files_sha256())
+
+    def files_sha256(self) -> str:
+        """The sha256 of the set's files, names and bytes in name order. The parameters fix what
+        is drawn, not every byte: another Pillow (its JPEG encoder) writes other bytes, and the
+        manifest, which a run's environment record fingerprints, tells them apart."""
+        files = [path for sub in self.owned for path in (self.root / sub).rglob("*")]
+        digest = hashlib.sha256()
+        for path in sorted(path for path in files if path.is_file()):
+            digest.update(path.relative_to(self.root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
 
     def _write(self, complete: bool, **extra: Any) -> None:
         manifest = {**self.params, **extra, "complete": complete}

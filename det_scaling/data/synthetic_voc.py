@@ -5,19 +5,24 @@ train and evaluate on images made here: coloured shapes (:data:`CLASS_NAMES`) of
 aspect, rotation and colour, several to an image and partly overlapping, on a smooth, noisy,
 striped background. The files are those of VOC2007, so detectron2's own loader
 (``load_voc_instances``) and evaluator (``PascalVOCDetectionEvaluator``) read them exactly as they
-read the real data set::
+read the real data set. Each parameter set has a folder of its own under ``root`` (in a run,
+``$DETECTRON2_DATASETS/synthetic_voc``), named by :func:`synthetic_voc_dir`::
 
-    root/Annotations/000001.xml       VOC XML: size, objects with 1-based inclusive bndbox
-    root/JPEGImages/000001.jpg
-    root/ImageSets/Main/trainval.txt  image ids, one a line (trainval first, then test)
-    root/ImageSets/Main/test.txt
-    root/synthetic.json               the parameters and whether the set is complete
-                                      (:mod:`det_scaling.data.generated`)
+    root/<key>/Annotations/000001.xml       VOC XML: size, objects with 1-based inclusive bndbox
+    root/<key>/JPEGImages/000001.jpg
+    root/<key>/ImageSets/Main/trainval.txt  image ids, one a line (trainval first, then test)
+    root/<key>/ImageSets/Main/test.txt
+    root/<key>/synthetic.json               the parameters and whether the set is complete
+                                            (:mod:`det_scaling.data.generated`)
+
+``<key>`` is ``tv<num_trainval>-test<num_test>-<height>x<width>-seed<seed>-<hash>``, the hash
+that of all the parameters (:class:`SyntheticVOCParams`): runs with other parameters write other
+folders, and a complete folder is never rewritten while a run may read it.
 
 Each image is drawn from its own random stream, seeded by ``(seed, image index)``, so a set is the
 same, byte for byte, on every run with the same parameters and the same Pillow version (the JPEG
-encoder is Pillow's). :func:`generate_synthetic_voc` does nothing when ``root`` already holds a
-complete set made with the same parameters.
+encoder is Pillow's). :func:`generate_synthetic_voc` does nothing when the parameters' folder
+already holds a complete set.
 
 Only one process per machine should call it (:func:`det_scaling.data.generated.generate_once`).
 """
@@ -30,11 +35,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from det_scaling.data.generated import GeneratedSet
+from det_scaling.data.generated import GeneratedSet, parameter_key
 from det_scaling.data.generated import read_manifest as _read_manifest
 from det_scaling.errors import ConfigError
 
@@ -44,6 +50,8 @@ __all__ = [
     "SyntheticVOCParams",
     "generate_synthetic_voc",
     "read_manifest",
+    "synthetic_voc_dir",
+    "synthetic_voc_params",
 ]
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
@@ -82,6 +90,47 @@ class SyntheticVOCParams:
     def to_json(self) -> dict:
         return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
 
+    def key(self) -> str:
+        """The name of this parameter set's folder (:func:`synthetic_voc_dir`)."""
+        height, width = self.image_size
+        label = f"tv{self.num_trainval}-test{self.num_test}-{height}x{width}-seed{self.seed}"
+        return parameter_key(label, self.to_json())
+
+
+def synthetic_voc_params(
+    num_trainval: int,
+    num_test: int,
+    image_size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    *,
+    objects_per_image: tuple[int, int] = (3, 6),
+    object_size: tuple[float, float] = (0.15, 0.4),
+    noise_std: float = 8.0,
+    texture: float = 1.0,
+) -> SyntheticVOCParams:
+    """The parameters of :func:`generate_synthetic_voc`, checked (``ConfigError``) and in one
+    form (``image_size`` as ``(height, width)``, numbers as ints and floats)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    params = SyntheticVOCParams(
+        num_trainval=int(num_trainval),
+        num_test=int(num_test),
+        image_size=(int(height), int(width)),
+        seed=int(seed),
+        objects_per_image=(int(objects_per_image[0]), int(objects_per_image[1])),
+        object_size=(float(object_size[0]), float(object_size[1])),
+        noise_std=float(noise_std),
+        texture=float(texture),
+    )
+    _check_params(params)
+    return params
+
+
+def synthetic_voc_dir(root: str | Path, *args: Any, **kwargs: Any) -> Path:
+    """The folder under ``root`` of the set :func:`generate_synthetic_voc` makes with the same
+    arguments (``root/<key>``; the arguments after ``root`` as :func:`synthetic_voc_params`
+    takes them), whether or not it is made yet."""
+    return Path(root) / synthetic_voc_params(*args, **kwargs).key()
+
 
 def generate_synthetic_voc(
     root: str | Path,
@@ -95,52 +144,52 @@ def generate_synthetic_voc(
     noise_std: float = 8.0,
     texture: float = 1.0,
 ) -> Path:
-    """Writes a synthetic VOC-layout data set under ``root`` and returns ``root`` as a Path.
+    """Writes a synthetic VOC-layout data set in its parameters' own folder under ``root``
+    (:func:`synthetic_voc_dir`) and returns that folder.
 
     ``image_size`` is one side (square images) or ``(height, width)``. Each image holds between
     ``objects_per_image[0]`` and ``objects_per_image[1]`` shapes whose side is a random fraction
-    (in ``object_size``) of the shorter image side. Does nothing when ``root`` already holds a
-    complete set made with the same parameters; replaces a set made with other parameters; refuses
-    (``FileExistsError``) to write into a VOC-layout directory that it did not make.
+    (in ``object_size``) of the shorter image side. Does nothing when the folder already holds the
+    complete set, and never rewrites it then (``ConfigError`` when its files are missing);
+    replaces an incomplete one; refuses (``FileExistsError``) to write into a VOC-layout folder
+    that it did not make.
     """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    params = SyntheticVOCParams(
-        num_trainval=int(num_trainval),
-        num_test=int(num_test),
-        image_size=(int(height), int(width)),
-        seed=int(seed),
-        objects_per_image=(int(objects_per_image[0]), int(objects_per_image[1])),
-        object_size=(float(object_size[0]), float(object_size[1])),
-        noise_std=float(noise_std),
-        texture=float(texture),
+    params = synthetic_voc_params(
+        num_trainval,
+        num_test,
+        image_size,
+        seed,
+        objects_per_image=objects_per_image,
+        object_size=object_size,
+        noise_std=noise_std,
+        texture=texture,
     )
-    _check_params(params)
-    root = Path(root)
+    folder = Path(root) / params.key()
     ids = [f"{index + 1:06d}" for index in range(params.num_trainval + params.num_test)]
-    target = GeneratedSet(root, MANIFEST_NAME, _OWNED, params.to_json())
-    files = [root / folder / f"{i}.{ext}" for i in ids for folder, ext in _FILES]
+    target = GeneratedSet(folder, MANIFEST_NAME, _OWNED, params.to_json())
+    files = [folder / sub / f"{i}.{ext}" for i in ids for sub, ext in _FILES]
     with target.locked():
-        if target.is_complete(files):
-            return root
+        if target.reusable(files):
+            return folder
         target.begin()
         for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+            (folder / sub).mkdir(parents=True, exist_ok=True)
         for index, image_id in enumerate(ids):
             image, objects = _draw_image(params, np.random.default_rng([params.seed, index]))
-            image.save(root / "JPEGImages" / f"{image_id}.jpg", quality=_JPEG_QUALITY)
-            _write_annotation(root / "Annotations" / f"{image_id}.xml", image_id, params, objects)
+            image.save(folder / "JPEGImages" / f"{image_id}.jpg", quality=_JPEG_QUALITY)
+            _write_annotation(folder / "Annotations" / f"{image_id}.xml", image_id, params, objects)
         splits = {"trainval": ids[: params.num_trainval], "test": ids[params.num_trainval :]}
         for split, split_ids in splits.items():
-            (root / "ImageSets" / "Main" / f"{split}.txt").write_text(
+            (folder / "ImageSets" / "Main" / f"{split}.txt").write_text(
                 "".join(f"{i}\n" for i in split_ids)
             )
         target.finish()
-    return root
+    return folder
 
 
 def read_manifest(root: str | Path) -> dict | None:
-    """The manifest of the synthetic set under ``root`` (its parameters, and ``complete``), or
-    None if there is none."""
+    """The manifest of the synthetic set in the folder ``root`` (its parameters, and
+    ``complete``), or None if there is none."""
     return _read_manifest(root, MANIFEST_NAME)
 
 
@@ -383,18 +432,24 @@ def _text(parent: ET.Element, tag: str, value: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m det_scaling.data.synthetic_voc ROOT``: make (or reuse) a set and print ROOT."""
+    """``python -m det_scaling.data.synthetic_voc ROOT``: make (or reuse) a set in its parameters'
+    folder under ROOT and print that folder."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("root", type=Path)
+    parser.add_argument(
+        "root",
+        type=Path,
+        help="the folder of the synthetic sets, one subfolder per parameter set "
+        "(a run's: $DETECTRON2_DATASETS/synthetic_voc)",
+    )
     parser.add_argument("--num-trainval", type=int, default=500)
     parser.add_argument("--num-test", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    root = generate_synthetic_voc(
+    folder = generate_synthetic_voc(
         args.root, args.num_trainval, args.num_test, args.image_size, args.seed
     )
-    print(root)
+    print(folder)
 
 
 if __name__ == "__main__":

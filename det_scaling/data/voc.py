@@ -24,7 +24,7 @@ from detectron2.data.datasets.pascal_voc import CLASS_NAMES as _DETECTRON2_VOC_C
 from detectron2.data.datasets.pascal_voc import register_pascal_voc
 
 from det_scaling.data.synthetic_voc import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
-from det_scaling.data.synthetic_voc import read_manifest
+from det_scaling.data.synthetic_voc import MANIFEST_NAME, read_manifest
 
 __all__ = [
     "VOC2007_SPLITS",
@@ -64,21 +64,29 @@ def register_voc2007(root: str | os.PathLike | None = None) -> tuple[str, str]:
 def register_synthetic_voc(
     root: str | os.PathLike, name_prefix: str = "synthetic_voc"
 ) -> tuple[str, str]:
-    """Registers the synthetic set under ``root`` as ``<name_prefix>_trainval`` and
-    ``<name_prefix>_test``; returns the two names (train, test).
+    """Registers the synthetic set in the folder ``root`` (its parameters' own, as
+    ``generate_synthetic_voc`` returns it and ``synthetic_voc_dir`` names it) as
+    ``<name_prefix>_trainval`` and ``<name_prefix>_test``; returns the two names (train, test).
 
-    The class names come from the set's manifest (written by ``generate_synthetic_voc``); the year
-    is 2007, so the evaluator uses the VOC07 11-point AP. Raises ``FileNotFoundError`` when
+    The metadata's ``dirname`` is that folder. The class names come from the set's manifest; the
+    year is 2007, so the evaluator uses the VOC07 11-point AP. Raises ``FileNotFoundError`` when
     ``root`` holds no complete generated set.
     """
     dirname = Path(os.path.abspath(os.path.expanduser(root)))
     manifest = read_manifest(dirname)
     if manifest is None or not manifest.get("complete", False):
         state = "is missing" if manifest is None else "says the set is incomplete"
+        sets = sorted(p.parent.name for p in dirname.glob(f"*/{MANIFEST_NAME}"))
+        hint = (
+            f"; it holds the folders of parameter sets ({', '.join(sets[:3])}"
+            f"{' ...' if len(sets) > 3 else ''}): pass one of them"
+            if manifest is None and sets
+            else ""
+        )
         raise FileNotFoundError(
-            f"no complete synthetic data set under {dirname} (its synthetic.json {state}): make "
-            "one first with det_scaling.data.generate_synthetic_voc(root, num_trainval, num_test) "
-            f"or `python -m det_scaling.data.synthetic_voc {root}`"
+            f"no complete synthetic data set in {dirname} (its {MANIFEST_NAME} {state}){hint}; "
+            "make one with det_scaling.data.generate_synthetic_voc(root, num_trainval, num_test), "
+            "which returns its folder, or `python -m det_scaling.data.synthetic_voc ROOT`"
         )
     class_names = tuple(manifest.get("class_names", SYNTHETIC_CLASS_NAMES))
     names = (f"{name_prefix}_trainval", f"{name_prefix}_test")

@@ -7,6 +7,7 @@ from det_scaling.tasks.datasets import (
     check_task,
     generate_synthetic_voc_for,
     register_datasets,
+    synthetic_voc_dir_for,
     training_set_size,
 )
 from det_scaling.tasks.run import prepare_run, resolve_run
@@ -21,6 +22,7 @@ __all__ = [
     "prepare_run",
     "register_datasets",
     "resolve_run",
+    "synthetic_voc_dir_for",
     "trainer_class",
     "training_set_size",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -30,6 +31,7 @@ from det_scaling.data import (
     generate_synthetic_voc,
     register_synthetic_voc,
     register_voc2007,
+    synthetic_voc_dir,
 )
 from det_scaling.data.classes import check_class_count
 from det_scaling.data.generated import generate_once
@@ -40,11 +42,14 @@ __all__ = [
     "check_task",
     "generate_synthetic_voc_for",
     "register_datasets",
+    "synthetic_voc_dir_for",
     "training_set_size",
 ]
 
 # Registered name -> split of the set DATASETS.SYNTHETIC_VOC generates.
 SYNTHETIC_VOC_SPLITS = {"synthetic_voc_trainval": "trainval", "synthetic_voc_test": "test"}
+# The folder under the data sets root that holds a folder per parameter set of the synthetic set.
+_SYNTHETIC_VOC_FOLDER = "synthetic_voc"
 # The key of each meta-architecture's number of classes.
 _NUM_CLASSES_KEYS = {
     "ImageClassifier": "MODEL.CLASSIFIER.NUM_CLASSES",
@@ -57,17 +62,16 @@ _DIGITS_CLASS_NAMES = tuple(str(label) for label in range(10))
 
 def register_datasets(adapter: ConfigFormat) -> None:
     """Registers the data sets the config names, under ``$DETECTRON2_DATASETS`` (``./datasets``):
-    ``voc_2007_*`` from ``VOC2007/``; ``synthetic_voc_*``, generated on first use from
-    ``DATASETS.SYNTHETIC_VOC`` (``dataloader.synthetic_voc``); ``digits_*`` (exported on first
-    use) and ``imagenet_*``. Generated sets are written once per machine
-    (:func:`~det_scaling.data.generated.generate_once`)."""
+    ``voc_2007_*`` from ``VOC2007/``; ``synthetic_voc_*`` from the folder of the parameters of
+    ``DATASETS.SYNTHETIC_VOC`` (``dataloader.synthetic_voc``), :func:`synthetic_voc_dir_for`,
+    generated on first use; ``digits_*`` (exported on first use) and ``imagenet_*``. Generated
+    sets are written once per machine (:func:`~det_scaling.data.generated.generate_once`)."""
     train, test = adapter.dataset_names()
     names = (*train, *test)
     register_voc2007()
     if set(names) & set(SYNTHETIC_VOC_SPLITS):
-        root = datasets_root() / "synthetic_voc"
-        generate_once(lambda: generate_synthetic_voc_for(adapter, root))
-        register_synthetic_voc(root)
+        generate_once(lambda: generate_synthetic_voc_for(adapter))
+        register_synthetic_voc(synthetic_voc_dir_for(adapter))
     register_classification_datasets(names)
 
 
@@ -152,17 +156,34 @@ def _size(fmt: ConfigFormat, name: str) -> int:
     return count_images(name)
 
 
-def generate_synthetic_voc_for(adapter: ConfigFormat, root: str | os.PathLike) -> Path:
+def synthetic_voc_dir_for(adapter: ConfigFormat, root: str | os.PathLike | None = None) -> Path:
+    """The folder of the synthetic VOC-layout set that ``DATASETS.SYNTHETIC_VOC``
+    (``dataloader.synthetic_voc``) describes: ``<root>/synthetic_voc/<key>``, ``root`` as in
+    :func:`~det_scaling.data.datasets_root` (``$DETECTRON2_DATASETS``), the key of its parameters
+    (:func:`~det_scaling.data.synthetic_voc_dir`); whether or not it is made yet."""
+    return synthetic_voc_dir(_synthetic_voc_root(root), **_synthetic_voc_args(adapter))
+
+
+def generate_synthetic_voc_for(
+    adapter: ConfigFormat, root: str | os.PathLike | None = None
+) -> Path:
     """Generates (or finds already made) the synthetic VOC-layout set that
-    ``DATASETS.SYNTHETIC_VOC`` (``dataloader.synthetic_voc``) describes, under ``root``; returns
-    ``root`` as a Path."""
+    ``DATASETS.SYNTHETIC_VOC`` (``dataloader.synthetic_voc``) describes, in its folder
+    :func:`synthetic_voc_dir_for` under the data sets root ``root``; returns that folder."""
+    return generate_synthetic_voc(_synthetic_voc_root(root), **_synthetic_voc_args(adapter))
+
+
+def _synthetic_voc_root(root: str | os.PathLike | None) -> Path:
+    return datasets_root(root) / _SYNTHETIC_VOC_FOLDER
+
+
+def _synthetic_voc_args(adapter: ConfigFormat) -> dict[str, Any]:
     spec = adapter.synthetic_voc()
-    return generate_synthetic_voc(
-        root,
-        spec["num_trainval"],
-        spec["num_test"],
-        spec["image_size"],
-        spec["seed"],
-        objects_per_image=tuple(spec["objects_per_image"]),
-        object_size=tuple(spec["object_size"]),
-    )
+    return {
+        "num_trainval": spec["num_trainval"],
+        "num_test": spec["num_test"],
+        "image_size": spec["image_size"],
+        "seed": spec["seed"],
+        "objects_per_image": tuple(spec["objects_per_image"]),
+        "object_size": tuple(spec["object_size"]),
+    }

@@ -29,6 +29,7 @@ from det_scaling.classification import (
     build_classification_test_loader,
     build_classification_train_loader,
     check_num_classes,
+    digits_dir,
     export_digits,
     load_image_folder,
     register_digits,
@@ -80,7 +81,8 @@ def tiny_cfg(output_dir: Path, **overrides):
 
 # ---- the digits export ----
 def test_export_digits_writes_stratified_class_folders_of_png(datasets_dir):
-    root = datasets_dir / "digits"
+    root = digits_dir(datasets_dir / "digits")
+    assert root.name.startswith("32px-val0.2-seed0-")
     manifest = read_manifest(root)
     assert manifest["counts"] == {"train": NUM_TRAIN, "val": NUM_VAL}
     for split, count in manifest["counts"].items():
@@ -103,31 +105,36 @@ def test_export_digits_writes_stratified_class_folders_of_png(datasets_dir):
 
 def test_export_digits_is_deterministic(datasets_dir, tmp_path):
     again = export_digits(tmp_path / "digits")
-    first = sorted(
-        p.relative_to(datasets_dir / "digits") for p in (datasets_dir / "digits").rglob("*")
-    )
+    exported = digits_dir(datasets_dir / "digits")
+    assert again == digits_dir(tmp_path / "digits") and again.name == exported.name
+    first = sorted(p.relative_to(exported) for p in exported.rglob("*"))
     assert sorted(p.relative_to(again) for p in again.rglob("*")) == first
     for relative in first:
-        a, b = datasets_dir / "digits" / relative, again / relative
+        a, b = exported / relative, again / relative
         if a.is_file():
             assert a.read_bytes() == b.read_bytes(), relative
 
 
-def test_export_digits_reuses_a_complete_export_and_replaces_another(tmp_path):
+def _stamps(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_export_digits_reuses_a_complete_export_and_writes_another_apart(tmp_path):
     root = export_digits(tmp_path / "digits", upscale=8)
-    probe = root / "train" / "0" / "0000.png"
-    stamp = probe.stat().st_mtime_ns
-    export_digits(root, upscale=8)
-    assert probe.stat().st_mtime_ns == stamp  # nothing rewritten
-    export_digits(root, upscale=16, val_fraction=0.5)
-    assert read_manifest(root)["counts"]["val"] > NUM_VAL
-    with Image.open(next(root.glob("val/*/*.png"))) as image:
+    stamps = _stamps(root)
+    assert export_digits(tmp_path / "digits", upscale=8) == root
+    assert _stamps(root) == stamps  # nothing rewritten
+    other = export_digits(tmp_path / "digits", upscale=16)
+    assert other.parent == root.parent and other != root
+    assert _stamps(root) == stamps  # the first export, as it was
+    assert read_manifest(other)["upscale"] == 16 and read_manifest(other)["complete"]
+    with Image.open(next(other.glob("val/*/*.png"))) as image:
         assert image.size == (16, 16)
-    assert len(list(root.glob("*/*/*.png"))) == NUM_DIGITS  # no stale files
+    assert len(list(other.glob("*/*/*.png"))) == NUM_DIGITS
 
 
 def test_export_digits_refuses_folders_it_did_not_make(tmp_path):
-    (tmp_path / "mine" / "train" / "cat").mkdir(parents=True)
+    (digits_dir(tmp_path / "mine") / "train" / "cat").mkdir(parents=True)
     with pytest.raises(FileExistsError, match=r"digits\.json"):
         export_digits(tmp_path / "mine")
 
@@ -145,6 +152,7 @@ def test_register_digits_puts_both_splits_in_the_catalog(datasets_dir):
     meta = MetadataCatalog.get(val_name)
     assert meta.thing_classes == [str(digit) for digit in range(10)]
     assert meta.evaluator_type == "classification"
+    assert meta.split_dir == str(digits_dir(datasets_dir / "digits") / "val")
     register_digits(datasets_dir)  # registering again is harmless
     assert len(DatasetCatalog.get(train_name)) == NUM_TRAIN
 

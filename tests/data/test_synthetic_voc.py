@@ -1,7 +1,9 @@
-"""The synthetic VOC-layout data set: deterministic, in VOC's layout, readable by detectron2."""
+"""The synthetic VOC-layout data set: deterministic, in VOC's layout, readable by detectron2, in a
+folder of each parameter set's own that is never rewritten once complete."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import xml.etree.ElementTree as ET
@@ -16,7 +18,9 @@ from det_scaling.data.synthetic_voc import (
     MANIFEST_NAME,
     generate_synthetic_voc,
     read_manifest,
+    synthetic_voc_dir,
 )
+from det_scaling.errors import ConfigError
 
 # isort: split
 from detectron2.data.datasets.pascal_voc import load_voc_instances
@@ -36,6 +40,15 @@ def test_same_seed_writes_the_same_bytes(tmp_path):
     assert first == second
     # jpg + xml per image, two split files, the manifest and its lock
     assert len(first) == 2 * 9 + 2 + 1 + 1
+
+
+def test_the_manifest_records_the_digest_of_every_file(tmp_path):
+    folder = generate_synthetic_voc(tmp_path, **SMALL)
+    digest = hashlib.sha256()
+    for name, data in _files(folder).items():
+        if name.split("/")[0] in ("Annotations", "ImageSets", "JPEGImages"):
+            digest.update(name.encode() + b"\0" + data)
+    assert read_manifest(folder)["files_sha256"] == digest.hexdigest()
 
 
 def test_another_seed_draws_other_images(tmp_path):
@@ -90,43 +103,78 @@ def test_every_class_is_drawn(tmp_path):
     assert names == set(CLASS_NAMES)
 
 
+def _stamps(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"num_trainval": 7},
+        {"num_test": 4},
+        {"image_size": (64, 72)},
+        {"seed": 1},
+        {"objects_per_image": (3, 5)},
+        {"object_size": (0.15, 0.5)},
+        {"noise_std": 4.0},
+        {"texture": 0.5},
+    ],
+)
+def test_each_parameter_set_has_a_folder_of_its_own(tmp_path, change):
+    folder = synthetic_voc_dir(tmp_path, **SMALL)
+    assert folder.parent == tmp_path and folder.name.startswith("tv6-test3-64x64-seed0-")
+    assert synthetic_voc_dir(tmp_path, 6, 3, (64, 64), 0) == folder  # the same set, written apart
+    assert synthetic_voc_dir(tmp_path, **{**SMALL, **change}) != folder
+
+
 def test_rerun_with_the_same_parameters_writes_nothing(tmp_path):
     root = generate_synthetic_voc(tmp_path, **SMALL)
-    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-    generate_synthetic_voc(tmp_path, **SMALL)
-    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps
+    assert root == synthetic_voc_dir(tmp_path, **SMALL)
+    stamps = _stamps(tmp_path)
+    assert generate_synthetic_voc(tmp_path, **SMALL) == root
+    assert _stamps(tmp_path) == stamps
 
 
-def test_rerun_with_other_parameters_replaces_the_set(tmp_path):
-    generate_synthetic_voc(tmp_path, **SMALL)
-    generate_synthetic_voc(tmp_path, num_trainval=3, num_test=2, image_size=64)
-    assert len(list(tmp_path.glob("JPEGImages/*.jpg"))) == 5  # no stale images left behind
-    assert len(list(tmp_path.glob("Annotations/*.xml"))) == 5
-    assert json.loads((tmp_path / MANIFEST_NAME).read_text())["num_trainval"] == 3
+def _remove_an_image(root: Path) -> None:
+    (root / "JPEGImages/000004.jpg").unlink()
 
 
-def test_incomplete_set_is_made_again(tmp_path):
-    generate_synthetic_voc(tmp_path, **SMALL)
-    expected = _files(tmp_path)
-    (tmp_path / "JPEGImages/000004.jpg").unlink()
-    generate_synthetic_voc(tmp_path, **SMALL)
-    assert _files(tmp_path) == expected
+def _edit_the_seed(root: Path) -> None:
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    (root / MANIFEST_NAME).write_text(json.dumps({**manifest, "seed": 9}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_remove_an_image, r"1 of its files missing .*000004\.jpg.*delete the folder"),
+        (_edit_the_seed, r"made with other seed .* not rewritten"),
+    ],
+)
+def test_a_damaged_complete_set_is_reported_not_rewritten(tmp_path, damage, message):
+    root = generate_synthetic_voc(tmp_path, **SMALL)
+    damage(root)
+    stamps = _stamps(root)
+    with pytest.raises(ConfigError, match=message):
+        generate_synthetic_voc(tmp_path, **SMALL)
+    assert _stamps(root) == stamps
 
 
 def test_interrupted_set_is_made_again(tmp_path):
-    generate_synthetic_voc(tmp_path, **SMALL)
-    expected = _files(tmp_path)
-    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps({**manifest, "complete": False}))
-    (tmp_path / "ImageSets/Main/test.txt").unlink()
-    generate_synthetic_voc(tmp_path, **SMALL)
-    assert _files(tmp_path) == expected
+    root = generate_synthetic_voc(tmp_path, **SMALL)
+    expected = _files(root)
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    (root / MANIFEST_NAME).write_text(json.dumps({**manifest, "complete": False}))
+    (root / "ImageSets/Main/test.txt").unlink()
+    (root / "JPEGImages/000002.jpg").write_bytes(b"half a JPEG")
+    assert generate_synthetic_voc(tmp_path, **SMALL) == root
+    assert _files(root) == expected
 
 
 def _generate_and_read(root: Path, params: dict) -> None:
-    generate_synthetic_voc(root, **params)
+    folder = generate_synthetic_voc(root, **params)
     # What this process returned with must be whole, whatever the others are doing.
-    for record in load_voc_instances(str(root), "trainval", CLASS_NAMES):
+    for record in load_voc_instances(str(folder), "trainval", CLASS_NAMES):
         Image.open(record["file_name"]).load()
 
 
@@ -146,15 +194,16 @@ def test_independent_runs_on_one_machine_write_the_set_once(tmp_path):
     for child in children:
         child.join(timeout=120)
     assert [child.exitcode for child in children] == [0] * processes
-    assert _files(tmp_path / "shared") == expected
+    assert _files(synthetic_voc_dir(tmp_path / "shared", **params)) == expected
 
 
 def test_refuses_to_overwrite_a_data_set_it_did_not_make(tmp_path):
-    (tmp_path / "Annotations").mkdir()
-    (tmp_path / "Annotations/000001.xml").write_text("<annotation/>")
+    annotations = synthetic_voc_dir(tmp_path, **SMALL) / "Annotations"
+    annotations.mkdir(parents=True)
+    (annotations / "000001.xml").write_text("<annotation/>")
     with pytest.raises(FileExistsError, match="real data set"):
         generate_synthetic_voc(tmp_path, **SMALL)
-    assert (tmp_path / "Annotations/000001.xml").read_text() == "<annotation/>"
+    assert (annotations / "000001.xml").read_text() == "<annotation/>"
 
 
 def test_one_image_split_is_rejected(tmp_path):

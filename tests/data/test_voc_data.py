@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import det_scaling  # noqa: F401  (first: applies the detectron2 compatibility layer)
+import det_scaling  # first: applies the detectron2 compatibility layer
+from det_scaling.config import config_format
 from det_scaling.data import (
     SYNTHETIC_CLASS_NAMES,
     VOC_CLASS_NAMES,
@@ -18,6 +24,8 @@ from det_scaling.data import (
     register_synthetic_voc,
     register_voc2007,
 )
+from det_scaling.data.synthetic_voc import read_manifest
+from det_scaling.tasks import SYNTHETIC_VOC_SPLITS, register_datasets, synthetic_voc_dir_for
 
 # isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -25,6 +33,16 @@ from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.structures import Boxes, Instances
 
 _prefixes = (f"test_voc_data_{i}" for i in itertools.count())
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"
+# What a run's workers do with their data sets, in a process of its own.
+_REGISTER_IN_A_RUN = """
+import sys
+import det_scaling
+from det_scaling.config import config_format
+from det_scaling.tasks import register_datasets
+register_datasets(config_format(det_scaling.load_cfg(sys.argv[1], sys.argv[2:])))
+"""
 
 
 @pytest.fixture
@@ -69,7 +87,8 @@ def test_synthetic_splits_load_through_the_catalog(tmp_path, prefix):
     assert (train, test) == (f"{prefix}_trainval", f"{prefix}_test")
     records = DatasetCatalog.get(train)
     assert [r["image_id"] for r in records] == ["000001", "000002", "000003", "000004", "000005"]
-    assert records[0]["file_name"] == str(tmp_path / "JPEGImages" / "000001.jpg")
+    assert records[0]["file_name"] == str(root / "JPEGImages" / "000001.jpg")
+    assert MetadataCatalog.get(train).dirname == str(root)
     assert count_images(test) == 3
     assert count_images([train, test]) == 8
     meta = MetadataCatalog.get(test)
@@ -91,6 +110,61 @@ def test_registering_again_follows_the_new_root(tmp_path, prefix):
 def test_register_synthetic_voc_without_a_generated_set_says_how_to_make_one(tmp_path, prefix):
     with pytest.raises(FileNotFoundError, match="generate_synthetic_voc"):
         register_synthetic_voc(tmp_path, name_prefix=prefix)
+    folder = generate_synthetic_voc(tmp_path, num_trainval=2, num_test=2, image_size=32)
+    with pytest.raises(FileNotFoundError, match=f"parameter sets \\({folder.name}\\): pass one"):
+        register_synthetic_voc(tmp_path, name_prefix=prefix)
+
+
+@pytest.fixture
+def synthetic_voc_unregistered():
+    """Removes the registrations of the config's synthetic_voc_* names after the test."""
+    yield
+    for name in SYNTHETIC_VOC_SPLITS:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def _digests(folder: Path) -> dict[str, tuple[str, int]]:
+    """Each file under ``folder``: the SHA-256 of its bytes and its modification time."""
+    return {
+        str(p.relative_to(folder)): (
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_second_run_with_other_parameters_leaves_the_first_runs_data_as_it_is(
+    tmp_path, monkeypatch, voc2007_restored, synthetic_voc_unregistered
+):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    size = ["DATASETS.SYNTHETIC_VOC.IMAGE_SIZE", "48", "DATASETS.SYNTHETIC_VOC.NUM_TEST", "2"]
+    first = config_format(
+        det_scaling.load_cfg(str(TINY), [*size, "DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL", "4"])
+    )
+    register_datasets(first)  # the first run: its set generated and registered
+    folder = synthetic_voc_dir_for(first)
+    assert folder.parent == tmp_path / "synthetic_voc"
+    assert {MetadataCatalog.get(name).dirname for name in SYNTHETIC_VOC_SPLITS} == {str(folder)}
+    before = _digests(folder)
+
+    # A second run under the same data sets root, in a process of its own, with more images.
+    other = [*size, "DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL", "6"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", _REGISTER_IN_A_RUN, str(TINY), *other]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert _digests(folder) == before  # the first set's files and manifest, not rewritten
+    assert {MetadataCatalog.get(name).dirname for name in SYNTHETIC_VOC_SPLITS} == {str(folder)}
+    records = DatasetCatalog.get("synthetic_voc_trainval")
+    assert [Path(r["file_name"]).parent for r in records] == [folder / "JPEGImages"] * 4
+    second = synthetic_voc_dir_for(config_format(det_scaling.load_cfg(str(TINY), other)))
+    assert second.parent == folder.parent and second != folder
+    assert read_manifest(second)["num_trainval"] == 6 and read_manifest(second)["complete"]
 
 
 def test_voc2007_names_point_at_the_datasets_root(tmp_path, monkeypatch, voc2007_restored):

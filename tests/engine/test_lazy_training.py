@@ -28,9 +28,10 @@ from helpers.tiny import (
     resume_cfg,
 )
 
-from det_scaling.config import read_recipe
+from det_scaling.config import config_format, read_recipe
 from det_scaling.engine import LazyScalingTrainer, nan_advice
 from det_scaling.engine.launch import launch
+from det_scaling.tasks import synthetic_voc_dir_for
 
 
 def test_a_lazyconfig_and_its_yacs_twin_train_to_the_same_weights(tmp_path, data, monkeypatch):
@@ -124,8 +125,9 @@ def test_train_tool_trains_a_lazyconfig_on_two_processes(tmp_path):
         saved.dataloader.test.dataset.names = name
         return instantiate(saved.dataloader.test)
 
+    data = synthetic_voc_dir_for(config_format(saved), tmp_path / "datasets")
     final_ap50 = synthetic_voc_test_ap50(
-        instantiate(saved.model), out / "model_final.pth", tmp_path / "datasets", test_loader
+        instantiate(saved.model), out / "model_final.pth", data, test_loader
     )
     assert final_ap50 > 0  # else the comparison could not tell one set of weights from another
     assert summary["metrics"]["bbox/AP50"] == pytest.approx(final_ap50, rel=1e-9)

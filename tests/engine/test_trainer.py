@@ -50,7 +50,7 @@ from det_scaling.engine import (
 from det_scaling.engine.launch import launch
 from det_scaling.scaling.batch_schedule import BatchSchedule
 from det_scaling.solver import scheduled_lrs
-from det_scaling.tasks import prepare_run
+from det_scaling.tasks import prepare_run, synthetic_voc_dir_for
 
 
 # ---- workers of the multi-process runs (top level: spawned processes import them) ----
@@ -311,16 +311,17 @@ def test_train_tool_scales_trains_evaluates_and_reports_on_two_cpu_processes(tmp
     assert summary["base_lr"] == pytest.approx(0.002)
     # The reported AP50 is the final weights' on the test set: detectron2's own evaluation of
     # model_final.pth here gives the same figure (1.09 measured; untrained weights give 0.43).
+    data = synthetic_voc_dir_for(config_format(scaled), tmp_path / "datasets")
     final_ap50 = synthetic_voc_test_ap50(
         build_model(scaled),
         out / "model_final.pth",
-        tmp_path / "datasets",
+        data,
         lambda name: build_detection_test_loader(scaled, name),
     )
     assert summary["metrics"]["bbox/AP50"] == pytest.approx(final_ap50, rel=1e-9)
     assert (out / "metrics.json").exists() and list(out.glob("events.out.tfevents.*"))
     assert (out / "model_final.pth").exists()
-    assert (tmp_path / "datasets" / "synthetic_voc" / "JPEGImages" / "000012.jpg").exists()
+    assert (data / "JPEGImages" / "000012.jpg").exists()
 
 
 @pytest.mark.parametrize("no_scale", [False, True])

@@ -96,12 +96,12 @@ def run_train_tool_on_two_processes(tmp_path: Path, config: Path, *overrides: st
     return log
 
 
-def synthetic_voc_test_ap50(model: nn.Module, weights: Path, datasets: Path, loader) -> float:
-    """The AP50 of ``weights`` (loaded into ``model``) on the synthetic set's test split under
-    ``datasets``, as detectron2's own inference loop and VOC evaluator give it in this process,
-    on one thread as in the runs' processes. ``loader(name)`` builds the test loader of the
-    registered split ``name``."""
-    _, test_name = register_synthetic_voc(datasets / "synthetic_voc")
+def synthetic_voc_test_ap50(model: nn.Module, weights: Path, data: Path, loader) -> float:
+    """The AP50 of ``weights`` (loaded into ``model``) on the test split of the synthetic set in
+    the folder ``data`` (``det_scaling.tasks.synthetic_voc_dir_for``), as detectron2's own
+    inference loop and VOC evaluator give it in this process, on one thread as in the runs'
+    processes. ``loader(name)`` builds the test loader of the registered split ``name``."""
+    _, test_name = register_synthetic_voc(data)
     DetectionCheckpointer(model).load(str(weights))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
