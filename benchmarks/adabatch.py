@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _environment import write_results  # benchmarks/: the results file
 
 # isort: split
 from batch_size_sweep import CONFIG, load_base, sweep_cfg, train_one  # the sweep's setup, reused
@@ -163,7 +164,13 @@ def main() -> None:
         "rows": rows,
         "runs": runs,
     }
-    (args.output / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_results(
+        args.output / "results.json",
+        record,
+        world_size=1,
+        seeds=args.seeds,
+        datasets=(*base.DATASETS.TRAIN, *base.DATASETS.TEST),
+    )
     print(f"\nwritten: {args.output / 'results.json'}")
 
 

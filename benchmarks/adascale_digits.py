@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _environment import write_results  # benchmarks/: the results file
 from _timing import machine_description
 from batch_size_sweep import (  # benchmarks/: the sweep's setup and runner
     CONFIG,
@@ -145,7 +146,13 @@ def main() -> None:
     record = {"config": str(args.config), "overrides": args.overrides, "machine": machine}
     record |= {"wall_time_s": wall, "rows": rows, "table": table, "summaries": summaries}
     path = args.output / "results.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(
+        path,
+        record,
+        world_size=1,
+        seeds=args.seeds,
+        datasets=(*base.DATASETS.TRAIN, *base.DATASETS.TEST),
+    )
     print(f"\nwritten: {path}")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _environment import write_results  # benchmarks/: the results file
 from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
 
 import det_scaling  # first: applies the detectron2 compatibility layer
@@ -186,7 +187,13 @@ def main() -> None:
         "rows": rows,
         "summaries": summaries,
     }
-    (args.output / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_results(
+        args.output / "results.json",
+        record,
+        world_size=1,
+        seeds=args.seed,
+        datasets=(*base.DATASETS.TRAIN, *base.DATASETS.TEST),
+    )
     plot(rows, args.output / "batch_size_sweep.png", f"{args.config.stem}: batch size sweep")
     print(f"\nwritten: {args.output / 'results.json'}, {args.output / 'batch_size_sweep.png'}")
 

@@ -7,7 +7,9 @@ processes, its final weights hashed and its LRs listed.
 Runs ``tools/train.py`` (the public path) with ``OMP_NUM_THREADS=1``; compares, for every
 checkpoint of the run (one halfway, the final one), the sha256 of its model tensors, the LRs
 in metrics.json and the summary's images seen. Records are
-comparable only on the same machine and versions.
+comparable only on the same machine and versions: each run keeps its summary's environment, and
+``--compare`` refuses a record whose runs were made in another (or none recorded) unless
+``--mixed-environments``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _environment import write_results  # benchmarks/: the results file
+
+from det_scaling.utils.environment import environment_mismatch
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/VOC07-Detection/faster_rcnn_synthetic_tiny.yaml"
@@ -59,13 +64,44 @@ def run(num_gpus: int, output_dir: Path) -> dict:
         "checkpoints": {p.name: weights_digest(p) for p in sorted(output_dir.glob("*.pth"))},
         "lrs": lrs,
         "images_seen": summary["images_seen"],
+        "environment": summary.get("environment"),
     }
+
+
+def numbers(record: dict) -> dict:
+    """A record without its environments: what must be bit-identical."""
+    return {
+        n: {key: value for key, value in result.items() if key != "environment"}
+        for n, result in record.items()
+        if n != "environment"
+    }
+
+
+def environments_differ(expected: dict, record: dict, name: str) -> str | None:
+    """One line naming the first process count whose run in ``expected`` (the record ``name``)
+    and in ``record`` were made in environments that differ in what changes numbers."""
+    for n, result in record.items():
+        if n == "environment":
+            continue
+        runs = {
+            f"{name} ({n} process(es))": (expected.get(n) or {}).get("environment"),
+            f"this run ({n} process(es))": result.get("environment"),
+        }
+        mismatch = environment_mismatch(runs)
+        if mismatch:
+            return mismatch
+    return None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", help="write the record here")
     parser.add_argument("--compare", help="a record to compare with: exit 1 unless identical")
+    parser.add_argument(
+        "--mixed-environments",
+        action="store_true",
+        help="compare with a record made in another environment (or with none recorded)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         record = {str(n): run(n, Path(tmp) / f"gpus{n}") for n in (1, 2)}
@@ -75,10 +111,18 @@ def main() -> int:
               f"{len(result['checkpoints'])} checkpoints, {len(result['lrs'])} logged LRs, "
               f"images seen {result['images_seen']}")  # fmt: skip
     if args.output:
-        Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
+        write_results(Path(args.output), record, indent=1)
     if args.compare:
         expected = json.loads(Path(args.compare).read_text())
-        same = expected == record
+        mismatch = environments_differ(expected, record, args.compare)
+        if mismatch and not args.mixed_environments:
+            print(
+                f"equivalence: runs from different environments: {mismatch}; pass "
+                "--mixed-environments to compare them",
+                file=sys.stderr,
+            )
+            return 2
+        same = numbers(expected) == numbers(record)
         print("identical to " + args.compare if same else "DIFFERENT from " + args.compare)
         return 0 if same else 1
     return 0

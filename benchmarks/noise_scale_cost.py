@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _environment import write_results  # benchmarks/: the results file
 from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
 from _timing import Stepper, compare, format_comparison, machine_description
 
@@ -119,7 +120,7 @@ def main() -> None:
         "cpu_time_s": cpu,
         "results": results,
     }
-    (args.output_dir / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_results(args.output_dir / "results.json", record, world_size=2)
     print(f"\n{record['wall_time_s']:.0f} s wall, {cpu:.0f} s CPU; {record['machine']}")
 
 

@@ -15,12 +15,12 @@ writes ``noise_over_training.json`` and ``noise_over_training.png`` next to the 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from _environment import write_results  # benchmarks/: the results file
 from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
 from scaling_table import PRESETS
 
@@ -174,7 +174,8 @@ def main() -> None:
     print(tabulate(table, headers="keys", tablefmt="github"))
     out = args.output_dir / args.preset
     record = {"run": str(run_dir), "num_iter": args.num_iter, "curves": curves}
-    (out / "noise_over_training.json").write_text(json.dumps(record, indent=2) + "\n")
+    datasets = (*written.DATASETS.TRAIN, *written.DATASETS.TEST)
+    write_results(out / "noise_over_training.json", record, world_size=1, datasets=datasets)
     plot(
         curves,
         out / "noise_over_training.png",

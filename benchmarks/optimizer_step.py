@@ -22,7 +22,6 @@ clipping on, as LARC) when timm is installed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _environment import write_results  # benchmarks/: the results file
 
 import det_scaling
 from det_scaling.solver import LARS
@@ -70,7 +70,7 @@ def main() -> None:
         record["dtypes"][name] = summarize(times)
         del steps
     if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_results(args.json, record, world_size=1)
 
 
 def resnet50(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -35,12 +35,15 @@ same images:
 
 All runs of one process count run in one launch (the processes build one trainer after the
 other), so process start-up is paid once. Prints the table and the verdict against the seeds'
-table, and writes ``table.md``, ``results.json`` and ``scaling_table.png`` to ``--output-dir``::
+table, and writes ``table.md``, ``results.json`` and ``scaling_table.png`` to ``--output-dir``.
+Runs whose recorded environments differ in what changes numbers (library versions, CPU
+capability, numerics variables, GPU, threads, data; a run without one differs) are not put in one
+table unless ``--mixed-environments``::
 
     .venv/bin/python benchmarks/scaling_table.py [--gpus 1 2 4 8 16] [--seeds 0 1]
         [--max-epochs E] [--backbone pretrained|scratch] [--processes P]
         [--overhead-iters N] [--output-dir DIR] [--preset NAME [--only ROW ...] [--record JSON]]
-        [KEY VALUE ...]
+        [--mixed-environments] [KEY VALUE ...]
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _environment import write_results  # benchmarks/: the results file
 from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
 from _timing import Stepper, compare, format_comparison, machine_description
 
@@ -77,6 +81,7 @@ from det_scaling.engine import ScalingTrainer
 from det_scaling.engine.failures import RankFailedError
 from det_scaling.engine.launch import default_device, launch
 from det_scaling.tasks import register_datasets, training_set_size
+from det_scaling.utils.environment import collect_environment, environment_mismatch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"
@@ -352,7 +357,13 @@ def train_runs(
                 raise
             # The runs before it wrote their summaries; this one is the first without.
             diverged = next(c for c in todo if not (Path(c.OUTPUT_DIR) / SUMMARY_FILE).exists())
-            record = {"diverged": str(error)}
+            # Made here, as the summary would have been in the run's main process.
+            environment = collect_environment(
+                world_size=processes,
+                seeds={"configured": diverged.SEED},
+                datasets=(*diverged.DATASETS.TRAIN, *diverged.DATASETS.TEST),
+            )
+            record = {"diverged": str(error), "environment": environment}
             (Path(diverged.OUTPUT_DIR) / SUMMARY_FILE).write_text(json.dumps(record, indent=2))
             print(f"  {_run_name(diverged)}: diverged ({error})", flush=True)
             todo = todo[todo.index(diverged) + 1 :]
@@ -387,6 +398,43 @@ def run_result(row: Row, cfg: CfgNode, summary: dict[str, Any]) -> dict[str, Any
         "train_time_s": summary["train_time_s"],
         "diverged": False,
     }
+
+
+def run_entry(
+    row: Row, key: str, cfg: CfgNode, record: dict[str, Any], record_name: str
+) -> dict[str, Any] | None:
+    """The entry of run ``key`` in results.json: its result and the environment it was made in,
+    from the summary in its folder when it trained exactly ``cfg`` there, else from the earlier
+    sitting's ``record`` (the file ``record_name``); None when neither has it."""
+    summary = finished_summary(cfg)
+    if summary is not None:
+        result, source = run_result(row, cfg, summary), cfg.OUTPUT_DIR
+        environment = summary.get("environment")
+    else:
+        result, source = recorded_result(record, key, cfg), record_name
+        environment = record.get("runs", {}).get(key, {}).get("environment")
+    if result is None:
+        return None
+    return {
+        "row": asdict(row),
+        "config_sha256": config_sha256(cfg),
+        "source": source,
+        "result": result,
+        "environment": environment,
+    }
+
+
+def check_environments(runs: dict[str, dict[str, Any]], mixed: bool = False) -> None:
+    """Exits with one line naming two runs and how their environments differ when ``runs``
+    (key -> the run's entry in results.json, with its ``environment``) were not all made where
+    the numbers are the same (:func:`~det_scaling.utils.environment.numeric_differences`; a run
+    without a recorded environment differs from every other); ``mixed`` allows it."""
+    mismatch = environment_mismatch({key: run.get("environment") for key, run in runs.items()})
+    if mismatch and not mixed:
+        raise SystemExit(
+            f"scaling_table: runs from different environments: {mismatch}; pass "
+            "--mixed-environments to put them in one table"
+        )
 
 
 def _mean(values: list[float]) -> float | None:
@@ -737,6 +785,12 @@ def main() -> None:
         help="a results.json of earlier sittings: its runs of exactly the same config stand in "
         "for runs whose folders are gone (e.g. benchmarks/results/scaling_table_default.json)",
     )
+    parser.add_argument(
+        "--mixed-environments",
+        action="store_true",
+        help="put runs made with other library versions, CPU capability, numerics variables, "
+        "GPU, threads or data (or with none recorded) in one table",
+    )
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs merged into the config")
     args = parser.parse_args()
     preset = PRESETS[args.preset] if args.preset else None
@@ -810,21 +864,13 @@ def main() -> None:
     recorded = json.loads(args.record.read_text()) if args.record else {}
     for row, seed, run_cfg in runs:
         key = f"{row.name}/seed{seed}"
-        summary = finished_summary(run_cfg)
-        if summary is not None:
-            result, source = run_result(row, run_cfg, summary), run_cfg.OUTPUT_DIR
-        else:
-            result, source = recorded_result(recorded, key, run_cfg), str(args.record)
-        if result is None:
+        entry = run_entry(row, key, run_cfg, recorded, str(args.record))
+        if entry is None:
             missing.append(key)
             continue
-        results.setdefault((row.name, row.gpus), []).append(result)
-        per_run[key] = {
-            "row": asdict(row),
-            "config_sha256": config_sha256(run_cfg),
-            "source": source,
-            "result": result,
-        }
+        results.setdefault((row.name, row.gpus), []).append(entry["result"])
+        per_run[key] = entry
+    check_environments(per_run, args.mixed_environments)
     rows = [row for row in rows if (row.name, row.gpus) in results]
     table = [table_row(row, results[row.name, row.gpus], per_gpu) for row in rows]
     noise_scale = baseline_noise_scale(table)
@@ -878,7 +924,13 @@ def main() -> None:
         "not_run_yet": missing,
         "overhead": overhead,
     }
-    (args.output_dir / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_results(
+        args.output_dir / "results.json",
+        record,
+        world_size=args.processes,
+        seeds=sorted({seed for _, seed, _ in runs}),
+        datasets=(*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST),
+    )
     plot(
         table,
         args.output_dir / "scaling_table.png",

@@ -34,9 +34,11 @@ import time
 import weakref
 from typing import Any
 
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_writers, hooks
+from detectron2.engine.defaults import _try_get_key
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.evaluation.testing import flatten_results_dict, verify_results
 from detectron2.utils import comm
@@ -60,6 +62,7 @@ from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.engine.step import build_step
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.plan import ADASCALE_RULE, AUTO_RULE, adascale_scale, choose_rule
+from det_scaling.utils.environment import collect_environment
 
 __all__ = [
     "OutOfMemoryAtOneImage",
@@ -200,6 +203,9 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         self.cfg = cfg
         self.progress = ScalingProgress(self.batch_schedule, self.recipe.base_lr)
         self.summary: dict[str, Any] | None = None
+        # The seed this process's torch generator was given: default_setup's SEED + rank, or the
+        # seed it drew for a negative SEED (it logs that one and keeps it nowhere else).
+        self.seed_used = torch.initial_seed()
         self.register_hooks(self.build_hooks())
 
     # ---- building blocks a task may override ----
@@ -496,7 +502,8 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         """The run in one dict: scaled settings, progress, wall time (the whole ``train()``),
         training time and images/s (up to the last step), final LR, evaluation metrics
         (flattened, e.g. ``bbox/AP50``; empty when nothing was evaluated), the batch stages and
-        the gradient noise statistics when measured."""
+        the gradient noise statistics when measured, and where the run was made
+        (:meth:`build_environment`, main process only; None on the others)."""
         progress, schedule = self.progress, self.batch_schedule
         images_this_run = progress.images_seen - progress.images_at_start
         results = getattr(self, "_last_eval_results", None)
@@ -524,7 +531,21 @@ class ScalingTrainer(SolverMixin, TrainerBase):
             "batch_stages": [dataclasses.asdict(s) for s in schedule.stages],
             "gradient_noise": self.gradient_noise and self.gradient_noise.summary(),
             "adascale": self.adascale and self.adascale.summary(),
+            "environment": self.build_environment() if comm.is_main_process() else None,
         }
+
+    def build_environment(self) -> dict[str, Any]:
+        """:func:`~det_scaling.utils.environment.collect_environment` of this process: its
+        threads, the world size, the seed configured (``SEED``, ``train.seed``) and the one used
+        here, and the fingerprints of the run's training and test sets."""
+        train, test = self.run.adapter.dataset_names()
+        seeds = {
+            "configured": _try_get_key(self.cfg, "SEED", "train.seed", default=-1),
+            "used": self.seed_used,
+        }
+        return collect_environment(
+            world_size=self.world_size, seeds=seeds, datasets=(*train, *test)
+        )
 
 
 def _check_auto_micro_batch(keys: Any, settings: Any, adascale: bool) -> None:

@@ -343,3 +343,56 @@ def test_noise_over_training_points_are_the_start_and_every_checkpoint(tmp_path)
     points = module.measurement_points(tmp_path, 3000)
     assert [start for start, _ in points] == [0, 500, 1000, 3000]
     assert points[0][1] == "" and points[-1][1].endswith("model_final.pth")
+
+
+def test_runs_from_different_environments_are_not_put_in_one_table(bench, cfg, tmp_path):
+    """Two runs of a table, one read from its folder's summary.json and one from an earlier
+    sitting's results.json (``--record``), each with the environment it was made in."""
+    from det_scaling.utils.environment import collect_environment
+
+    here = collect_environment(world_size=1, seeds={"configured": 0, "used": 0})
+    one_gpu = bench.one_gpu_cfg(bench.epoch_schedule(cfg, 2.0))
+    reference, eight = bench.plan_rows([1, 8], 1, [], ("linear",))
+    first = bench.row_cfg(one_gpu, reference, 0, tmp_path)
+    folder = Path(first.OUTPUT_DIR)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(first.dump())
+    summary = {
+        "metrics": {"bbox/AP50": 40.0, "bbox/AP": 20.0},
+        "epochs_seen": 2.0,
+        "train_time_s": 1.0,
+        "gradient_noise": None,
+        "environment": here,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    second = bench.row_cfg(one_gpu, eight, 0, tmp_path)
+    elsewhere = json.loads(json.dumps(here))
+    elsewhere["cpu"]["capability"] = "AVX512" if here["cpu"]["capability"] != "AVX512" else "AVX2"
+    recorded_run = {
+        "config_sha256": bench.config_sha256(second),
+        "result": {"AP50": 39.0, "AP": 19.0, "lr": 0.08, "total_batch": 16, "steps": 50},
+        "environment": elsewhere,
+    }
+    record = {"runs": {"gpus8_linear/seed0": recorded_run}}
+    runs = {
+        "gpus1_linear/seed0": bench.run_entry(reference, "gpus1_linear/seed0", first, {}, "-"),
+        "gpus8_linear/seed0": bench.run_entry(eight, "gpus8_linear/seed0", second, record, "r"),
+    }
+    assert runs["gpus1_linear/seed0"]["environment"] == here  # results.json keeps each one
+    assert runs["gpus8_linear/seed0"]["environment"] == elsewhere
+    assert runs["gpus8_linear/seed0"]["source"] == "r"
+    with pytest.raises(SystemExit) as refused:
+        bench.check_environments(runs)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "gpus1_linear/seed0 and gpus8_linear/seed0 differ: CPU capability " in message
+    assert "--mixed-environments" in message
+    bench.check_environments(runs, mixed=True)  # allowed with the flag
+
+    runs["gpus8_linear/seed0"]["environment"] = json.loads(json.dumps(here))
+    runs["gpus8_linear/seed0"]["environment"]["det_scaling"]["commit"] = "0" * 40
+    bench.check_environments(runs)  # another commit: the same numbers
+    del recorded_run["environment"]  # a record without one
+    runs["gpus8_linear/seed0"] = bench.run_entry(eight, "gpus8_linear/seed0", second, record, "r")
+    with pytest.raises(SystemExit, match="no environment recorded for gpus8_linear/seed0"):
+        bench.check_environments(runs)
