@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from _environment import write_results  # benchmarks/: the results file
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ROOT / "tests" / "helpers" / "tiny_run.py"
@@ -38,17 +41,68 @@ MAX_ITER, CHECKPOINT_PERIOD, WORKER_STEPS, WORKER_PERIOD = 96, 8, 48, 4
 MAIN_ONLY = {"kill-in-checkpoint", "truncate"}
 
 
-def tiny_setup(folder: Path) -> tuple[Path, dict[str, str]]:
+def tiny_setup(
+    folder: Path, max_iter: int = MAX_ITER, **solver: object
+) -> tuple[Path, dict[str, str]]:
     """The tiny model's config (written for 1 GPU x 2 images) and its processes' environment:
-    the tests' ``tiny_run_setup`` with this benchmark's schedule."""
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    the tests' ``tiny_run_setup`` with this benchmark's schedule, or with ``max_iter`` and the
+    ``SOLVER`` keys given."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    import det_scaling  # noqa: F401  (before the helpers' detectron2: the compatibility layer)
+
+    # isort: split
     from helpers.processes import tiny_run_setup
 
     folder.mkdir(parents=True, exist_ok=True)
-    schedule = {"WARMUP_ITERS": 4, "STEPS": (48, 80), "CHECKPOINT_PERIOD": CHECKPOINT_PERIOD}
-    config, env = tiny_run_setup(folder, max_iter=MAX_ITER, **schedule)
+    default = {"WARMUP_ITERS": 4, "STEPS": (48, 80), "CHECKPOINT_PERIOD": CHECKPOINT_PERIOD}
+    config, env = tiny_run_setup(folder, max_iter=max_iter, **(solver or default))
     env["PYTHONWARNINGS"] = "ignore"
     return config, env
+
+
+def torchrun_command(max_restarts: int) -> list[str]:
+    """``torchrun`` with 2 workers on this machine, up to ``max_restarts`` restarts."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    return [*command, f"--max-restarts={max_restarts}", "--monitor-interval=0.5"]
+
+
+def run_logged(
+    command: list[str], env: dict[str, str], log: Path, timeout: float
+) -> tuple[int | str, float]:
+    """Runs ``command`` with its output in ``log``; returns its exit status (``"hang"`` when it
+    did not end within ``timeout`` seconds: its whole process tree is then killed) and the wall
+    time."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            status: int | str = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)
+            process.wait()
+            status = "hang"
+    return status, time.perf_counter() - start
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL to ``pid`` and every process below it, found before any is killed: workers may
+    have left its process group (det-scaling's spawned workers do)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # The fields after the command name, which may hold spaces: state, ppid, ...
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children[parent].append(int(stat.parent.name))
+    tree, pending = [], [pid]
+    while pending:
+        tree.append(pending.pop())
+        pending += children.get(tree[-1], [])
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
 
 
 def torchrun(folder: Path, faults: list[str], timeout: float) -> dict:
@@ -56,20 +110,10 @@ def torchrun(folder: Path, faults: list[str], timeout: float) -> dict:
     config, env = tiny_setup(folder)
     out, lrs = folder / "out", folder / "lrs.txt"
     env.update(TINY_RUN_FAULT=",".join(faults), TINY_RUN_LRS=str(lrs), TINY_RUN_OUTPUT=str(out))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    command += [f"--max-restarts={len(faults)}", "--monitor-interval=0.5", str(TINY_RUN)]
-    command += ["--config-file", str(config), "--dist-timeout", "120"]
-    start = time.perf_counter()
-    with open(folder / "torchrun.log", "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            status = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            subprocess.run(["pkill", "-KILL", "-P", str(process.pid)], check=False)
-            process.kill()
-            process.wait()
-            status = "hang"
-    record = {"status": status, "seconds": time.perf_counter() - start, "steps": {}}
+    command = [*torchrun_command(len(faults)), str(TINY_RUN), "--config-file", str(config)]
+    command += ["--dist-timeout", "120"]
+    status, seconds = run_logged(command, env, folder / "torchrun.log", timeout)
+    record = {"status": status, "seconds": seconds, "steps": {}}
     for line in lrs.read_text().splitlines() if lrs.exists() else []:
         attempt, iteration, lr = line.split()
         record["steps"].setdefault(int(attempt), []).append((int(iteration), float(lr)))
@@ -154,7 +198,7 @@ def main() -> int:
           f"{sum(r['steps_lost'] or 0 for r in results)} / wall time {wall:.0f} s "
           f"(checkpoint every {WORKER_PERIOD} steps of {WORKER_STEPS})")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        write_results(Path(args.json), {"faults": results}, indent=1, seeds=args.seeds)
     return 0 if survived == len(results) else 1
 
 

@@ -32,6 +32,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -299,6 +300,7 @@ def _distributed_worker(
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     with (
+        _leaving_at_once_when_preempted(),
         _failure_recorded(global_rank, world_size, records_dir, log_dir),
         _preemption_recorded(global_rank, records_dir),
     ):
@@ -367,6 +369,25 @@ def _preemption_recorded(rank: int, records_dir: str) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def _leaving_at_once_when_preempted() -> Iterator[None]:
+    """Ends this worker process with :data:`PREEMPTED_EXIT_STATUS` once it is preempted, skipping
+    the interpreter's teardown. The checkpoint is whole and every rank has passed the barrier
+    after it, so nothing is left to save; the teardown would destroy the process group's C++
+    objects while a peer leaves at the same moment, and gloo's threads then abort the process
+    ("terminate called without an active exception": SIGABRT instead of 143). A teardown in
+    order (a barrier, then destroy_process_group) needs every peer still there, which a
+    preemption does not promise: the scheduler may already have killed one."""
+    try:
+        yield
+    except Preempted:
+        logging.shutdown()  # flushes the log files
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(PREEMPTED_EXIT_STATUS)
+
+
 def _preempted(
     error: ProcessExitedException, records_dir: str, signals: list[int]
 ) -> Preempted | None:
@@ -390,7 +411,7 @@ def _run_under_torchrun(
 ) -> None:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    with _failure_recorded(rank, world_size, None, log_dir):
+    with _leaving_at_once_when_preempted(), _failure_recorded(rank, world_size, None, log_dir):
         backend = pick_backend(local_world_size)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
