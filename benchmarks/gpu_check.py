@@ -16,10 +16,11 @@ first, each in its own process and time-boxed (its budget, and the clock of the 
 6. ``nccl``: a 1-process NCCL group through ``det_scaling.engine.launch`` under torchrun:
    training, a checkpoint, resume, ``--dist-timeout``, DDP;
 7. ``auto_micro_batch``: ``SCALING.AUTO_MICRO_BATCH`` against a real CUDA out-of-memory error;
-8. ``adascale_cost``: AdaScale's iteration time against the linear rule's;
-9. ``scaling_table`` (optional, when the clock leaves time): the scaling table's GPU leg.
+8. ``determinism``: the tiny detector trained twice with ``DETERMINISTIC``: bit-identical weights;
+9. ``adascale_cost``: AdaScale's iteration time against the linear rule's;
+10. ``scaling_table`` (optional, when the clock leaves time): the scaling table's GPU leg.
 
-Steps 5-8 are ``benchmarks/gpu_steps.py``. ``--dry-run`` runs the same steps on the CPU, small:
+Steps 5-9 are ``benchmarks/gpu_steps.py``. ``--dry-run`` runs the same steps on the CPU, small:
 no install (the environment running this is used as it is), CUDA tests collected and skipped,
 the others on their CPU equivalents, the optional step skipped; CI runs it
 (``tests/benchmarks/test_gpu_check.py``). Writes ``gpu_check.json``, ``gpu_check.md`` and
@@ -69,9 +70,10 @@ STEPS = (
     Step("environment", "Environment and versions", 45),
     Step("cuda_tests", "CUDA tests of the suite (pytest -m cuda)", 60),
     Step("optimizer_step", "Optimizer step on ResNet-50's parameters (fp32, bf16)", 45),
-    Step("detector", "Tiny detector: images/s by batch; AMP with accumulation", 90),
+    Step("detector", "Tiny detector: images/s by batch; AMP with accumulation", 85),
     Step("nccl", "NCCL: 1-process group through launch, checkpoint, resume, DDP", 75),
     Step("auto_micro_batch", "SCALING.AUTO_MICRO_BATCH against a CUDA out-of-memory error", 60),
+    Step("determinism", "DETERMINISTIC: two runs bit-identical on CUDA", 40),
     Step("adascale_cost", "AdaScale's cost per step against the linear rule", 45),
     Step("scaling_table", "Scaling table, GPU leg (optional)", 0, optional=True, min_s=120),
 )

@@ -20,6 +20,8 @@ CPU equivalent (the dry run); ``--quick`` makes it small enough for a 2-core CI 
 * ``auto_micro_batch``: ``SCALING.AUTO_MICRO_BATCH`` against a real CUDA out-of-memory error,
   forced by ``torch.cuda.set_per_process_memory_fraction`` at a cap measured on the model
   (CPU: the error raised above one image per micro-batch, there being no device memory to cap);
+* ``determinism``: the tiny detector trained twice with ``DETERMINISTIC`` from one seed, and once
+  without: the weights compared bit for bit;
 * ``adascale_cost``: iteration time of ``SCALING.RULE adascale`` against the linear rule, both at
   4 simulated GPUs by accumulation (``benchmarks/_timing.py``'s alternating chunks).
 """
@@ -752,12 +754,67 @@ def adascale_cost(args: argparse.Namespace, result: Result) -> None:
     result.headline = f"AdaScale / linear iteration time: {ratio:.3f} ({device})"
 
 
+# -------------------------------------------------------------------------- determinism ----
+def determinism(args: argparse.Namespace, result: Result) -> None:
+    """The tiny detector trained twice with ``DETERMINISTIC`` (and once without, for contrast)
+    from the same seed: with it, bit-identical weights."""
+    device, quick = args.device, args.quick
+    iterations = 2 if quick else 30
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for name, deterministic in (("first", True), ("second", True), ("default kernels", False)):
+        cfg = tiny_cfg(
+            device, quick, args.work / f"determinism_{name.replace(' ', '_')}",
+            "SOLVER.REFERENCE_WORLD_SIZE", 1, "SOLVER.IMS_PER_BATCH", 4,
+            "DETERMINISTIC", deterministic, *schedule(iterations),
+        )  # fmt: skip
+        trainer = build_trainer(cfg)
+        switched = torch.are_deterministic_algorithms_enabled()
+        result.check(f"{name}: deterministic algorithms {deterministic}", switched == deterministic)
+        trainer.train()
+        weights[name] = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        del trainer
+        release(device)
+        # The switch is per process: the run without it needs it off again.
+        torch.use_deterministic_algorithms(False)
+    rows = []
+    for name in ("second", "default kernels"):
+        differing = [
+            k for k in weights["first"] if not torch.equal(weights["first"][k], weights[name][k])
+        ]
+        largest = max(
+            (float((weights["first"][k] - weights[name][k]).abs().max()) for k in differing),
+            default=0.0,
+        )
+        rows.append(
+            {
+                "against the first": name,
+                "tensors differing": len(differing),
+                "largest |difference|": largest,
+            }
+        )
+    result.figures["determinism"] = rows
+    result.table(
+        f"Weights after {iterations} steps against the first DETERMINISTIC run ({device})", rows
+    )
+    result.check(
+        "DETERMINISTIC twice: bit-identical weights",
+        rows[0]["tensors differing"] == 0,
+        str(rows[0]),
+    )
+    same = rows[0]["tensors differing"] == 0
+    result.headline = (
+        f"DETERMINISTIC runs {'bit-identical' if same else 'differ'}; without it "
+        f"{rows[1]['tensors differing']} tensors differ ({device})"
+    )
+
+
 STEPS: dict[str, Callable[[argparse.Namespace, Result], None]] = {
     "environment": environment,
     "detector": detector,
     "nccl": nccl,
     "auto_micro_batch": auto_micro_batch,
     "adascale_cost": adascale_cost,
+    "determinism": determinism,
 }
 
 

@@ -25,6 +25,7 @@ def add_scaling_config(cfg: CfgNode) -> None:
     add_synthetic_voc_keys(cfg)
     add_solver_keys(cfg)
     add_classification_keys(cfg)
+    add_reproducibility_keys(cfg)
     if was_frozen:
         cfg.freeze()
 
@@ -111,8 +112,10 @@ def add_scaling_keys(cfg: CfgNode) -> None:
 def add_synthetic_voc_keys(cfg: CfgNode) -> None:
     """``DATASETS.SYNTHETIC_VOC.*``: the generated VOC-layout set that stands in for VOC07."""
     # Data sets named synthetic_voc_trainval / synthetic_voc_test are generated (once,
-    # deterministically) under $DETECTRON2_DATASETS/synthetic_voc with these parameters, then read
-    # by detectron2's VOC loader and evaluated by its VOC07 evaluator like the real VOC2007.
+    # deterministically) with these parameters, in their own folder
+    # $DETECTRON2_DATASETS/synthetic_voc/<key> (datasets/README.md), never rewritten once complete,
+    # then read by detectron2's VOC loader and evaluated by its VOC07 evaluator like the real
+    # VOC2007.
     cfg.DATASETS.SYNTHETIC_VOC = CfgNode()
     cfg.DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL = 500  # images of synthetic_voc_trainval
     cfg.DATASETS.SYNTHETIC_VOC.NUM_TEST = 100  # images of synthetic_voc_test
@@ -223,6 +226,15 @@ def add_classification_keys(cfg: CfgNode) -> None:
     # layer), whose backbone weights load into a detectron2 detector of the same MODEL.RESNETS
     # (det_scaling.commands.pretrain.export_backbone): ImageNet pretraining for a detector.
     cfg.MODEL.CLASSIFIER.BACKBONE = "torchvision"
+
+
+def add_reproducibility_keys(cfg: CfgNode) -> None:
+    """``DETERMINISTIC``: beside detectron2's ``SEED`` and ``CUDNN_BENCHMARK``."""
+    # Deterministic kernels in every process (torch.use_deterministic_algorithms, cuDNN without
+    # its autotuner, cuBLAS with a fixed workspace), so that a run on a GPU repeats bit for bit;
+    # slower. Excludes CUDNN_BENCHMARK. On the CPU a fixed SEED with one thread per process
+    # already repeats.
+    cfg.DETERMINISTIC = False
 
 
 def get_cfg() -> CfgNode:

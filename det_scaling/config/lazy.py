@@ -68,13 +68,16 @@ def toolkit_defaults() -> dict[str, dict[str, Any]]:
 
 def add_lazy_scaling_keys(cfg: DictConfig, where: str = "") -> None:
     """Adds the toolkit's keys at their defaults where ``cfg`` lacks them (in place; calling it
-    twice is harmless): ``train.reference_world_size`` and ``train.scaling``; and
+    twice is harmless): ``train.reference_world_size``, ``train.deterministic`` and
+    ``train.scaling``; and
     ``dataloader.synthetic_voc`` when the config has it. Raises ``ConfigError`` (prefixed with
     ``where``) for a key under them that does not exist, naming the closest one."""
     if OmegaConf.select(cfg, "train", default=None) is None:
         cfg.train = {}
     if "reference_world_size" not in cfg.train:
         cfg.train.reference_world_size = 0
+    if "deterministic" not in cfg.train:
+        cfg.train.deterministic = get_cfg().DETERMINISTIC
     for node_key, defaults in toolkit_defaults().items():
         written = OmegaConf.select(cfg, node_key, default=None)
         if written is None and node_key != "train.scaling":

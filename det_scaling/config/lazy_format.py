@@ -35,6 +35,7 @@ from det_scaling.config.recipe import (
     RecipeKeys,
     RunSettings,
     ScheduleField,
+    deterministic_setting,
 )
 from det_scaling.errors import ConfigError
 
@@ -255,6 +256,11 @@ class LazyFormat(ConfigFormat):
             ),
             gradient_noise_decay=OmegaConf.select(
                 self.cfg, "train.scaling.noise_scale.decay", default=0.99
+            ),
+            deterministic=deterministic_setting(
+                OmegaConf.select(self.cfg, "train.deterministic", default=False),
+                OmegaConf.select(self.cfg, "train.cudnn_benchmark", default=False),
+                ("train.deterministic", "train.cudnn_benchmark"),
             ),
         )
 

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from det_scaling.errors import ConfigError
+
 __all__ = [
     "FRACTION",
     "LENGTH",
@@ -26,6 +28,7 @@ __all__ = [
     "RecipeKeys",
     "RunSettings",
     "ScheduleField",
+    "deterministic_setting",
 ]
 
 # Kinds of iteration-valued fields (ScheduleField.kind).
@@ -161,6 +164,19 @@ class RunSettings:
     # Weight kept per step by the gradient statistics' running averages (SCALING.NOISE_SCALE.DECAY),
     # for AdaScale's gain ratio even when the noise scale is not logged.
     gradient_noise_decay: float = 0.99
+    deterministic: bool = False  # deterministic kernels (DETERMINISTIC; engine/determinism.py)
+
+
+def deterministic_setting(deterministic: Any, cudnn_benchmark: Any, keys: tuple[str, str]) -> bool:
+    """The run's ``deterministic`` setting; ``ConfigError`` when the config also asks for cuDNN's
+    autotuner (``keys``: the two keys' names in the config's format), which picks its kernels by
+    timing them."""
+    if deterministic and cudnn_benchmark:
+        raise ConfigError(
+            f"{keys[0]} and {keys[1]} exclude each other: cuDNN's autotuner picks kernels by "
+            f"timing them, so runs differ; set {keys[1]} False"
+        )
+    return bool(deterministic)
 
 
 class ConfigFormat(ABC):

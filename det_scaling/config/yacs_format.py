@@ -20,6 +20,7 @@ from det_scaling.config.recipe import (
     RecipeKeys,
     RunSettings,
     ScheduleField,
+    deterministic_setting,
 )
 
 __all__ = ["YACS_KEYS", "YacsFormat"]
@@ -165,6 +166,9 @@ class YacsFormat(ConfigFormat):
             noise_scale=_noise_scale(cfg.SCALING.NOISE_SCALE),
             auto_micro_batch=bool(cfg.SCALING.AUTO_MICRO_BATCH),
             gradient_noise_decay=cfg.SCALING.NOISE_SCALE.DECAY,
+            deterministic=deterministic_setting(
+                cfg.DETERMINISTIC, cfg.CUDNN_BENCHMARK, ("DETERMINISTIC", "CUDNN_BENCHMARK")
+            ),
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

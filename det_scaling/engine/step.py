@@ -10,6 +10,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
+from det_scaling.engine.determinism import use_deterministic_kernels
 from det_scaling.engine.launch import create_ddp_model
 from det_scaling.engine.run import Run
 
@@ -44,7 +45,10 @@ def build_step(run: Run, builders: StepBuilders, *, weights: str = "") -> Step:
     ``weights`` loaded, when given, before the optimizer sees it), the optimizer, the loader of
     one micro-batch per process, DDP with the run's options, and the accumulating step, which
     agrees on out-of-memory errors with the other processes under ``SCALING.AUTO_MICRO_BATCH``
-    (``train.scaling.auto_micro_batch``)."""
+    (``train.scaling.auto_micro_batch``). A run with ``DETERMINISTIC`` (``train.deterministic``)
+    switches this process to deterministic kernels first."""
+    if run.settings.deterministic:
+        use_deterministic_kernels()
     model = builders.build_model(run.cfg)
     if weights:
         DetectionCheckpointer(model).load(weights)

@@ -25,6 +25,7 @@ STEP_NAMES = [
     "detector",
     "nccl",
     "auto_micro_batch",
+    "determinism",
     "adascale_cost",
     "scaling_table",
 ]
@@ -81,6 +82,8 @@ def test_dry_run_runs_every_step_on_the_cpu_and_writes_both_summaries(tmp_path):
     runs = {r["run"]: r for r in steps["auto_micro_batch"]["figures"]["runs"]}
     assert runs["uncapped"]["micro-batch at end"] == 4
     assert runs["capped"]["micro-batch at end"] == 1 and runs["capped"]["total batch"] == 4
+    identical, default = steps["determinism"]["figures"]["determinism"]
+    assert identical["tensors differing"] == 0 and default["against the first"] == "default kernels"
     assert steps["adascale_cost"]["figures"]["ratio"] > 0
 
     summary = (tmp_path / "out" / "gpu_check.md").read_text()
