@@ -23,6 +23,7 @@ def format_additions(record: dict[str, Any]) -> str:
         ("det_scaling commit", source["commit"]),
         ("det_scaling dirty", "unknown" if dirty is None else ("yes" if dirty else "no")),
         ("CPU", cpu["model"]),
+        ("CPU family/model", cpu["family_model"] or "unknown"),
         ("CPU capability", cpu["capability"]),
         ("CPUs", cpu["count"]),
         ("torch threads", threads["torch"]),

@@ -70,6 +70,9 @@ def collect_environment(
         },
         "cpu": {
             "model": _cpu_model(),
+            # A virtual machine's model name can be as vague as "AMD EPYC"; the family and
+            # model numbers tell its generations (and their kernels) apart.
+            "family_model": _cpu_family_model(),
             "capability": torch.backends.cpu.get_cpu_capability(),
             "count": os.cpu_count(),
         },
@@ -162,6 +165,25 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_family_model() -> str | None:
+    """``"<cpu family>/<model>"`` from /proc/cpuinfo (x86), None where it does not say."""
+    found: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model") and key not in found:
+                    found[key] = value.strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        return None
+    if "cpu family" not in found:
+        return None
+    return f"{found['cpu family']}/{found.get('model', '?')}"
+
+
 def _gpu() -> dict[str, Any] | None:
     """GPU names, driver, CUDA and cuDNN versions; None when CUDA is not available."""
     import torch
@@ -209,6 +231,7 @@ _NUMERIC_FIELDS = (
         for name in ("torch", "torchvision", "detectron2", "numpy", "Pillow")
     ),
     ("CPU", lambda r: _field(r, "cpu", "model")),
+    ("CPU family/model", lambda r: _field(r, "cpu", "family_model")),
     ("CPU capability", lambda r: _field(r, "cpu", "capability")),
     *(
         (name, lambda r, name=name: _field(r, "numerics_variables", name))

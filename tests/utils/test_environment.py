@@ -34,6 +34,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _family_model_from_lscpu() -> str:
+    fields = dict(
+        line.split(":", 1) for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True, env={"LC_ALL": "C"}
+        ).stdout.splitlines() if ":" in line
+    )  # fmt: skip
+    return f"{fields['CPU family'].strip()}/{fields['Model'].strip()}"
+
+
 def test_the_manifest_names_are_those_the_generators_write():
     assert GENERATED_MANIFESTS == (synthetic_voc.MANIFEST_NAME, digits.MANIFEST_NAME)
 
@@ -59,6 +68,7 @@ def test_the_record_is_this_process_and_fast(monkeypatch):
     assert record["versions"]["torch"] == torch.__version__
     assert record["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["cpu"]["count"] == os.cpu_count() and record["cpu"]["model"]
+    assert record["cpu"]["family_model"] == _family_model_from_lscpu()
     assert record["threads"]["torch"] == 1
     assert record["numerics_variables"]["ATEN_CPU_CAPABILITY"] == "default"
     assert record["numerics_variables"]["MKL_CBWR"] is None
@@ -110,8 +120,10 @@ def test_numeric_differences_name_what_changes_numbers(record):
     other["cpu"]["capability"] = capability
     other["versions"]["torch"] = "1.0.0"
     other["numerics_variables"]["MKL_CBWR"] = "COMPATIBLE"
+    other["cpu"]["family_model"] = "25/17"
     assert numeric_differences(record, other) == [
         f"torch {record['versions']['torch']} vs 1.0.0",
+        f"CPU family/model {record['cpu']['family_model']} vs 25/17",
         f"CPU capability {record['cpu']['capability']} vs {capability}",
         f"MKL_CBWR {record['numerics_variables']['MKL_CBWR'] or 'none'} vs COMPATIBLE",
     ]
