@@ -61,7 +61,7 @@ def collect_environment(
         "det_scaling": {"version": _version("det_scaling"), "commit": commit, "dirty": dirty},
         "versions": {
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a TorchVersion, which weights_only loads refuse
             "torchvision": _version("torchvision"),
             "detectron2": _version("detectron2"),
             "numpy": _version("numpy"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -60,6 +61,11 @@ def test_the_record_is_this_process_and_fast(monkeypatch):
         torch.set_num_threads(threads)
     assert seconds < 1.0
     assert json.loads(json.dumps(record)) == record
+    # Summaries holding it are saved with torch.save and read back with weights_only loads.
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == record
     head = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     )
