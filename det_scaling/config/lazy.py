@@ -69,9 +69,9 @@ def toolkit_defaults() -> dict[str, dict[str, Any]]:
 def add_lazy_scaling_keys(cfg: DictConfig, where: str = "") -> None:
     """Adds the toolkit's keys at their defaults where ``cfg`` lacks them (in place; calling it
     twice is harmless): ``train.reference_world_size``, ``train.deterministic`` and
-    ``train.scaling``; and
-    ``dataloader.synthetic_voc`` when the config has it. Raises ``ConfigError`` (prefixed with
-    ``where``) for a key under them that does not exist, naming the closest one."""
+    ``train.scaling``; and ``dataloader.synthetic_voc`` when the config has it. Raises
+    ``ConfigError`` (prefixed with ``where``) for a key under them that does not exist, naming the
+    closest one."""
     if OmegaConf.select(cfg, "train", default=None) is None:
         cfg.train = {}
     if "reference_world_size" not in cfg.train:
