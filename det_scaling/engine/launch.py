@@ -78,8 +78,9 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 
 logger = logging.getLogger(__name__)
 
-# The main process's preemption message, left in the failure records' folder for the launcher.
-PREEMPTION_RECORD = "preempted.txt"
+# A process's preemption message, left in the failure records' folder for the launcher of its
+# machine, by local rank.
+PREEMPTION_RECORD = "preempted.{rank}.txt"
 
 
 def launch(
@@ -302,7 +303,7 @@ def _distributed_worker(
     with (
         _leaving_at_once_when_preempted(),
         _failure_recorded(global_rank, world_size, records_dir, log_dir),
-        _preemption_recorded(global_rank, records_dir),
+        _preemption_recorded(local_rank, records_dir),
     ):
         if backend == "nccl":
             # Before init_process_group, so NCCL binds this process to its own GPU.
@@ -358,14 +359,14 @@ def _forward_pending(signals: list[int], processes: list[Any]) -> None:
 
 
 @contextlib.contextmanager
-def _preemption_recorded(rank: int, records_dir: str) -> Iterator[None]:
-    """Leaves the main process's preemption message for the launcher."""
+def _preemption_recorded(local_rank: int, records_dir: str) -> Iterator[None]:
+    """Leaves this process's preemption message for the launcher. Every process leaves it (the
+    message is the same on all): the launcher reads the record of the one it sees exit first."""
     try:
         yield
     except Preempted as preempted:
-        if rank == 0:
-            with open(os.path.join(records_dir, PREEMPTION_RECORD), "w") as f:
-                f.write(preempted.message)
+        with open(os.path.join(records_dir, PREEMPTION_RECORD.format(rank=local_rank)), "w") as f:
+            f.write(preempted.message)
         raise
 
 
@@ -393,7 +394,7 @@ def _preempted(
 ) -> Preempted | None:
     """The launcher's :class:`Preempted` when the processes stopped for a preemption: after their
     checkpoint (its message), or killed by the signal passed on before they could make one."""
-    record = os.path.join(records_dir, PREEMPTION_RECORD)
+    record = os.path.join(records_dir, PREEMPTION_RECORD.format(rank=error.error_index))
     if error.exit_code == PREEMPTED_EXIT_STATUS and os.path.exists(record):
         with open(record) as f:
             return Preempted(f.read())
