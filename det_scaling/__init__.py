@@ -18,6 +18,7 @@ with warnings.catch_warnings():
     from det_scaling.config import add_scaling_config, get_cfg, load_cfg
     from det_scaling.engine import PlateauHook, SolverMixin
     from det_scaling.scaling.batch_schedule import BatchSchedule
+    from det_scaling.scaling.critical_batch import CriticalBatchFit, fit_critical_batch
     from det_scaling.scaling.plan import Change, ScalingPlan, plan_scaling, scale_cfg
     from det_scaling.solver import (
         LARS,
@@ -36,6 +37,7 @@ __all__ = [
     "OPTIMIZER_REGISTRY",
     "BatchSchedule",
     "Change",
+    "CriticalBatchFit",
     "PlateauHook",
     "ProgressLRScheduler",
     "ScalingPlan",
@@ -43,6 +45,7 @@ __all__ = [
     "add_scaling_config",
     "build_lr_scheduler",
     "build_optimizer",
+    "fit_critical_batch",
     "get_cfg",
     "load_cfg",
     "plan_scaling",

@@ -4,9 +4,9 @@ Measures the gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al
 model on its training data: trains --num-iter steps of the config's schedule from --start-iter
 (from MODEL.WEIGHTS if set, e.g. a checkpoint late in training) at the batch the config is
 written for, reading the gradient norms at the two batch sizes each step has. Prints B_simple,
-how it moved during the measurement, and the GPU count up to which the linear scaling rule is
-expected to hold for the config's per-GPU batch (total batch <= B_simple). Nothing is written
-unless --csv is given.
+how it moved during the measurement, and for each GPU count the epochs a run needs against the
+reference's with B_crit = B_simple ((1 + B / B_crit) / (1 + B_ref / B_crit), McCandlish et al.
+2018). Nothing is written unless --csv is given; `det-scaling advise` turns it into what to run.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from det_scaling.cli._common import (
 )
 from det_scaling.commands import noise_scale
 from det_scaling.config import load_cfg, require_yaml_config
+from det_scaling.scaling.critical_batch import epochs_factor
 
-# The GPU counts of the table printed with the limit.
+# The GPU counts of the epochs table.
 TABLE_GPU_COUNTS = [1, 2, 4, 8, 16]
 
 
@@ -105,39 +106,30 @@ def run(args: argparse.Namespace) -> int:
         f"per-GPU batch as written: {result.per_gpu_batch} image(s) (SOLVER.IMS_PER_BATCH "
         f"{written.IMS_PER_BATCH}, SOLVER.REFERENCE_WORLD_SIZE {written.REFERENCE_WORLD_SIZE})"
     )
-    limit = result.gpu_limit()
-    if limit is None:
+    if overall.noise_scale is None or overall.noise_scale <= 0:
         print("the signal |G|^2 was not resolved: measure longer (--num-iter) or later in training")
     else:
-        print(
-            f"linear rule expected to hold up to {limit} GPU(s) of {result.per_gpu_batch} "
-            f"image(s): total batch <= B_simple"
-        )
-        table = [
-            {
-                "GPUs": gpus,
-                "total batch": gpus * result.per_gpu_batch,
-                "<= B_simple": "yes" if gpus <= limit else "no",
-            }
-            for gpus in TABLE_GPU_COUNTS
-        ]
-        print(tabulate(table, headers="keys", tablefmt="github"))
-        pointer = past_the_limit(limit)
-        if pointer:
-            print(pointer)
+        print(epochs_table(overall.noise_scale, result.per_gpu_batch, written.IMS_PER_BATCH))
     if args.csv:
         result.write_csv(args.csv)
         print(f"wrote {args.csv}")
     return 0
 
 
-def past_the_limit(limit: int) -> str | None:
-    """What to use past the linear rule's GPU limit, when the table's counts go past it."""
-    if limit >= TABLE_GPU_COUNTS[-1]:
-        return None
+def epochs_table(b_crit: float, per_gpu_batch: int, reference_batch: int) -> str:
+    """The epochs factor of each GPU count's total batch against the reference batch, with
+    B_crit = ``b_crit``, and what to do with it."""
+    rows = []
+    for gpus in TABLE_GPU_COUNTS:
+        batch = gpus * per_gpu_batch
+        factor = epochs_factor(batch, reference_batch, b_crit)
+        rows.append({"GPUs": gpus, "total batch": batch, "epochs x": f"{factor:.2f}"})
     return (
-        f"past {limit} GPU(s): consider SCALING.RULE adascale, which measures how much of the "
-        "larger batch's LR the gradients allow (docs/scaling.md, AdaScale)"
+        f"epochs for the reference's progress with B_crit = B_simple = {b_crit:.3g}:\n"
+        + tabulate(rows, headers="keys", tablefmt="github")
+        + "\nB_simple grows as a model trains: measure later in training (--start-iter, "
+        "MODEL.WEIGHTS) for the run's B_crit, or let `det-scaling advise CONFIG` probe it and say "
+        "what to run"
     )
 
 

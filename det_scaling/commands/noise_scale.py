@@ -13,7 +13,9 @@ the measurement then runs at twice the reference batch (2 micro-batches per step
 config's rule), which changes what is measured only through the LR. Nothing is written.
 
 B_simple is the ratio of the means of the per-step unbiased estimates of tr(Sigma) and |G|^2,
-over all steps and over consecutive windows of steps (how it moves as the model trains).
+over all steps and over consecutive windows of steps (how it moves as the model trains), and,
+measured ``by_module``, of each module group's part of the gradient
+(:func:`~det_scaling.engine.gradient_noise.module_groups`).
 :func:`launch_noise_scale` runs it in several processes.
 """
 
@@ -23,6 +25,9 @@ import csv
 import itertools
 import math
 import os
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from detectron2.config import CfgNode
@@ -32,9 +37,10 @@ from detectron2.utils.events import EventStorage
 
 from det_scaling.config import add_scaling_config
 from det_scaling.engine import GradientNoiseMeter, Run, StepNorms, build_step, place_scheduler
+from det_scaling.engine.gradient_noise import module_groups
 from det_scaling.engine.launch import launch_for_result
 from det_scaling.errors import ConfigError
-from det_scaling.scaling.gradient_noise import linear_rule_gpu_limit, two_batch_estimates
+from det_scaling.scaling.gradient_noise import two_batch_estimates
 from det_scaling.scaling.plan import plan_scaling
 from det_scaling.tasks import prepare_run, resolve_run, trainer_class
 from det_scaling.utils.logs import unactionable_warnings_ignored
@@ -119,6 +125,16 @@ class NoiseScaleResult:
     per_gpu_batch: int
     start_iter: int
     notes: list[str] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # each step's wall time (main process)
+
+    @property
+    def micro_batch_seconds(self) -> float | None:
+        """The median time of one micro-batch's step on a process (a step's time over its
+        micro-batches), the first steps (warm-up) left out; None with fewer than 4 steps."""
+        timed = sorted(self.step_seconds[2:])
+        if len(timed) < 2:
+            return None
+        return statistics.median(timed) / self.grad_accum_steps
 
     @property
     def overall(self) -> NoiseScaleEstimate:
@@ -131,16 +147,35 @@ class NoiseScaleResult:
         bounds = [round(i * len(self.norms) / count) for i in range(count + 1)]
         return [estimate(self.norms[a:b]) for a, b in itertools.pairwise(bounds)]
 
+    def module_estimates(
+        self, first: int | None = None, last: int | None = None
+    ) -> dict[str, NoiseScaleEstimate]:
+        """B_simple of each module group's gradient over iterations ``first`` .. ``last``
+        (inclusive; every step measured by default), for a run measured ``by_module``."""
+        steps = [
+            n
+            for n in self.norms
+            if (first is None or n.iteration >= first) and (last is None or n.iteration <= last)
+        ]
+        if not steps:
+            measured = (
+                f"{self.norms[0].iteration} .. {self.norms[-1].iteration}" if self.norms else "none"
+            )
+            raise ConfigError(
+                f"no step measured in iterations {first} .. {last} (measured: {measured}); "
+                "pick first and last among the measured iterations"
+            )
+        if not steps[0].groups:
+            raise ConfigError(
+                "the steps hold no module groups: measure with by_module=True (noise-scale's "
+                "per-module measurement)"
+            )
+        return {name: estimate([n.of_group(name) for n in steps]) for name in steps[0].groups}
+
     def window_loss(self, window: NoiseScaleEstimate) -> float:
         """The mean logged loss over a window's steps."""
         values = self.losses[window.first - self.start_iter : window.last - self.start_iter + 1]
         return sum(values) / len(values)
-
-    def gpu_limit(self, noise_scale: float | None = None) -> int | None:
-        """The most GPUs of :attr:`per_gpu_batch` images whose total batch is at most B_simple
-        (the overall estimate unless given); None when B_simple is unknown."""
-        value = self.overall.noise_scale if noise_scale is None else noise_scale
-        return None if value is None else linear_rule_gpu_limit(value, self.per_gpu_batch)
 
     def write_csv(self, path: str | os.PathLike) -> None:
         """Each step: iteration, LR, loss, the two squared norms and their batch sizes."""
@@ -153,10 +188,17 @@ class NoiseScaleResult:
 
 
 def measure_noise_scale(
-    cfg: CfgNode, *, num_iter: int = DEFAULT_NUM_ITER, start_iter: int = 0
+    cfg: CfgNode,
+    *,
+    num_iter: int = DEFAULT_NUM_ITER,
+    start_iter: int = 0,
+    by_module: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> NoiseScaleResult:
     """Trains ``cfg``'s model on its data for ``num_iter`` steps of its LR schedule from step
-    ``start_iter`` (at the reference batch, see the module) and returns every step's norms.
+    ``start_iter`` (at the reference batch, see the module) and returns every step's norms;
+    ``by_module``: each module group's too (:meth:`NoiseScaleResult.module_estimates`).
+    ``progress(steps_done, num_iter, seconds)`` is called after each step in the main process.
 
     Call it in every process of a process group (or in one process); all return the same result.
     Raises ``ConfigError`` for bad arguments, a config that cannot be scaled to this world size,
@@ -169,7 +211,7 @@ def measure_noise_scale(
     world_size = comm.get_world_size()
     run, notes, doubled = _measurable_run(cfg, world_size)
     scaled, schedule = run.cfg, run.schedule
-    if doubled:
+    if doubled and start_iter:
         # The same point of training: where the doubled batch's schedule has seen the images
         # the config's schedule has at ``start_iter``.
         notes.append(f"step {start_iter} of the config's schedule is step {start_iter // 2} here")
@@ -188,11 +230,18 @@ def measure_noise_scale(
     scheduler = trainer_cls.build_lr_scheduler(scaled, optimizer)
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     place_scheduler(scheduler, optimizer, base_lrs, start_iter)
-    meter = GradientNoiseMeter(step_trainer, schedule.micro_batch, keep_history=True)
+    meter = GradientNoiseMeter(
+        step_trainer,
+        schedule.micro_batch,
+        keep_history=True,
+        groups=module_groups(step_trainer.model) if by_module else None,
+    )
 
-    losses, lrs = [], []
+    losses, lrs, step_seconds = [], [], []
+    start = time.perf_counter()
     with EventStorage(start_iter) as storage:
         for iteration in range(start_iter, start_iter + num_iter):
+            step_start = time.perf_counter()
             step_trainer.iter = storage.iter = iteration
             step_trainer.accumulation_steps = schedule.stage_at_iteration(
                 iteration
@@ -203,6 +252,9 @@ def measure_noise_scale(
                 float(storage.history("total_loss").latest()) if comm.is_main_process() else 0.0
             )
             scheduler.step()
+            step_seconds.append(time.perf_counter() - step_start)
+            if progress is not None and comm.is_main_process():
+                progress(len(step_seconds), num_iter, time.perf_counter() - start)
     del step, step_trainer  # the loader's workers, if any, end with its iterator
     if comm.get_world_size() > 1:
         losses = comm.all_gather(losses)[0]  # the main process's, logged over all processes
@@ -224,23 +276,41 @@ def measure_noise_scale(
         // (written.SOLVER.REFERENCE_WORLD_SIZE or world_size),
         start_iter=start_iter,
         notes=notes,
+        step_seconds=step_seconds,
     )
 
 
 def launch_noise_scale(
-    cfg: CfgNode, num_gpus: int = 1, *, num_iter: int = DEFAULT_NUM_ITER, start_iter: int = 0
+    cfg: CfgNode,
+    num_gpus: int = 1,
+    *,
+    num_iter: int = DEFAULT_NUM_ITER,
+    start_iter: int = 0,
+    by_module: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> NoiseScaleResult:
     """:func:`measure_noise_scale` in ``num_gpus`` processes on this machine (GPUs, or gloo
-    processes on the CPU); the config is checked here before any process starts."""
+    processes on the CPU); the config is checked here before any process starts. ``progress``
+    must be picklable (a module-level function) when ``num_gpus`` > 1."""
     if num_gpus > 1:
         resolve_run(cfg, num_gpus, keep_reference_batch=True)
-    return launch_for_result(_measure, num_gpus, args=(cfg, num_iter, start_iter))
+    return launch_for_result(
+        _measure, num_gpus, args=(cfg, num_iter, start_iter, by_module, progress)
+    )
 
 
 @unactionable_warnings_ignored()
-def _measure(cfg: CfgNode, num_iter: int, start_iter: int) -> NoiseScaleResult:
+def _measure(
+    cfg: CfgNode,
+    num_iter: int,
+    start_iter: int,
+    by_module: bool,
+    progress: Callable[[int, int, float], None] | None,
+) -> NoiseScaleResult:
     # Module level: launched processes import it.
-    return measure_noise_scale(cfg, num_iter=num_iter, start_iter=start_iter)
+    return measure_noise_scale(
+        cfg, num_iter=num_iter, start_iter=start_iter, by_module=by_module, progress=progress
+    )
 
 
 def _measurable_run(cfg: CfgNode, world_size: int) -> tuple[Run, list[str], bool]:

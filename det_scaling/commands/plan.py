@@ -15,7 +15,15 @@ from tabulate import tabulate
 
 from det_scaling.config import Recipe
 from det_scaling.scaling.batch_schedule import BatchSchedule
-from det_scaling.scaling.plan import ADASCALE_RULE, AUTO_RULE, choose_rule, plan_scaling
+from det_scaling.scaling.critical_batch import epochs_factor
+from det_scaling.scaling.plan import (
+    ADASCALE_RULE,
+    AUTO_RULE,
+    NOISE_SCHEDULE,
+    ScalingPlan,
+    choose_rule,
+    plan_scaling,
+)
 
 __all__ = ["format_plan_table"]
 
@@ -72,12 +80,14 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
                     ]
                 )
     lr_column = written.keys.plan_columns[0]
+    noise = written.schedule == NOISE_SCHEDULE
     reference = written.reference_world_size
     header = (
         f"reference: {reference} GPU{'s' if reference > 1 else ''}, "
         f"{written.ims_per_batch} images/step, "
         f"{lr_column} {written.base_lr:.6g}; rule: {_rule_text(written)}"
         + ("; keep reference batch" if written.keep_reference_batch else "")
+        + (f"; schedule: noise, B_crit {written.b_crit:g}" if noise else "")
         if reference
         else f"{written.keys.reference_world_size} is 0: the config is used as written at every "
         "GPU count"
@@ -89,6 +99,8 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
     table = header + "\n" + tabulate(rows, headers=columns, tablefmt="github")
     if stage_rows:
         table += "\n\n" + _format_stages(written, stage_rows)
+    if plans[0].rule != ADASCALE_RULE and max(gpu_counts) > max(reference, 1):
+        table += "\n\n" + _epochs_text(written, gpu_counts, plans)
     if adam_lines:
         table += "\n\n" + "\n".join(adam_lines)
     if written.rule == ADASCALE_RULE:
@@ -99,18 +111,39 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
             f"batch) and advances the schedule by r, so a run takes {max_iter} / S to {max_iter} "
             "steps"
         )
-    if plans[0].rule == "linear" and max(gpu_counts) > max(reference, 1):  # the applied rule
-        # The noise-scale command reads YAML configs; a LazyConfig measures it in training.
-        measure = (
-            "in training: docs/scaling.md"
-            if plans[0].adapter.is_lazy
-            else "by det-scaling noise-scale CONFIG"
-        )
-        table += (
-            "\n\nlinear rule: holds while the total batch is at most the gradient noise scale "
-            f"B_simple\n(measured {measure}); past it, consider {written.keys.rule} adascale"
-        )
     return table + "".join(f"\nwarning: {warning}" for warning in warnings)
+
+
+def _epochs_text(written: Recipe, gpu_counts: list[int], plans: list[ScalingPlan]) -> str:
+    """The epochs each GPU count needs for the reference's progress, by the critical-batch law;
+    or, without a critical batch, how to get one."""
+    keys = written.keys
+    law = (
+        "epochs: past the critical batch B_crit, a batch B needs (1 + B / B_crit) / "
+        "(1 + B_ref / B_crit)\ntimes the reference's for its progress (McCandlish et al. 2018)"
+    )
+    if not written.b_crit > 0:
+        # advise reads YAML configs; a LazyConfig measures the noise scale in training.
+        measure = (
+            "in training (docs/scaling.md)"
+            if plans[0].adapter.is_lazy
+            else "with `det-scaling advise CONFIG`"
+        )
+        return f"{law}.\nMeasure B_crit {measure}; then set {keys.b_crit} and {keys.schedule} noise"
+    reference_epochs = None
+    if written.dataset_size > 0:
+        reference_epochs = written.max_iter * written.ims_per_batch / written.dataset_size
+    lines = [f"{law}, with B_crit {written.b_crit:g}:"]
+    for num_gpus, plan in zip(gpu_counts, plans, strict=True):
+        batch = plan.recipe.ims_per_batch
+        factor = epochs_factor(batch, written.ims_per_batch, written.b_crit)
+        line = f"{num_gpus} GPU{'s' if num_gpus > 1 else ''}: {factor:.2f}x the epochs"
+        if reference_epochs is not None:
+            line += f", {reference_epochs * factor:.1f} of {reference_epochs:.1f}"
+        lines.append(line + f" (batch {batch})")
+    if written.schedule != NOISE_SCHEDULE:
+        lines.append(f"the table keeps the images; {keys.schedule} noise trains these epochs")
+    return "\n".join(lines)
 
 
 def _format_stages(recipe: Recipe, stage_rows: list[list]) -> str:

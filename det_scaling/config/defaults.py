@@ -36,10 +36,16 @@ def add_scaling_keys(cfg: CfgNode) -> None:
     # How BASE_LR and BASE_LR_END follow the total batch: "linear" (Goyal et al. 2017; what
     # detectron2's auto_scale_workers does), "sqrt" (Krizhevsky 2014; for adaptive optimizers),
     # "none" (LR kept), "auto" (sqrt for an Adam-like SOLVER.OPTIMIZER, linear otherwise; see
-    # SCALING.ADAM_SDE), or "adascale" (SCALING.ADASCALE_REFERENCE_BATCH). The schedule (MAX_ITER,
-    # STEPS, warmup, periods) keeps the number of images seen, except under "adascale".
+    # SCALING.ADAM_SDE), or "adascale" (SCALING.ADASCALE_REFERENCE_BATCH).
     cfg.SCALING.RULE = "linear"
     # With fewer GPUs than the reference: keep the reference total batch (and so its LR and
+    # How the schedule (MAX_ITER, STEPS, warmup, periods) follows the total batch: "images" keeps
+    # the number of images seen (as auto_scale_workers does); "noise" multiplies the run's length,
+    # STEPS and the periods by the epochs factor (1 + B / B_crit) / (1 + B_ref / B_crit) of the new
+    # total batch B against the written one B_ref (McCandlish et al. 2018), B_crit being
+    # SCALING.NOISE_SCALE.B_CRIT; the warmup keeps its images. Under "adascale" the run measures
+    # its own length: "images" only.
+    cfg.SCALING.SCHEDULE = "images"
     # schedule) by accumulating gradients over REFERENCE_WORLD_SIZE / num_gpus micro-batches.
     cfg.SCALING.KEEP_REFERENCE_BATCH = False
     # Micro-batches whose gradients are summed into one optimizer step. SOLVER.IMS_PER_BATCH is the
@@ -81,17 +87,22 @@ def add_scaling_keys(cfg: CfgNode) -> None:
     # the last stage then lasts to the end with its batch and LR factor.
     cfg.SCALING.ADABATCH.MAX_STAGES = 0
 
-    # ---- gradient noise scale: where the linear rule stops holding (engine/gradient_noise.py) ----
-    # B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), in images: below it the linear rule
-    # holds. Measured from the gradient norms at the two batch sizes each step has (one process's
-    # before DDP's all-reduce and the all-reduced one; on one process, the first micro-batch and
-    # the accumulated step), so it needs 2+ processes or SCALING.GRAD_ACCUM_STEPS >= 2.
+    # ---- gradient noise scale: how many epochs a batch needs (engine/gradient_noise.py) ----
+    # B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), in images, estimates the critical
+    # batch B_crit: a batch B needs (1 + B / B_crit) / (1 + B_ref / B_crit) times the epochs of a
+    # batch B_ref for the same progress (SCALING.SCHEDULE "noise" trains them). Measured from the
+    # gradient norms at the two batch sizes each step has (one process's before DDP's all-reduce
+    # and the all-reduced one; on one process, the first micro-batch and the accumulated step), so
+    # it needs 2+ processes or SCALING.GRAD_ACCUM_STEPS >= 2.
     cfg.SCALING.NOISE_SCALE = CfgNode()
     cfg.SCALING.NOISE_SCALE.ENABLED = False  # measure it in training; logged as noise_scale
     # Weight kept per step by the running averages of |G|^2 and tr(Sigma) (0.99: about 100 steps).
     cfg.SCALING.NOISE_SCALE.DECAY = 0.99
     cfg.SCALING.NOISE_SCALE.PERIOD = 20  # steps between two logged readings (one host sync each)
 
+    # The critical batch in images (0: unknown), for SCALING.SCHEDULE "noise": B_simple measured
+    # late in training (det-scaling advise or noise-scale), or fitted to runs (fit_critical_batch).
+    cfg.SCALING.NOISE_SCALE.B_CRIT = 0.0
     # ---- the rules' other settings, and out-of-memory errors ----
     # With an Adam-like optimizer and the "sqrt" or "auto" rule, also apply Malladi et al. 2022's
     # square-root rule to Adam's betas and eps when the batch changes by kappa:

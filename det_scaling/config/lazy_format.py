@@ -64,6 +64,8 @@ LAZY_KEYS = RecipeKeys(
     auto_micro_batch="train.scaling.auto_micro_batch",
     adascale_reference_batch="train.scaling.adascale_reference_batch",
 )
+    schedule="train.scaling.schedule",
+    b_crit="train.scaling.noise_scale.b_crit",
 
 # Fields of the param schedulers in lr_multiplier, by what they measure.
 _NESTED = {"scheduler", "schedulers"}
@@ -168,6 +170,8 @@ class LazyFormat(ConfigFormat):
             eps=self._optimizer_argument("eps"),
             adascale_reference_batch=int(scaling.get("adascale_reference_batch", 0)),
         )
+            schedule=scaling["schedule"],
+            b_crit=float(scaling["noise_scale"]["b_crit"]),
 
     def schedule_fields(self) -> list[ScheduleField]:
         lengths = [ScheduleField("train.max_iter", LENGTH, self.get("train.max_iter"))]
@@ -221,6 +225,12 @@ class LazyFormat(ConfigFormat):
         return lengths + milestones + fractions + periods
 
     def unclassified(self) -> list[str]:
+    def warmup_fractions(self) -> list[ScheduleField]:
+        return [
+            ScheduleField(key, FRACTION, fraction)
+            for key, fraction in self._fields_named("warmup_length")
+        ]
+
         root = OmegaConf.select(self.cfg, "lr_multiplier")
         if not (isinstance(root, DictConfig) and "_target_" in root):
             return ["lr_multiplier is not a LazyCall of a param scheduler: left as written"]

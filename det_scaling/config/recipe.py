@@ -66,6 +66,8 @@ class RecipeKeys:
     auto_micro_batch: str  # the switch of the micro-batch halved on out-of-memory
     adascale_reference_batch: str  # the total batch an AdaScale schedule is written for
 
+    schedule: str  # how the schedule follows the batch ("images" or "noise")
+    b_crit: str  # the critical batch the "noise" schedule uses
     def child(self, section: str, name: str) -> str:
         """The key of ``name`` in ``section``, in the section's case (``SCALING.EPOCHS.MAX``,
         ``train.scaling.epochs.max``)."""
@@ -119,6 +121,8 @@ class Recipe:
     eps: tuple[str, float] | None = None
     adascale_reference_batch: int = 0  # SCALING.ADASCALE_REFERENCE_BATCH (0: ims_per_batch)
 
+    schedule: str = "images"  # SCALING.SCHEDULE
+    b_crit: float = 0.0  # SCALING.NOISE_SCALE.B_CRIT (0: unknown)
     @property
     def base_lr(self) -> float:
         return self.lrs[self.keys.base_lr]
@@ -230,6 +234,11 @@ class ConfigFormat(ABC):
 
     def unclassified(self) -> list[str]:
         """Fields scaling leaves as written because it cannot tell what they measure."""
+        return []
+
+    def warmup_fractions(self) -> list[ScheduleField]:
+        """The warmups written as a fraction of the run (none in a yacs config, whose warmup is in
+        iterations)."""
         return []
 
     @abstractmethod

@@ -48,6 +48,8 @@ YACS_KEYS = RecipeKeys(
     auto_micro_batch="SCALING.AUTO_MICRO_BATCH",
     adascale_reference_batch="SCALING.ADASCALE_REFERENCE_BATCH",
 )
+    schedule="SCALING.SCHEDULE",
+    b_crit="SCALING.NOISE_SCALE.B_CRIT",
 
 # The registered optimizers that read SOLVER.ADAMW.BETAS and EPS.
 _ADAMW_BUILDERS = ("AdamW",)
@@ -133,6 +135,8 @@ class YacsFormat(ConfigFormat):
             eps=("SOLVER.ADAMW.EPS", solver.ADAMW.EPS) if adamw else None,
             adascale_reference_batch=int(scaling.ADASCALE_REFERENCE_BATCH),
         )
+            schedule=scaling.SCHEDULE,
+            b_crit=float(scaling.NOISE_SCALE.B_CRIT),
 
     def schedule_fields(self) -> list[ScheduleField]:
         solver = self.cfg.SOLVER

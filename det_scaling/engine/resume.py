@@ -12,7 +12,11 @@ What a changed config means on resume:
   continues at the same iteration on the new schedule, as detectron2 does;
 * another total batch (another GPU count, rescaled by ``plan_scaling``), with or without a
   changed schedule: it continues at the same images seen, hence the same epoch, on this run's
-  schedule and base LR. With the linear rule the LR per image is what is continuous.
+  schedule and base LR. With the linear rule the LR per image is what is continuous;
+* another total batch under ``SCALING.SCHEDULE noise``, whose length depends on the batch: it
+  continues at the same fraction of the schedule, the progress the critical-batch law counts
+  (a run at batch B needs its own epochs factor times the images for the same progress). The
+  images seen are then counted as this run's schedule would have seen them up to there.
 """
 
 from __future__ import annotations
@@ -45,11 +49,16 @@ class ResumePoint:
 
 
 def resume_point(
-    saved: dict[str, Any] | None, schedule: BatchSchedule, checkpoint_steps: int
+    saved: dict[str, Any] | None,
+    schedule: BatchSchedule,
+    checkpoint_steps: int,
+    *,
+    same_fraction: bool = False,
 ) -> ResumePoint:
     """The step this run continues at, from a checkpoint's ``ScalingProgress`` state ``saved``
     written after ``checkpoint_steps`` steps. A checkpoint without that state (a plain detectron2
-    trainer) is taken as written at this run's batch."""
+    trainer) is taken as written at this run's batch. With ``same_fraction`` (the ``noise``
+    schedule), a checkpoint of another batch continues at the same fraction of the schedule."""
     if saved is None:
         logger.warning(
             "The checkpoint has no ScalingProgress state (not written by det_scaling's trainer): "
@@ -58,9 +67,20 @@ def resume_point(
         )
         return ResumePoint(checkpoint_steps, schedule.images_at_iteration(checkpoint_steps), None)
     images = int(saved["images_seen"])
-    iteration = schedule.iteration_for_images(images)
     converted = not schedule.same_steps_as(saved)
     saved_length = saved["max_iter"] * saved["ims_per_batch"]
+    if same_fraction and converted and saved_length != schedule.total_images:
+        fraction = images / saved_length
+        logger.info(
+            "The noise schedule: the checkpoint is %.4g of its schedule (%d of %d images); "
+            "continuing at the same fraction of this run's %d images",
+            fraction,
+            images,
+            saved_length,
+            schedule.total_images,
+        )
+        images = round(fraction * schedule.total_images)
+    iteration = schedule.iteration_for_images(images)
     if converted:
         logger.info(
             "Resuming a run of %d process(es), total batch %d, after %d steps and %d images%s; "

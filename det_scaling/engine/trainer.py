@@ -61,7 +61,13 @@ from det_scaling.engine.run import Run
 from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.engine.step import build_step
 from det_scaling.errors import ConfigError
-from det_scaling.scaling.plan import ADASCALE_RULE, AUTO_RULE, adascale_scale, choose_rule
+from det_scaling.scaling.plan import (
+    ADASCALE_RULE,
+    AUTO_RULE,
+    NOISE_SCHEDULE,
+    adascale_scale,
+    choose_rule,
+)
 from det_scaling.utils.environment import collect_environment
 
 __all__ = [
@@ -196,7 +202,11 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         # own, which resume must not bring back. torch schedulers keep it as initial_lr.
         self._base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
         self.checkpointer = SafeCheckpointer(
-            model, self.settings.output_dir, trainer=weakref.proxy(self)
+            model,
+            self.settings.output_dir,
+            allow_pickled=self.settings.allow_pickled_weights,
+            allow_pickled_key=run.adapter.keys.allow_pickled_weights,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = self.batch_schedule.total_iterations
@@ -338,7 +348,12 @@ class ScalingTrainer(SolverMixin, TrainerBase):
             # The limit is the device's, whatever the GPU count: kept, not found again.
             self._limit_micro_batch(limit, "as the checkpoint's run found")
         # detectron2 restored ``iter``, the last step done.
-        point = resume_point(self.progress.loaded_state, self.batch_schedule, self.iter + 1)
+        point = resume_point(
+            self.progress.loaded_state,
+            self.batch_schedule,
+            self.iter + 1,
+            same_fraction=self.recipe.schedule == NOISE_SCHEDULE,
+        )
         self.progress.loaded_state = None
         self.progress.resumed_from = point.converted_from
         self.progress.start_at(point.iteration, point.images_seen)

@@ -2,9 +2,12 @@
 seen, and the gradient-noise statistics that say where a rule holds."""
 
 from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.scaling.critical_batch import CriticalBatchFit, epochs_factor, fit_critical_batch
 from det_scaling.scaling.plan import (
     ADASCALE_RULE,
     AUTO_RULE,
+    IMAGES_SCHEDULE,
+    NOISE_SCHEDULE,
     SCALING_RULES,
     Change,
     ScalingPlan,
@@ -18,12 +21,17 @@ from det_scaling.scaling.plan import (
 __all__ = [
     "ADASCALE_RULE",
     "AUTO_RULE",
+    "IMAGES_SCHEDULE",
+    "NOISE_SCHEDULE",
     "SCALING_RULES",
     "BatchSchedule",
     "Change",
+    "CriticalBatchFit",
     "ScalingPlan",
     "adascale_scale",
     "choose_rule",
+    "epochs_factor",
+    "fit_critical_batch",
     "is_adam_like",
     "plan_scaling",
     "scale_cfg",

@@ -29,7 +29,6 @@ __all__ = [
     "GradientNoiseStats",
     "SquaredNorm",
     "gain_ratio",
-    "linear_rule_gpu_limit",
     "squared_grad_norm",
     "two_batch_estimates",
 ]
@@ -94,19 +93,6 @@ def gain_ratio(variance: float, sq_grad_norm: float, scale: float) -> float | No
         return None
     # Only rounding can leave [1, S] here.
     return min(max(ratio, min(1.0, scale)), max(1.0, scale))
-
-
-def linear_rule_gpu_limit(noise_scale: float, per_gpu_batch: int) -> int:
-    """The most GPUs N with N x ``per_gpu_batch`` <= B_simple (at least 1).
-
-    Rule (McCandlish et al.): below the critical batch, estimated by B_simple, k times the batch
-    needs about k times fewer steps, so the linear rule (LR x k, steps / k) holds; past it the
-    gain fades. ``per_gpu_batch`` is one GPU's batch per optimizer step (micro-batch x
-    accumulation).
-    """
-    if per_gpu_batch < 1:
-        raise ConfigError(f"per_gpu_batch must be >= 1, got {per_gpu_batch}")
-    return max(1, math.floor(noise_scale / per_gpu_batch))
 
 
 class GradientNoiseStats:

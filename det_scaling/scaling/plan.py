@@ -16,7 +16,10 @@ at a total batch per optimizer step (``SOLVER.IMS_PER_BATCH``;
 * every iteration-valued field keeps the number of images seen
   (:mod:`det_scaling.scaling.batch_schedule`); under AdaScale (``adascale``), the periods only:
   the LR and schedule stay the reference batch's, and the run follows the gain ratio it
-  measures (:mod:`det_scaling.engine.adascale`).
+  measures (:mod:`det_scaling.engine.adascale`);
+* or, with the ``noise`` schedule (``SCALING.SCHEDULE``), the run's length, its LR steps and its
+  periods also grow by the epochs factor of the new batch
+  (:func:`~det_scaling.scaling.critical_batch.epochs_factor`); the warmup keeps its images.
 
 With the linear rule the numbers are those of detectron2's ``auto_scale_workers``. The result is
 written for N GPUs (reference N), so scaling it again to N, or handing a yacs config to
@@ -38,16 +41,20 @@ from det_scaling.config import (
     POINT,
     STEPS,
     ConfigFormat,
+    EpochSchedule,
     Recipe,
     ScheduleField,
     config_format,
 )
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.batch_schedule import micro_batch, rescale_iterations
+from det_scaling.scaling.critical_batch import epochs_factor
 
 __all__ = [
     "ADASCALE_RULE",
     "AUTO_RULE",
+    "IMAGES_SCHEDULE",
+    "NOISE_SCHEDULE",
     "SCALING_RULES",
     "Change",
     "ScalingPlan",
@@ -69,6 +76,12 @@ AUTO_RULE = "auto"  # one of SCALING_RULES, chosen from the optimizer (choose_ru
 # (det_scaling.engine.adascale); the plan keeps the LR and the schedule of the reference batch.
 ADASCALE_RULE = "adascale"
 RULES = (*SCALING_RULES, AUTO_RULE, ADASCALE_RULE)
+
+# How the schedule follows the batch (SCALING.SCHEDULE): the same images, or the same progress by
+# the critical-batch law (scaling/critical_batch.py).
+IMAGES_SCHEDULE = "images"
+NOISE_SCHEDULE = "noise"
+SCHEDULES = (IMAGES_SCHEDULE, NOISE_SCHEDULE)
 
 # Optimizers whose step divides by a running root mean square of the gradient (Adam, AdamW,
 # NAdam, RAdam, Adamax, LAMB, RMSprop): their LR follows the square root of the batch.
@@ -123,6 +136,7 @@ class ScalingPlan:
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    epochs_factor: float = 1.0  # the schedule's length against the reference's, in epochs
     # The scaled config in its format's adapter, through which the plan's config is read, and
     # the recipe as written (with the rule and keep-reference-batch the plan applied).
     adapter: ConfigFormat | None = field(default=None, repr=False, compare=False)
@@ -151,6 +165,7 @@ class ScalingPlan:
             "rule": self.rule,
             "batch_ratio": self.batch_ratio,
             "lr_factor": self.lr_factor,
+            "epochs_factor": self.epochs_factor,
             "changes": [
                 {"key": c.key, "old": _plain(c.old), "new": _plain(c.new), "reason": c.reason}
                 for c in self.changes
@@ -209,6 +224,7 @@ def plan_scaling(
 
     applied_rule, why = choose_rule(recipe) if rule == AUTO_RULE else (rule, "")
     _check_adam_sde(recipe, applied_rule)
+    _check_schedule_setting(recipe, applied_rule)
 
     reference = recipe.reference_world_size
     plan = ScalingPlan(
@@ -236,6 +252,8 @@ def plan_scaling(
     adascale = applied_rule == ADASCALE_RULE
     if adascale:
         _plan_adascale(plan, out, recipe)
+    if recipe.schedule == NOISE_SCHEDULE:
+        _plan_epochs_factor(plan, out, recipe)
     schedule_changed = True
     if recipe.epochs.max > 0:
         _schedule_from_epochs(plan, out, recipe)
@@ -292,6 +310,48 @@ def _check_adam_sde(recipe: Recipe, rule: str) -> None:
             f"{keys.adam_sde}: is the square-root rule's adjustment, but {keys.rule} applies "
             f"the {rule} rule; set {keys.rule} sqrt or auto, or {keys.adam_sde} False"
         )
+
+
+def _check_schedule_setting(recipe: Recipe, rule: str) -> None:
+    """Refuses a ``SCALING.SCHEDULE`` that is unknown, or ``noise`` where it has no meaning."""
+    keys = recipe.keys
+    if recipe.schedule not in SCHEDULES:
+        raise ConfigError(
+            f"{keys.schedule}: unknown schedule {recipe.schedule!r}; choose one of "
+            f"{list(SCHEDULES)}"
+        )
+    if recipe.schedule != NOISE_SCHEDULE:
+        return
+    if rule == ADASCALE_RULE:
+        raise ConfigError(
+            f"{keys.schedule} noise and {keys.rule} adascale both set the run's length (AdaScale "
+            f"measures it in training); set {keys.schedule} images, or another {keys.rule}"
+        )
+    if recipe.adabatch.enabled:
+        raise ConfigError(
+            f"{keys.schedule} noise lengthens the run for one batch, but "
+            f"{keys.child(keys.adabatch, 'enabled')} grows the batch during the run; use one"
+        )
+    if not (recipe.b_crit > 0 and math.isfinite(recipe.b_crit)):
+        raise ConfigError(
+            f"{keys.schedule} noise needs {keys.b_crit}, the critical batch in images (> 0), got "
+            f"{recipe.b_crit:g}: measure it with `det-scaling advise CONFIG`, or set "
+            f"{keys.schedule} images"
+        )
+
+
+def _plan_epochs_factor(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) -> None:
+    """Sets the plan's epochs factor for the batch it scaled to, and says why."""
+    keys = recipe.keys
+    old, new = recipe.ims_per_batch, out.get(keys.ims_per_batch)
+    if new == old:
+        return
+    plan.epochs_factor = epochs_factor(new, old, recipe.b_crit)
+    plan.notes.append(
+        f"{keys.schedule} noise: epochs x{plan.epochs_factor:.3g} for batch {new} against {old} "
+        f"with B_crit {recipe.b_crit:g} ((1 + {new}/{recipe.b_crit:g}) / (1 + "
+        f"{old}/{recipe.b_crit:g})); the warmup keeps its images"
+    )
 
 
 def adascale_scale(recipe: Recipe, num_gpus: int) -> float:
@@ -551,22 +611,45 @@ def _adjust_adam(record: Callable[..., None], recipe: Recipe, kappa: float) -> N
 def _rescale_schedule(
     plan: ScalingPlan, out: ConfigFormat, old_batch: int, *, periods_only: bool = False
 ) -> None:
-    """Rescales the iteration-valued fields written for ``old_batch`` to the same images seen
-    (with ``periods_only``, the periods: AdaScale's schedule stays in steps of its batch)."""
+    """Rescales the iteration-valued fields written for ``old_batch`` to the same images seen,
+    times the plan's epochs factor (the warmup: the same images). With ``periods_only``, the
+    periods only: AdaScale's schedule stays in steps of its batch."""
     new_batch = out.get(out.keys.ims_per_batch)
+    factor = plan.epochs_factor
 
-    def convert(iterations: int) -> int:
+    def same_images(iterations: int) -> int:
         return rescale_iterations(iterations, old_batch, new_batch)
 
-    def why(iterations: int) -> str:
+    def images_why(iterations: int) -> str:
         return (
             f"same images seen: {iterations} steps x {old_batch} = {iterations * old_batch} images"
         )
 
+    def convert(iterations: int) -> int:
+        if factor == 1:
+            return same_images(iterations)
+        return round(iterations * factor * old_batch / new_batch)
+
+    def why(iterations: int) -> str:
+        if factor == 1:
+            return images_why(iterations)
+        return f"{iterations} steps x {old_batch} images x{factor:.3g} epochs / {new_batch}"
+
     fields = out.schedule_fields()
     if periods_only:
         fields = [f for f in fields if f.kind == PERIOD]
-    _set_schedule(plan, out, fields, convert, why, f"at {old_batch} images/step")
+    _set_schedule(
+        plan,
+        out,
+        fields,
+        convert,
+        why,
+        f"at {old_batch} images/step",
+        point=(same_images, images_why),
+    )
+    record = _recorder(plan, out)
+    for f in out.warmup_fractions() if factor != 1 else ():
+        record(f.key, f.written / factor, f"the warmup keeps its images in a run x{factor:.3g}")
 
 
 def _schedule_from_epochs(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) -> None:
@@ -585,17 +668,22 @@ def _schedule_from_epochs(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
             "the registered data set"
         )
 
-    def converter(per_step: int) -> tuple[Callable[[float], int], Callable[[float], str]]:
+    factor = plan.epochs_factor
+
+    def converter(
+        per_step: int, factor: float = 1.0
+    ) -> tuple[Callable[[float], int], Callable[[float], str]]:
         def convert(epoch_count: float) -> int:
-            return round(epoch_count * dataset_size / per_step)
+            return round(epoch_count * factor * dataset_size / per_step)
 
         def why(epoch_count: float) -> str:
-            return f"{epoch_count:g} epochs x {dataset_size} images / {per_step} per step"
+            scaled = f" x{factor:.3g}" if factor != 1 else ""
+            return f"{epoch_count:g} epochs{scaled} x {dataset_size} images / {per_step} per step"
 
         return convert, why
 
     fields = out.epoch_fields(epochs)
-    convert, why = converter(batch)
+    convert, why = converter(batch, factor)
     _set_schedule(
         plan,
         out,
@@ -603,9 +691,26 @@ def _schedule_from_epochs(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
         convert,
         why,
         f"in {keys.epochs}",
-        epochs.max,
-        period=converter(period_batch),
+        epochs.max * factor,
+        period=converter(period_batch, factor),
+        point=converter(batch),
     )
+    if factor != 1:  # the epochs a config scaled again starts from
+        _scale_epochs(plan, out, epochs, factor)
+
+
+def _scale_epochs(
+    plan: ScalingPlan, out: ConfigFormat, epochs: EpochSchedule, factor: float
+) -> None:
+    """Multiplies the schedule written in epochs by ``factor``, the warmup excepted."""
+    keys = out.keys
+    record = _recorder(plan, out)
+    reason = f"{keys.schedule} noise: epochs x{factor:.3g}"
+    for name in ("max", "checkpoint_period", "eval_period"):
+        key = keys.child(keys.epochs, name)
+        record(key, getattr(epochs, name) * factor, reason)
+    steps = tuple(step * factor for step in epochs.steps)
+    record(keys.child(keys.epochs, "steps"), steps, reason, old=epochs.steps)
 
 
 def _set_schedule(
@@ -617,11 +722,12 @@ def _set_schedule(
     written_as: str,
     max_epochs: float = 0.0,
     period: tuple[Callable[[Any], int], Callable[[Any], str]] | None = None,
+    point: tuple[Callable[[Any], int], Callable[[Any], str]] | None = None,
 ) -> None:
     """Sets every field to ``convert`` of its written value, lengths first, refusing what
     rounding breaks: a length, step or period that becomes 0, steps that collide or reach their
-    length. A fraction of the run (from epochs) is ``written / max_epochs``. ``period``: another
-    ``(convert, why)`` for the periods."""
+    length. A fraction of the run (from epochs) is ``written / max_epochs``. ``period`` and
+    ``point``: other ``(convert, why)`` for the periods and the warmup."""
     record = _recorder(plan, out)
     batch = out.get(out.keys.ims_per_batch)
 
@@ -654,12 +760,19 @@ def _set_schedule(
             new_steps = _convert_steps(f.key, steps, written_max, max_iter, name, convert, fail)
             if f.length is None:
                 new_steps = (*new_steps, max_iter)
-            record(f.key, new_steps, f"same images seen as {list(f.written)} {written_as}")
+            factor = plan.epochs_factor
+            reason = (
+                f"same images seen as {list(f.written)} {written_as}"
+                if factor == 1
+                else f"{list(f.written)} {written_as}, epochs x{factor:.3g}"
+            )
+            record(f.key, new_steps, reason)
         elif f.kind == FRACTION:
             fraction = f.written / max_epochs
             record(f.key, fraction, f"{f.written:g} of {max_epochs:g} epochs")
         elif f.kind != LENGTH:
-            to, reason = period if f.kind == PERIOD and period else (convert, why)
+            own = {PERIOD: period, POINT: point}.get(f.kind)
+            to, reason = own or (convert, why)
             new = to(f.written)
             if f.kind == PERIOD and f.written > 0 and new == 0:
                 raise fail(f.key, f"period {f.written:g} rounds to 0")

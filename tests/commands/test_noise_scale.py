@@ -1,6 +1,6 @@
 """``noise-scale``: the estimate from step norms, a real measurement on a tiny classifier (one
-process accumulating; one process at a batch that must be doubled; two gloo processes), the
-command's output and its refusals.
+process accumulating; one process at a batch that must be doubled; two gloo processes; by module
+group), the command's output and its refusals.
 
 The model is the digits sweep config's ResNet-18 at 8x8 inputs, as in tests/test_lr_find.py.
 """
@@ -8,6 +8,7 @@ The model is the digits sweep config's ResNet-18 at 8x8 inputs, as in tests/test
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,14 @@ import torch
 import det_scaling
 from det_scaling.classification import export_digits
 from det_scaling.cli import main
-from det_scaling.cli.noise_scale import past_the_limit
 from det_scaling.commands.noise_scale import estimate, launch_noise_scale, measure_noise_scale
 from det_scaling.engine import StepNorms
+from det_scaling.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS_SWEEP = REPO / "configs" / "ImageNet-Classification" / "resnet18_digits_sweep.yaml"
+# The classifier's module groups: its ResNet's top-level children with parameters.
+RESNET_GROUPS = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,7 +101,7 @@ def test_measurement_on_the_reference_batch_with_accumulation(tmp_path: Path) ->
     assert overall.trace_sigma > 0 and overall.sq_grad_norm > 0
     assert overall.noise_scale == pytest.approx(overall.trace_sigma / overall.sq_grad_norm)
     assert overall.noise_scale > 16
-    assert result.gpu_limit() == int(overall.noise_scale // 16)
+    assert len(result.step_seconds) == 12 and result.micro_batch_seconds > 0
 
 
 def test_one_process_without_accumulation_measures_at_twice_the_batch(tmp_path: Path) -> None:
@@ -113,22 +116,68 @@ def test_one_process_without_accumulation_measures_at_twice_the_batch(tmp_path: 
     assert result.per_gpu_batch == 16  # the limit is counted in the config's own per-GPU batch
 
 
+def check_groups_add_up(result) -> None:
+    """Every step holds the classifier's groups, whose squared norms add up to the step's."""
+    for n in result.norms:
+        assert list(n.groups) == RESNET_GROUPS
+        assert all(small > 0 and big > 0 for small, big in n.groups.values())
+        assert sum(small for small, _ in n.groups.values()) == pytest.approx(
+            n.small_sq_norm, rel=1e-6
+        )
+        assert sum(big for _, big in n.groups.values()) == pytest.approx(n.big_sq_norm, rel=1e-6)
+
+
+def test_measurement_by_module(tmp_path: Path) -> None:
+    cfg = det_scaling.load_cfg(str(write_config(tmp_path)))
+    result = measure_noise_scale(cfg, num_iter=4, by_module=True)
+    assert {(n.small_batch, n.big_batch) for n in result.norms} == {(16, 32)}
+    check_groups_add_up(result)
+    estimates = result.module_estimates()
+    assert list(estimates) == RESNET_GROUPS
+    assert {(e.first, e.last, e.steps) for e in estimates.values()} == {(0, 3, 4)}
+    # Each group's estimate is the estimate over its own norms.
+    layer4 = [
+        StepNorms(n.iteration, n.groups["layer4"][0], 16, n.groups["layer4"][1], 32)
+        for n in result.norms
+    ]
+    assert estimates["layer4"] == estimate(layer4)
+    assert estimates["layer4"] != estimates["fc"]
+
+    # One group holding everything: its estimates are the whole gradient's, over every step and
+    # over a window.
+    whole = replace(
+        result,
+        norms=[replace(n, groups={"all": (n.small_sq_norm, n.big_sq_norm)}) for n in result.norms],
+    )
+    assert whole.module_estimates() == {"all": result.overall}
+    window = result.windows(2)[1]
+    assert whole.module_estimates(window.first, window.last) == {"all": window}
+
+    with pytest.raises(ConfigError, match=r"no step measured in iterations 7 \.\. 9"):
+        result.module_estimates(7, 9)
+    without = replace(result, norms=[replace(n, groups={}) for n in result.norms])
+    with pytest.raises(ConfigError, match="by_module=True"):
+        without.module_estimates()
+
+
 @pytest.mark.slow
 def test_two_processes_measure_before_and_after_the_all_reduce(tmp_path: Path) -> None:
     cfg = det_scaling.load_cfg(str(write_config(tmp_path)))
-    result = launch_noise_scale(cfg, 2, num_iter=4)
+    result = launch_noise_scale(cfg, 2, num_iter=4, by_module=True)
     assert (result.world_size, result.grad_accum_steps) == (2, 1)
     assert {(n.small_batch, n.big_batch) for n in result.norms} == {(16, 32)}
     assert len(result.losses) == 4
     # The mean of the processes' squared norms exceeds the squared norm of their mean by
     # |g_0 - g_1|^2 / 4: strictly, at every step, unless both read the same gradient.
     assert all(n.small_sq_norm > n.big_sq_norm for n in result.norms)
+    # By module: the groups' norms, each process's read in DDP's communication hook.
+    check_groups_add_up(result)
 
 
 # ---- the command ----
 
 
-def test_command_prints_the_noise_scale_its_movement_and_the_gpu_limit(
+def test_command_prints_the_noise_scale_its_movement_and_the_epochs_factors(
     tmp_path: Path, capsys
 ) -> None:
     config = write_config(tmp_path)
@@ -145,7 +194,7 @@ def test_command_prints_the_noise_scale_its_movement_and_the_gpu_limit(
         rows = list(csv.DictReader(f))
     assert [int(r["iteration"]) for r in rows] == list(range(10))
     assert {(r["small_batch"], r["big_batch"]) for r in rows} == {("16", "32")}
-    # The printed B_simple and GPU limit are those of the steps' norms (the CSV), computed here
+    # The printed B_simple and epochs factors are those of the steps' norms (the CSV), computed here
     # from the unbiased estimates: |G|^2 = (32 |G_32|^2 - 16 |G_16|^2) / 16 and
     # tr(Sigma) = (|G_16|^2 - |G_32|^2) / (1/16 - 1/32). Resolved for this SEED (293 measured).
     norms = [(float(r["small_sq_norm"]), float(r["big_sq_norm"])) for r in rows]
@@ -154,9 +203,12 @@ def test_command_prints_the_noise_scale_its_movement_and_the_gpu_limit(
     assert trace > 0 and sq_grad_norm > 0
     noise_scale = trace / sq_grad_norm
     assert f"B_simple over the 10 steps: {noise_scale:.3g} +- " in out
-    assert f"linear rule expected to hold up to {int(noise_scale // 16)} GPU(s) of 16" in out
-    pointer = past_the_limit(int(noise_scale // 16))
-    assert (pointer in out) if pointer else ("consider SCALING.RULE adascale" not in out)
+    # Written for 2 GPUs of 16 images: 8 GPUs are a batch of 128, 4 times the reference's 32.
+    factor = (1 + 128 / noise_scale) / (1 + 32 / noise_scale)
+    row = next(line for line in out.splitlines() if line.startswith("|      8 |"))
+    assert row.split("|")[2].strip() == "128"
+    assert float(row.split("|")[3]) == pytest.approx(factor, abs=0.006)
+    assert "`det-scaling advise CONFIG`" in out
 
 
 def test_command_refuses_a_measurement_longer_than_the_schedule(tmp_path: Path, capsys) -> None:
@@ -166,9 +218,3 @@ def test_command_refuses_a_measurement_longer_than_the_schedule(tmp_path: Path, 
     assert err.startswith("det-scaling noise-scale: error: the schedule has")
     assert main(["noise-scale", str(tmp_path / "missing.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
-
-
-def test_past_the_gpu_limit_the_command_points_to_adascale():
-    assert past_the_limit(4).startswith("past 4 GPU(s): consider SCALING.RULE adascale")
-    assert past_the_limit(15) is not None
-    assert past_the_limit(16) is None  # the table's largest count is within the limit

@@ -60,7 +60,12 @@ SHORTER = {
 # written, so that the resumed run has steps left to train.
 LONGER = {TINY_YAML: ["SOLVER.MAX_ITER", "8"]}
 # Appended to the other commands that train: a few steps.
-FEWER_STEPS = {"lr-find": ["--num-iter", "6"], "noise-scale": ["--num-iter", "4", "--windows", "2"]}
+FEWER_STEPS = {
+    "lr-find": ["--num-iter", "6"],
+    "noise-scale": ["--num-iter", "4", "--windows", "2"],
+    # 6 probe steps; given step times, no two-process timing.
+    "advise": ["--probe-fraction", "0.004", "--step-time", "1=0.4", "2=0.45"],
+}
 
 BLOCKS = all_blocks()
 RUN_KINDS = ("commands", "python", "yaml")

@@ -1,7 +1,8 @@
 """The gradient noise scale measured in the step (det_scaling.engine.gradient_noise): against the
 closed form of a linear regression through the real step trainer (1 process with accumulation,
 2 gloo processes through DDP's communication hook), against norms computed independently in a
-ScalingTrainer run, in metrics.json, checkpoints and resume, without host reads in the step."""
+ScalingTrainer run, in metrics.json, checkpoints and resume, without host reads in the step; the
+norms per module group, and the groups of the tiny detector and of other models."""
 
 from __future__ import annotations
 
@@ -12,16 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
+from helpers import REPO
 from helpers.host_sync import host_reads_forbidden
 from helpers.tiny import build_trainer, continue_from, tiny_cfg, write_images
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import det_scaling  # noqa: F401  (the compat layer, before detectron2's trainer)
-from det_scaling.engine import AccumulatingTrainer, GradientNoiseMeter
+from det_scaling import load_cfg
+from det_scaling.engine import AccumulatingTrainer, GradientNoiseMeter, StepNorms
+from det_scaling.engine.gradient_noise import module_groups
 from det_scaling.engine.launch import create_ddp_model, launch
+from det_scaling.errors import ConfigError
 from det_scaling.scaling.gradient_noise import GradientNoiseStats, two_batch_estimates
 
 # ---- the closed-form problem (as in tests/test_gradient_noise.py) ----
@@ -178,11 +184,19 @@ class _Recorder:
 
 class _IndependentNorms:
     """After the step's backward passes, recomputes this step's two squared norms from the
-    recorded micro-batches on a copy of the model, without DDP or the meter."""
+    recorded micro-batches on a copy of the model, without DDP or the meter; with ``groups``
+    (name -> parameter names), each group's two squared norms too (in :attr:`group_norms`)."""
 
-    def __init__(self, step_trainer: AccumulatingTrainer, recorder: _Recorder) -> None:
+    def __init__(
+        self,
+        step_trainer: AccumulatingTrainer,
+        recorder: _Recorder,
+        groups: dict[str, set[str]] | None = None,
+    ) -> None:
         self.step_trainer, self.recorder = step_trainer, recorder
+        self.groups = groups or {}
         self.norms: list[tuple[float, float]] = []
+        self.group_norms: list[dict[str, tuple[float, float]]] = []
 
     def after_backward(self, micro_batch: int, accumulation_steps: int) -> None:
         pass
@@ -201,13 +215,33 @@ class _IndependentNorms:
             grads.append(torch.cat([p.grad.flatten() for p in module.parameters()]))
         local = torch.stack(grads).mean(0)  # this process's gradient of the mean loss
         world_size = comm.get_world_size()
-        if world_size > 1:
-            everyone = comm.all_gather(local)
-            small = sum(float(g.square().sum()) for g in everyone) / world_size
-            big = float(torch.stack(everyone).mean(0).square().sum())
-        else:  # one process: the first micro-batch against the step
-            small, big = float(grads[0].square().sum()), float(local.square().sum())
-        self.norms.append((small, big))
+        everyone = comm.all_gather(local) if world_size > 1 else None
+        self.norms.append(self._two_norms(grads, local, everyone, None))
+        # Where each parameter lies in the flattened gradient.
+        names = [name for name, _ in module.named_parameters()]
+        ends = torch.tensor([p.numel() for p in module.parameters()]).cumsum(0).tolist()
+        spans = dict(zip(names, zip([0, *ends[:-1]], ends, strict=True), strict=True))
+        self.group_norms.append(
+            {
+                name: self._two_norms(
+                    grads, local, everyone, torch.cat([torch.arange(*spans[n]) for n in members])
+                )
+                for name, members in self.groups.items()
+            }
+        )
+
+    @staticmethod
+    def _two_norms(grads, local, everyone, part) -> tuple[float, float]:
+        """The two squared norms of the gradients' elements at ``part`` (all of them if None)."""
+
+        def sq_norm(grad: torch.Tensor) -> float:
+            return float((grad if part is None else grad[part]).square().sum())
+
+        if everyone is not None:
+            small = sum(sq_norm(g) for g in everyone) / len(everyone)
+            return small, sq_norm(torch.stack(everyone).mean(0))
+        # One process: the first micro-batch against the step.
+        return sq_norm(grads[0]), sq_norm(local)
 
 
 def noise_cfg(output_dir: Path, accum: int):
@@ -318,3 +352,170 @@ def test_disabled_by_default(tmp_path):
     trainer = build_trainer(tiny_cfg(tmp_path / "run", ims_per_batch=2, accum=2), data)
     assert trainer.gradient_noise is None and trainer._trainer.observers == []
     assert trainer.train()["gradient_noise"] is None
+
+
+# ---- per module group ----
+TINY_DETECTOR = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"
+
+
+class TwoPartRegression(nn.Module):
+    """A two-layer regression on :func:`regression_batches`: groups ``body`` and ``head``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(DIM, 4, dtype=torch.float64)
+        self.head = nn.Linear(4, 1, dtype=torch.float64)
+
+    def forward(self, batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        x = torch.stack([example["x"] for example in batch])
+        y = torch.stack([example["y"] for example in batch])
+        prediction = self.head(torch.tanh(self.body(x))).squeeze(1)
+        return {"loss": ((prediction - y).square() / 2).mean()}
+
+
+def parameter_names(module: nn.Module, groups: dict[str, list[nn.Parameter]]):
+    names = {id(p): name for name, p in module.named_parameters()}
+    return {group: {names[id(p)] for p in members} for group, members in groups.items()}
+
+
+def measure_groups(accumulation: int, steps: int, **ddp_options):
+    """``steps`` steps of the real step trainer on :class:`TwoPartRegression` with the meter by
+    module group, and the norms recomputed independently; (meter history, independent norms,
+    independent group norms)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)  # the same initial weights in every process
+    model = create_ddp_model(TwoPartRegression(), **ddp_options)
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    recorder = _Recorder(regression_batches(4, seed=comm.get_rank()))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step_trainer = AccumulatingTrainer(model, recorder, optimizer, accumulation)
+    groups = module_groups(model)
+    meter = GradientNoiseMeter(step_trainer, 4, keep_history=True, groups=groups)
+    independent = _IndependentNorms(step_trainer, recorder, parameter_names(module, groups))
+    step_trainer.observers.append(independent)
+    with EventStorage(0):
+        for iteration in range(steps):
+            step_trainer.iter = iteration
+            step_trainer.run_step()
+    return meter.history, independent.norms, independent.group_norms
+
+
+def check_group_norms(history: list[StepNorms], norms, group_norms) -> None:
+    """Each group's norms are the independent ones and add up to the step's total."""
+    measured = [norm for h in history for norm in (h.small_sq_norm, h.big_sq_norm)]
+    assert measured == pytest.approx([norm for pair in norms for norm in pair], rel=1e-9)
+    for step, independent in zip(history, group_norms, strict=True):
+        assert list(step.groups) == ["body", "head"]
+        for name, (small, big) in step.groups.items():
+            assert (small, big) == pytest.approx(independent[name], rel=1e-9), name
+            assert small > 0 and big > 0
+        assert sum(small for small, _ in step.groups.values()) == pytest.approx(
+            step.small_sq_norm, rel=1e-12
+        )
+        assert sum(big for _, big in step.groups.values()) == pytest.approx(
+            step.big_sq_norm, rel=1e-12
+        )
+
+
+def test_group_norms_on_one_process_with_accumulation_add_up_to_the_total() -> None:
+    history, norms, group_norms = measure_groups(accumulation=2, steps=3)
+    assert len(history) == 3 and {(h.small_batch, h.big_batch) for h in history} == {(4, 8)}
+    check_group_norms(history, norms, group_norms)
+
+
+def test_the_step_by_module_reads_no_tensor_value() -> None:
+    model = TwoPartRegression()
+    step_trainer = AccumulatingTrainer(model, regression_batches(4, 0), None, 2)
+    meter = GradientNoiseMeter(step_trainer, 4, keep_history=True, groups=module_groups(model))
+    for micro_batch, batch in enumerate([next(step_trainer._data_loader_iter)] * 2):
+        (model(batch)["loss"] / 2).backward()
+        with host_reads_forbidden():
+            meter.after_backward(micro_batch, 2)
+    with host_reads_forbidden():
+        meter.before_optimizer_step()
+    assert len(meter.history) == 1 and set(meter.history[0].groups) == {"body", "head"}
+
+
+def _group_norms_worker(out: str) -> None:
+    # A tiny bucket cap: after DDP rebuilds its buckets (after the first step), a group's
+    # gradients lie in several buckets.
+    history, norms, group_norms = measure_groups(accumulation=1, steps=3, bucket_cap_mb=1e-4)
+    if comm.is_main_process():
+        torch.save({"history": history, "norms": norms, "group_norms": group_norms}, Path(out))
+
+
+@pytest.mark.slow
+def test_group_norms_on_two_processes_add_up_to_the_total(tmp_path) -> None:
+    # The small norms per group are each process's, read in DDP's communication hook from the
+    # bucket's per-parameter gradients before the all-reduce, averaged over the processes.
+    out = tmp_path / "result.pt"
+    launch(_group_norms_worker, 2, dist_url="auto", args=(str(out),))
+    result = torch.load(out, weights_only=False)
+    assert len(result["history"]) == 3
+    assert {(h.small_batch, h.big_batch) for h in result["history"]} == {(4, 8)}
+    check_group_norms(result["history"], result["norms"], result["group_norms"])
+
+
+def test_module_groups_of_the_tiny_detector() -> None:
+    model = build_model(load_cfg(str(TINY_DETECTOR)))
+    for parameter in model.backbone.bottom_up.stem.parameters():
+        parameter.requires_grad_(False)  # frozen: in no group
+    groups = module_groups(model)
+    assert list(groups) == ["backbone", "fpn", "rpn", "roi_heads"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grouped = [id(p) for members in groups.values() for p in members]
+    assert len(grouped) == len(set(grouped)) == len(trainable)
+    assert set(grouped) == {id(p) for p in trainable}
+
+    def ids(module: nn.Module) -> set[int]:
+        return {id(p) for p in module.parameters() if p.requires_grad}
+
+    backbone = model.backbone
+    assert {id(p) for p in groups["backbone"]} == ids(backbone.bottom_up)
+    assert {id(p) for p in groups["fpn"]} == ids(backbone) - ids(backbone.bottom_up)
+    assert {id(p) for p in groups["rpn"]} == ids(model.proposal_generator)
+    assert {id(p) for p in groups["roi_heads"]} == ids(model.roi_heads)
+    assert groups["fpn"] and not ids(backbone.bottom_up.stem)
+
+
+def test_module_groups_of_other_models_are_their_top_level_children() -> None:
+    # A wrapper holding the whole network in one child (the classifier's ``net``) is looked
+    # into; a parameter of no child is "other"; children without trainable parameters (ReLU, a
+    # frozen layer) make no group.
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), frozen, nn.Linear(3, 1))
+    wrapper = nn.Module()
+    wrapper.net = net
+    assert {name: len(params) for name, params in module_groups(wrapper).items()} == {
+        "0": 2,
+        "3": 2,
+    }
+    net.scale = nn.Parameter(torch.ones(1))
+    groups = module_groups(wrapper)
+    assert list(groups) == ["0", "3", "other"] and groups["other"] == [net.scale]
+
+    import det_scaling.classification  # noqa: F401  (registers ImageClassifier)
+
+    digits = REPO / "configs" / "ImageNet-Classification" / "resnet18_digits_sweep.yaml"
+    classifier = build_model(load_cfg(str(digits), ["MODEL.DEVICE", "cpu"]))
+    assert list(module_groups(classifier)) == [
+        "conv1",
+        "bn1",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "fc",
+    ]
+
+
+def test_groups_must_be_disjoint() -> None:
+    model = TwoPartRegression()
+    step_trainer = AccumulatingTrainer(model, regression_batches(4, 0), None, 2)
+    shared = {"a": list(model.parameters()), "b": [model.head.bias]}
+    with pytest.raises(ConfigError, match="in both 'a' and 'b'"):
+        GradientNoiseMeter(step_trainer, 4, groups=shared)
+    with pytest.raises(ConfigError, match="groups is empty"):
+        GradientNoiseMeter(step_trainer, 4, groups={})
+    with pytest.raises(ConfigError, match="groups hold no parameter"):
+        GradientNoiseMeter(step_trainer, 4, groups={"a": []})

@@ -199,6 +199,39 @@ def test_extended_run_resumed_at_another_gpu_count_continues_at_the_same_images(
     assert two["lr"][3] == pytest.approx(0.02) and two["lr"][4] == pytest.approx(0.002)
 
 
+def noise_schedule_cfg(output_dir: Path, world_size: int):
+    """12 steps of 1 GPU x 2 images under the noise schedule with B_crit 2, scaled to
+    ``world_size``: on 2 processes (batch 4) the epochs factor is (1 + 4/2) / (1 + 2/2) = 1.5."""
+    cfg = tiny_cfg(output_dir, ims_per_batch=2, max_iter=12)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 1
+    cfg.SOLVER.BASE_LR = 0.01
+    cfg.SOLVER.STEPS = (6, 10)
+    cfg.SOLVER.WARMUP_ITERS = 2
+    cfg.SOLVER.CHECKPOINT_PERIOD = 4
+    cfg.SCALING.SCHEDULE = "noise"
+    cfg.SCALING.NOISE_SCALE.B_CRIT = 2.0
+    return plan_scaling(cfg, world_size).cfg
+
+
+def test_noise_schedule_resumed_at_another_gpu_count_continues_at_the_same_fraction(tmp_path, data):
+    build_trainer(noise_schedule_cfg(tmp_path / "one", 1), data).train()
+    cfg_two = noise_schedule_cfg(tmp_path / "two", 2)
+    # 12 x 2 images x 1.5 / 4 = 9 steps; STEPS (6, 10) at the same fractions: (4, 8).
+    assert (cfg_two.SOLVER.MAX_ITER, tuple(cfg_two.SOLVER.STEPS)) == (9, (4, 8))
+    # After 4 of 12 steps (8 of 24 images, a third): a third of 36 images is step 3 of 9, where
+    # the same images (8) would be step 2.
+    continue_from(tmp_path / "one" / "model_0000003.pth", tmp_path / "two")
+    launch(_resume_worker, 2, dist_url="auto", args=(cfg_two, str(data), str(tmp_path / "two")))
+    two = torch.load(tmp_path / "two" / "result.pt")
+    assert two["summary"]["start_iter"] == 3
+    assert two["summary"]["iterations_done"] == 9
+    assert two["summary"]["images_seen"] == 36  # counted on this run's schedule
+    assert two["summary"]["resumed_from"]["images_seen"] == 8
+    expected = scheduled_lrs(cfg_two)  # what a fresh 2-process run of this config steps through
+    assert two["lr"] == pytest.approx({i: expected[i] for i in range(3, 9)}, rel=1e-12)
+    assert two["lr"][3] == pytest.approx(0.02) and two["lr"][4] == pytest.approx(0.002)
+
+
 def test_nan_loss_error_suggests_the_scaling_rule(tmp_path, data):
     cfg = tiny_cfg(tmp_path / "nan", ims_per_batch=4, max_iter=30)
     cfg.SOLVER.BASE_LR = 1e12

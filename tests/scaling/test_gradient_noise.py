@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from det_scaling.scaling.gradient_noise import (
     GradientNoiseStats,
     gain_ratio,
-    linear_rule_gpu_limit,
     squared_grad_norm,
     two_batch_estimates,
 )
@@ -291,17 +290,6 @@ def test_gain_ratio_stays_between_1_and_the_scale(
 
 
 # ---- the GPU count the linear rule covers ----
-def test_linear_rule_gpu_limit() -> None:
-    assert linear_rule_gpu_limit(EXACT_NOISE_SCALE, SMALL) == 4  # 4 x 4 <= 17 < 5 x 4
-    assert linear_rule_gpu_limit(16.0, 4) == 4
-    assert linear_rule_gpu_limit(1.5, 2) == 1  # at least 1
-    assert linear_rule_gpu_limit(0.0, 2) == 1
-    assert linear_rule_gpu_limit(1024.0, 16) == 64
-    assert linear_rule_gpu_limit(7.5, 1) == 7  # one image per GPU is a batch
-    with pytest.raises(ValueError, match="per_gpu_batch"):
-        linear_rule_gpu_limit(100.0, 0)
-
-
 # ---- the sync-free squared gradient norm ----
 
 

@@ -51,6 +51,7 @@ def test_format_and_to_dict_write_every_change_note_and_warning():
         "rule": "linear",
         "batch_ratio": 2.0,
         "lr_factor": 2.0,
+        "epochs_factor": 1.0,
         "changes": [
             {"key": "SOLVER.STEPS", "old": [600, 800], "new": [300, 400], "reason": "r1"},
             {"key": "SOLVER.MAX_ITER", "old": 1000, "new": 500, "reason": "r2"},
@@ -66,6 +67,7 @@ def test_format_and_to_dict_write_every_change_note_and_warning():
         "rule": "linear",
         "batch_ratio": 2.0,
         "lr_factor": 2.0,
+        "epochs_factor": 1.0,
         "changes": [{"key": "SOLVER.MAX_ITER", "old": 1000, "new": 500, "reason": "r2"}],
         "notes": [],
     }
