@@ -1,0 +1,85 @@
+"""benchmarks/epochs_to_target.py: the budgets it plans, the configs it trains, and the epochs to
+target, paired intervals and verdicts it reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import det_scaling
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    # benchmarks/ is not a package: load the script as a module (its main() does not run).
+    path = REPO / "benchmarks" / "epochs_to_target.py"
+    spec = importlib.util.spec_from_file_location("epochs_to_target_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while created
+    sys.path.insert(0, str(path.parent))  # as when the script runs: benchmarks/_environment.py
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(path.parent))
+        del sys.modules[spec.name]
+
+
+PREDICTIONS = {
+    "reference_batch": 64,
+    "reference_epochs": 8.0,
+    "dataset_size": 1438,
+    "multiples": {"2": {"epochs": 9.0}, "4": {"epochs": 10.0}, "8": {"epochs": 12.0}},
+}
+
+
+def test_epochs_to_target_interpolates_between_the_budgets_around_the_crossing(bench):
+    assert bench.epochs_to_target({6.0: 90.0, 8.0: 94.0, 10.0: 95.0}, 92.0) == (
+        7.0,
+        "interpolated",
+    )
+    assert bench.epochs_to_target({6.0: 93.0, 8.0: 94.0}, 92.0) == (6.0, "at most")
+    assert bench.epochs_to_target({6.0: 80.0, 8.0: 85.0}, 92.0) == (None, "more than")
+
+
+def test_paired_intervals_give_the_three_verdicts(bench):
+    holds = bench.paired_interval([-0.2, 0.1, -0.1, 0.3])
+    assert holds[1] > -1 and bench.verdict(holds) == "holds"
+    assert bench.verdict(bench.paired_interval([-3.0, -2.5, -3.2])) == "breaks"
+    assert bench.verdict(bench.paired_interval([-3.0, 1.0, -0.5])) == "undecided"
+    assert bench.verdict(bench.paired_interval([0.5])) == "too few seeds"
+
+
+def test_planned_runs_cover_the_budgets_seeds_and_controls(bench):
+    task = bench.TASKS["digits"]
+    runs = bench.planned_runs(task, PREDICTIONS, {"runs": {}})
+    keys = {run.key for run in runs}
+    assert len(keys) == len(runs)
+    # The reference at 0.75x and 1x, 5 seeds; 2x and 4x at 3 budgets x 3 seeds; 8x 3 x 5.
+    assert sum(run.multiple == 8 and run.rule == "linear" for run in runs) == 15
+    assert {run.epochs for run in runs if run.multiple == 2} == {6.75, 9.0, 12.0}
+    assert {run.epochs for run in runs if run.multiple == 1} == {6.0, 8.0, 16.0}
+    # AdaScale first; linear at its measured epochs once all its seeds are in.
+    assert not any(run.multiple == 4 and run.epochs == 13.5 for run in runs)
+    measured = {f"x4_adascale_8.000ep/seed{s}": {"epochs": 13.5} for s in (0, 1, 2)}
+    later = bench.planned_runs(task, PREDICTIONS, {"runs": measured})
+    assert {run.seed for run in later if (run.multiple, run.epochs) == (4, 13.5)} == {0, 1, 2}
+
+
+def test_run_config_has_the_budget_the_batch_and_the_reference_warmup(bench, tmp_path):
+    base = det_scaling.load_cfg(str(REPO / bench.TASKS["digits"].config))
+    base.SCALING.DATASET_SIZE = 1438
+    cfg = bench.run_cfg(base, bench.Run(4, 12.0, "linear", 3), tmp_path)
+    written = base.SCALING.EPOCHS
+    assert cfg.SOLVER.IMS_PER_BATCH == 4 * base.SOLVER.IMS_PER_BATCH
+    assert cfg.SCALING.EPOCHS.MAX == 12.0 and cfg.SEED == 3
+    fractions = [step / written.MAX for step in written.STEPS]
+    assert [step / 12.0 for step in cfg.SCALING.EPOCHS.STEPS] == pytest.approx(fractions)
+    assert cfg.SCALING.EPOCHS.WARMUP == written.WARMUP
+    assert cfg.SOLVER.MAX_ITER == round(12.0 * 1438 / cfg.SOLVER.IMS_PER_BATCH)
+    assert cfg.OUTPUT_DIR == str(tmp_path / "x4_linear_12.000ep" / "seed3")
