@@ -8,7 +8,8 @@ on the CPU (gloo). The config is checked in this process first: a bad config exi
 line, before any process starts. When a process of the run fails, one line names the rank and the
 cause (its full traceback is in OUTPUT_DIR/log.txt.rank<N>) and the exit status is 1. Under
 torchrun, a restarted worker group resumes from OUTPUT_DIR's last checkpoint by itself, at the
-new world size.
+new world size. MODEL.WEIGHTS that is a .pkl file outside detectron2's model-zoo cache is read
+only with --allow-pickled-weights: reading one can run code in it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 from datetime import timedelta
 
 from det_scaling.cli._common import add_overrides_argument
+from det_scaling.config import LAZY_KEYS, YACS_KEYS, is_lazy_config_file
 from det_scaling.engine.launch import DEFAULT_TIMEOUT
 from det_scaling.engine.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT_STATUS
 
@@ -33,6 +35,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_training_arguments(parser)
+    parser.add_argument(
+        "--allow-pickled-weights",
+        action="store_true",
+        # Absent unless given, so the parsed arguments are training_args'; run turns it into an
+        # override (config_overrides).
+        default=argparse.SUPPRESS,
+        help="read MODEL.WEIGHTS (train.init_checkpoint) that is a .pkl file from anywhere, not "
+        "only from detectron2's model-zoo cache: reading one can run code in it, so only for "
+        "files you trust (sets MODEL.ALLOW_PICKLED_WEIGHTS, train.allow_pickled_weights)",
+    )
     add_overrides_argument(parser)
     parser.set_defaults(func=run)
 
@@ -40,8 +52,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from det_scaling.commands.train import launch_training  # the engine: only for this command
 
-    launch_training(args)
+    launch_training(config_overrides(args))
     return 0
+
+
+def config_overrides(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the flags that set a config key (``--allow-pickled-weights``) turned into
+    overrides at the end of ``args.opts``, in the config's style: every process of the run loads
+    the config with them, and the saved plan records them."""
+    args = argparse.Namespace(**vars(args))
+    if vars(args).pop("allow_pickled_weights", False):
+        if is_lazy_config_file(args.config_file):
+            args.opts = [*args.opts, f"{LAZY_KEYS.allow_pickled_weights}=True"]
+        else:
+            args.opts = [*args.opts, YACS_KEYS.allow_pickled_weights, "True"]
+    return args
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ def export_backbone(checkpoint: str | Path, output: str | Path) -> Path:
     """Writes the ResNet weights of ``checkpoint`` to ``output`` in the form ``MODEL.WEIGHTS``
     loads into a detector (see the module); returns ``output`` as a Path. Raises ``ConfigError``
     when the checkpoint holds no detectron2 ResNet."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = state.get("model", state)
     for prefix in BACKBONE_PREFIXES:
         weights = {k.removeprefix(prefix): v for k, v in model.items() if k.startswith(prefix)}

@@ -151,9 +151,12 @@ def _train_process(args: argparse.Namespace) -> dict[str, Any]:
     trainer_cls = trainer_class(run.adapter)
     if args.eval_only:
         model = trainer_cls.build_model(run.cfg)
-        SafeCheckpointer(model, save_dir=settings.output_dir).resume_or_load(
-            settings.weights, resume=resume
-        )
+        SafeCheckpointer(
+            model,
+            save_dir=settings.output_dir,
+            allow_pickled=settings.allow_pickled_weights,
+            allow_pickled_key=run.adapter.keys.allow_pickled_weights,
+        ).resume_or_load(settings.weights, resume=resume)
         return trainer_cls.test(run.cfg, model)
     trainer = trainer_cls(run.cfg, run=run)
     trainer.resume_or_load(resume=resume)

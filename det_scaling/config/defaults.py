@@ -26,6 +26,7 @@ def add_scaling_config(cfg: CfgNode) -> None:
     add_solver_keys(cfg)
     add_classification_keys(cfg)
     add_reproducibility_keys(cfg)
+    add_weights_keys(cfg)
     if was_frozen:
         cfg.freeze()
 
@@ -38,7 +39,6 @@ def add_scaling_keys(cfg: CfgNode) -> None:
     # "none" (LR kept), "auto" (sqrt for an Adam-like SOLVER.OPTIMIZER, linear otherwise; see
     # SCALING.ADAM_SDE), or "adascale" (SCALING.ADASCALE_REFERENCE_BATCH).
     cfg.SCALING.RULE = "linear"
-    # With fewer GPUs than the reference: keep the reference total batch (and so its LR and
     # How the schedule (MAX_ITER, STEPS, warmup, periods) follows the total batch: "images" keeps
     # the number of images seen (as auto_scale_workers does); "noise" multiplies the run's length,
     # STEPS and the periods by the epochs factor (1 + B / B_crit) / (1 + B_ref / B_crit) of the new
@@ -46,6 +46,7 @@ def add_scaling_keys(cfg: CfgNode) -> None:
     # SCALING.NOISE_SCALE.B_CRIT; the warmup keeps its images. Under "adascale" the run measures
     # its own length: "images" only.
     cfg.SCALING.SCHEDULE = "images"
+    # With fewer GPUs than the reference: keep the reference total batch (and so its LR and
     # schedule) by accumulating gradients over REFERENCE_WORLD_SIZE / num_gpus micro-batches.
     cfg.SCALING.KEEP_REFERENCE_BATCH = False
     # Micro-batches whose gradients are summed into one optimizer step. SOLVER.IMS_PER_BATCH is the
@@ -99,10 +100,10 @@ def add_scaling_keys(cfg: CfgNode) -> None:
     # Weight kept per step by the running averages of |G|^2 and tr(Sigma) (0.99: about 100 steps).
     cfg.SCALING.NOISE_SCALE.DECAY = 0.99
     cfg.SCALING.NOISE_SCALE.PERIOD = 20  # steps between two logged readings (one host sync each)
-
     # The critical batch in images (0: unknown), for SCALING.SCHEDULE "noise": B_simple measured
     # late in training (det-scaling advise or noise-scale), or fitted to runs (fit_critical_batch).
     cfg.SCALING.NOISE_SCALE.B_CRIT = 0.0
+
     # ---- the rules' other settings, and out-of-memory errors ----
     # With an Adam-like optimizer and the "sqrt" or "auto" rule, also apply Malladi et al. 2022's
     # square-root rule to Adam's betas and eps when the batch changes by kappa:
@@ -246,6 +247,16 @@ def add_reproducibility_keys(cfg: CfgNode) -> None:
     # slower. Excludes CUDNN_BENCHMARK. On the CPU a fixed SEED with one thread per process
     # already repeats.
     cfg.DETERMINISTIC = False
+
+
+def add_weights_keys(cfg: CfgNode) -> None:
+    """``MODEL.ALLOW_PICKLED_WEIGHTS``: beside detectron2's ``MODEL.WEIGHTS``."""
+    # Read MODEL.WEIGHTS that is a .pkl file from anywhere. Reading a .pkl file (the format of
+    # Detectron's and detectron2's model zoos) can run code in it, so by default only those in
+    # detectron2's model-zoo download cache are read, where detectron2:// URLs are saved; any other
+    # is refused. .pth and .pyth files are read with torch.load(weights_only=True) either way.
+    # det-scaling train --allow-pickled-weights sets it.
+    cfg.MODEL.ALLOW_PICKLED_WEIGHTS = False
 
 
 def get_cfg() -> CfgNode:

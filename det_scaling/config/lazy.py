@@ -68,16 +68,19 @@ def toolkit_defaults() -> dict[str, dict[str, Any]]:
 
 def add_lazy_scaling_keys(cfg: DictConfig, where: str = "") -> None:
     """Adds the toolkit's keys at their defaults where ``cfg`` lacks them (in place; calling it
-    twice is harmless): ``train.reference_world_size``, ``train.deterministic`` and
-    ``train.scaling``; and ``dataloader.synthetic_voc`` when the config has it. Raises
-    ``ConfigError`` (prefixed with ``where``) for a key under them that does not exist, naming the
-    closest one."""
+    twice is harmless): ``train.reference_world_size``, ``train.deterministic``,
+    ``train.allow_pickled_weights`` and ``train.scaling``; and ``dataloader.synthetic_voc`` when
+    the config has it. Raises ``ConfigError`` (prefixed with ``where``) for a key under them that
+    does not exist, naming the closest one."""
     if OmegaConf.select(cfg, "train", default=None) is None:
         cfg.train = {}
     if "reference_world_size" not in cfg.train:
         cfg.train.reference_world_size = 0
+    yacs = get_cfg()
     if "deterministic" not in cfg.train:
-        cfg.train.deterministic = get_cfg().DETERMINISTIC
+        cfg.train.deterministic = yacs.DETERMINISTIC
+    if "allow_pickled_weights" not in cfg.train:
+        cfg.train.allow_pickled_weights = yacs.MODEL.ALLOW_PICKLED_WEIGHTS
     for node_key, defaults in toolkit_defaults().items():
         written = OmegaConf.select(cfg, node_key, default=None)
         if written is None and node_key != "train.scaling":

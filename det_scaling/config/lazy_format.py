@@ -57,15 +57,16 @@ LAZY_KEYS = RecipeKeys(
     device="train.device",
     output_dir="train.output_dir",
     weights="train.init_checkpoint",
+    allow_pickled_weights="train.allow_pickled_weights",
     checkpoints_kept="train.checkpointer.max_to_keep",
     plan_columns=("optimizer.lr", "train.max_iter", "milestones", "warmup iters"),
     optimizer="optimizer._target_",
     adam_sde="train.scaling.adam_sde",
     auto_micro_batch="train.scaling.auto_micro_batch",
     adascale_reference_batch="train.scaling.adascale_reference_batch",
-)
     schedule="train.scaling.schedule",
     b_crit="train.scaling.noise_scale.b_crit",
+)
 
 # Fields of the param schedulers in lr_multiplier, by what they measure.
 _NESTED = {"scheduler", "schedulers"}
@@ -169,9 +170,9 @@ class LazyFormat(ConfigFormat):
             betas=self._optimizer_argument("betas"),
             eps=self._optimizer_argument("eps"),
             adascale_reference_batch=int(scaling.get("adascale_reference_batch", 0)),
-        )
             schedule=scaling["schedule"],
             b_crit=float(scaling["noise_scale"]["b_crit"]),
+        )
 
     def schedule_fields(self) -> list[ScheduleField]:
         lengths = [ScheduleField("train.max_iter", LENGTH, self.get("train.max_iter"))]
@@ -224,13 +225,13 @@ class LazyFormat(ConfigFormat):
         periods = self._periods(epochs.checkpoint_period or epochs.max, epochs.eval_period)
         return lengths + milestones + fractions + periods
 
-    def unclassified(self) -> list[str]:
     def warmup_fractions(self) -> list[ScheduleField]:
         return [
             ScheduleField(key, FRACTION, fraction)
             for key, fraction in self._fields_named("warmup_length")
         ]
 
+    def unclassified(self) -> list[str]:
         root = OmegaConf.select(self.cfg, "lr_multiplier")
         if not (isinstance(root, DictConfig) and "_target_" in root):
             return ["lr_multiplier is not a LazyCall of a param scheduler: left as written"]
@@ -271,6 +272,9 @@ class LazyFormat(ConfigFormat):
                 OmegaConf.select(self.cfg, "train.deterministic", default=False),
                 OmegaConf.select(self.cfg, "train.cudnn_benchmark", default=False),
                 ("train.deterministic", "train.cudnn_benchmark"),
+            ),
+            allow_pickled_weights=bool(
+                OmegaConf.select(self.cfg, "train.allow_pickled_weights", default=False)
             ),
         )
 

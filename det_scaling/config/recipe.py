@@ -58,6 +58,7 @@ class RecipeKeys:
     device: str
     output_dir: str
     weights: str  # the checkpoint a run starts from
+    allow_pickled_weights: str  # the switch that lets a run read .pkl weights from anywhere
     checkpoints_kept: str  # how many periodic checkpoints are kept
     # ``plan``'s columns: the LR, the run's length, the LR decay points, the warmup in iterations.
     plan_columns: tuple[str, str, str, str]
@@ -65,9 +66,9 @@ class RecipeKeys:
     adam_sde: str  # the switch of Adam's beta and eps adjustment
     auto_micro_batch: str  # the switch of the micro-batch halved on out-of-memory
     adascale_reference_batch: str  # the total batch an AdaScale schedule is written for
-
     schedule: str  # how the schedule follows the batch ("images" or "noise")
     b_crit: str  # the critical batch the "noise" schedule uses
+
     def child(self, section: str, name: str) -> str:
         """The key of ``name`` in ``section``, in the section's case (``SCALING.EPOCHS.MAX``,
         ``train.scaling.epochs.max``)."""
@@ -120,9 +121,9 @@ class Recipe:
     betas: tuple[str, tuple[float, ...]] | None = None
     eps: tuple[str, float] | None = None
     adascale_reference_batch: int = 0  # SCALING.ADASCALE_REFERENCE_BATCH (0: ims_per_batch)
-
     schedule: str = "images"  # SCALING.SCHEDULE
     b_crit: float = 0.0  # SCALING.NOISE_SCALE.B_CRIT (0: unknown)
+
     @property
     def base_lr(self) -> float:
         return self.lrs[self.keys.base_lr]
@@ -169,6 +170,9 @@ class RunSettings:
     # for AdaScale's gain ratio even when the noise scale is not logged.
     gradient_noise_decay: float = 0.99
     deterministic: bool = False  # deterministic kernels (DETERMINISTIC; engine/determinism.py)
+    # Read .pkl weights from anywhere, not only from detectron2's model-zoo cache
+    # (MODEL.ALLOW_PICKLED_WEIGHTS; engine/checkpoint.py).
+    allow_pickled_weights: bool = False
 
 
 def deterministic_setting(deterministic: Any, cudnn_benchmark: Any, keys: tuple[str, str]) -> bool:
@@ -232,13 +236,13 @@ class ConfigFormat(ABC):
     def epoch_fields(self, epochs: EpochSchedule) -> list[ScheduleField]:
         """The same fields with the values of a schedule written in epochs."""
 
-    def unclassified(self) -> list[str]:
-        """Fields scaling leaves as written because it cannot tell what they measure."""
-        return []
-
     def warmup_fractions(self) -> list[ScheduleField]:
         """The warmups written as a fraction of the run (none in a yacs config, whose warmup is in
         iterations)."""
+        return []
+
+    def unclassified(self) -> list[str]:
+        """Fields scaling leaves as written because it cannot tell what they measure."""
         return []
 
     @abstractmethod

@@ -41,15 +41,16 @@ YACS_KEYS = RecipeKeys(
     device="MODEL.DEVICE",
     output_dir="OUTPUT_DIR",
     weights="MODEL.WEIGHTS",
+    allow_pickled_weights="MODEL.ALLOW_PICKLED_WEIGHTS",
     checkpoints_kept="SOLVER.CHECKPOINT_MAX_TO_KEEP",
     plan_columns=("BASE_LR", "MAX_ITER", "STEPS", "WARMUP_ITERS"),
     optimizer="SOLVER.OPTIMIZER",
     adam_sde="SCALING.ADAM_SDE",
     auto_micro_batch="SCALING.AUTO_MICRO_BATCH",
     adascale_reference_batch="SCALING.ADASCALE_REFERENCE_BATCH",
-)
     schedule="SCALING.SCHEDULE",
     b_crit="SCALING.NOISE_SCALE.B_CRIT",
+)
 
 # The registered optimizers that read SOLVER.ADAMW.BETAS and EPS.
 _ADAMW_BUILDERS = ("AdamW",)
@@ -134,9 +135,9 @@ class YacsFormat(ConfigFormat):
             betas=("SOLVER.ADAMW.BETAS", tuple(solver.ADAMW.BETAS)) if adamw else None,
             eps=("SOLVER.ADAMW.EPS", solver.ADAMW.EPS) if adamw else None,
             adascale_reference_batch=int(scaling.ADASCALE_REFERENCE_BATCH),
-        )
             schedule=scaling.SCHEDULE,
             b_crit=float(scaling.NOISE_SCALE.B_CRIT),
+        )
 
     def schedule_fields(self) -> list[ScheduleField]:
         solver = self.cfg.SOLVER
@@ -173,6 +174,7 @@ class YacsFormat(ConfigFormat):
             deterministic=deterministic_setting(
                 cfg.DETERMINISTIC, cfg.CUDNN_BENCHMARK, ("DETERMINISTIC", "CUDNN_BENCHMARK")
             ),
+            allow_pickled_weights=bool(cfg.MODEL.ALLOW_PICKLED_WEIGHTS),
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

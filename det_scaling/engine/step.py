@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 
 from det_scaling.engine.accumulation import AccumulatingTrainer, micro_batch_cfg
+from det_scaling.engine.checkpoint import SafeCheckpointer
 from det_scaling.engine.determinism import use_deterministic_kernels
 from det_scaling.engine.launch import create_ddp_model
 from det_scaling.engine.run import Run
@@ -51,7 +51,11 @@ def build_step(run: Run, builders: StepBuilders, *, weights: str = "") -> Step:
         use_deterministic_kernels()
     model = builders.build_model(run.cfg)
     if weights:
-        DetectionCheckpointer(model).load(weights)
+        SafeCheckpointer(
+            model,
+            allow_pickled=run.settings.allow_pickled_weights,
+            allow_pickled_key=run.adapter.keys.allow_pickled_weights,
+        ).load(weights)
     optimizer = builders.build_optimizer(run.cfg, model)
     data_loader = builders.build_train_loader(micro_batch_cfg(run.adapter, run.schedule))
     ddp_model = create_ddp_model(model, **run.settings.ddp)

@@ -5,7 +5,9 @@ detectron2 loads the weights in every process once training starts. A missing fi
 ``AssertionError`` in each of them; a checkpoint of another architecture is worse: each key that
 does not match is skipped with a warning, and the run trains from random weights. Here the file is
 read once in the launching process and compared with the config's model, built on PyTorch's meta
-device (shapes only: no memory, no compute).
+device (shapes only: no memory, no compute). It is read as the trainer reads it
+(:class:`~det_scaling.engine.checkpoint.SafeCheckpointer`): a file whose reading would run code
+from it is refused, as ``MODEL.ALLOW_PICKLED_WEIGHTS`` (``train.allow_pickled_weights``) says.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import logging
 import warnings
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
 from det_scaling.config import ConfigFormat
-from det_scaling.engine.checkpoint import READ_ERRORS, read_checkpoint_file
+from det_scaling.engine.checkpoint import (
+    READ_ERRORS,
+    RefusedFileError,
+    SafeCheckpointer,
+    read_checkpoint_file,
+)
 from det_scaling.engine.run import Run
 from det_scaling.errors import ConfigError
 from det_scaling.tasks.trainers import trainer_class
@@ -32,17 +38,27 @@ logger = logging.getLogger(__name__)
 
 def check_weights(run: Run) -> None:
     """Raises ``ConfigError`` naming ``MODEL.WEIGHTS`` (``train.init_checkpoint``) when it is set
-    and the file cannot be fetched or read, or none of the model's parameters is in it (by name,
-    after detectron2's name conversions, and shape)."""
-    key, weights = run.adapter.keys.weights, run.settings.weights
+    and the file cannot be fetched or read, reading it would run code from it and the run does
+    not allow that, or none of the model's parameters is in it (by name, after detectron2's name
+    conversions, and shape)."""
+    keys, weights = run.adapter.keys, run.settings.weights
+    key = keys.weights
     if not weights:
         return
     path = _local_path(weights, key)
     model = _meta_model(run.adapter)
-    # detectron2's reader: its formats (.pth, Detectron .pkl, pycls .pyth) and name conversions.
-    checkpointer = DetectionCheckpointer(model if model is not None else torch.nn.Module())
+    # The trainer's reader: detectron2's formats (.pth, Detectron .pkl, pycls .pyth) and name
+    # conversions, and what it refuses.
+    checkpointer = SafeCheckpointer(
+        model if model is not None else torch.nn.Module(),
+        allow_pickled=run.settings.allow_pickled_weights,
+        allow_pickled_key=keys.allow_pickled_weights,
+    )
     try:
         checkpoint = read_checkpoint_file(checkpointer, path)
+    except RefusedFileError as error:
+        where = weights if path == weights else f"{weights} ({path})"  # a URL: its download
+        raise ConfigError(f"{key} {where}: {error.why}") from None
     except (*READ_ERRORS, ValueError, KeyError, AssertionError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ConfigError(
