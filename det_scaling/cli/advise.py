@@ -144,6 +144,10 @@ def format_advice(result: advise.Advice) -> str:
             f"{100 * probe.fraction:.3g}% of the reference run's images{against}"
         )
         lines += [f"note: {note}" for note in probe.notes]
+        moved = ", ".join(
+            "?" if w.noise_scale is None else f"{w.noise_scale:.3g}" for w in probe.windows
+        )
+        lines.append(f"B_simple as the probe trained ({len(probe.windows)} windows): {moved}")
     rows = []
     for row in result.rows:
         cells = {

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from det_scaling.commands.run_plot import metrics_lines
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.critical_batch import CriticalBatchFit, fit_critical_batch
 
@@ -218,21 +219,7 @@ def _read_metrics(output_dir: Path) -> list[dict[str, Any]]:
     path = output_dir / METRICS_FILE
     if not path.is_file():
         raise ConfigError(f"{output_dir}: no {METRICS_FILE}, so no evaluation to read")
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; give a run's metrics.json") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{number}: not a metrics.json line ({error})") from None
-        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
-            rows.append(row)
-    return rows
+    return metrics_lines(path)
 
 
 def _default_metric(output_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from det_scaling.commands.lr_plot import finish_lr_figure
 from det_scaling.errors import ConfigError
 
-__all__ = ["RunMetrics", "plot_run_metrics", "read_run_metrics"]
+__all__ = ["RunMetrics", "metrics_lines", "plot_run_metrics", "read_run_metrics"]
 
 
 @dataclass
@@ -32,15 +32,15 @@ class RunMetrics:
         return any(value is not None for value in self.gains)
 
 
-def read_run_metrics(path: str | Path, name: str | None = None) -> RunMetrics:
-    """The lines of ``path`` (detectron2's ``JSONWriter`` output) that have an LR; a resumed run's
-    later lines replace the earlier ones of the same iteration. ``ValueError`` when none has."""
+def metrics_lines(path: str | Path) -> list[dict[str, Any]]:
+    """The lines of a metrics.json (detectron2's ``JSONWriter`` output) that have an iteration, in
+    file order; ``ConfigError`` naming the line that is not JSON."""
     path = Path(path)
-    by_iteration: dict[int, dict[str, Any]] = {}
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file; give a run's metrics.json") from None
+    rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -48,8 +48,16 @@ def read_run_metrics(path: str | Path, name: str | None = None) -> RunMetrics:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}:{number}: not a metrics.json line ({error})") from None
-        if isinstance(row, dict) and "lr" in row and "iteration" in row:
-            by_iteration[int(row["iteration"])] = row
+        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+            rows.append(row)
+    return rows
+
+
+def read_run_metrics(path: str | Path, name: str | None = None) -> RunMetrics:
+    """The lines of ``path`` (detectron2's ``JSONWriter`` output) that have an LR; a resumed run's
+    later lines replace the earlier ones of the same iteration. ``ValueError`` when none has."""
+    path = Path(path)
+    by_iteration = {row["iteration"]: row for row in metrics_lines(path) if "lr" in row}
     if not by_iteration:
         raise ConfigError(f"{path}: no line with an 'lr' (is it a detectron2 metrics.json?)")
     rows = [by_iteration[i] for i in sorted(by_iteration)]
