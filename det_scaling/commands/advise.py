@@ -256,7 +256,8 @@ def probe(
 ) -> tuple[CriticalBatch, Probe]:
     """Trains the first ``fraction`` of the reference schedule's images on one process,
     measuring B_simple at every step (by module too), then times a few steps on two processes;
-    returns B_crit (the second half's B_simple) and what the probe measured."""
+    returns B_crit (the second half's B_simple, or the whole probe's where the second half
+    alone does not resolve |G|^2) and what the probe measured."""
     if not 0 < fraction <= 1:
         raise ConfigError(f"--probe-fraction must be in (0, 1], got {fraction}")
     gpus = config_format(cfg).recipe().reference_world_size or 1
@@ -277,8 +278,9 @@ def probe(
     seconds = time.perf_counter() - start
     steps = len(result.norms)
     images = steps * result.ims_per_batch
-    late_norms = result.norms[steps // 2 :]
-    late = estimate(late_norms)
+    late = estimate(result.norms[steps // 2 :])
+    if late.noise_scale is None or late.noise_scale <= 0:
+        late = result.overall  # |G|^2 not resolved over the second half alone: every step
     critical = CriticalBatch.from_estimate(
         late, f"B_simple over steps {late.first}-{late.last} of the probe"
     )

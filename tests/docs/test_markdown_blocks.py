@@ -63,8 +63,8 @@ LONGER = {TINY_YAML: ["SOLVER.MAX_ITER", "8"]}
 FEWER_STEPS = {
     "lr-find": ["--num-iter", "6"],
     "noise-scale": ["--num-iter", "4", "--windows", "2"],
-    # 6 probe steps; given step times, no two-process timing.
-    "advise": ["--probe-fraction", "0.004", "--step-time", "1=0.4", "2=0.45"],
+    # 15 probe steps; given step times, no two-process timing.
+    "advise": ["--probe-fraction", "0.01", "--step-time", "1=0.4", "2=0.45"],
 }
 
 BLOCKS = all_blocks()
