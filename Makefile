@@ -65,6 +65,7 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # docs/config-keys.md, written from the comments in det_scaling/config/defaults.py (a test fails
 # when the committed page differs).

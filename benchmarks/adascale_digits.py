@@ -34,7 +34,7 @@ from batch_size_sweep import (  # benchmarks/: the sweep's setup and runner
 )
 from tabulate import tabulate
 
-import det_scaling  # first: applies the detectron2 compatibility layer
+import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
 from detectron2.config import CfgNode

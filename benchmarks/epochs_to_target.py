@@ -43,7 +43,7 @@ from typing import Any
 from _environment import write_results  # benchmarks/: the results file
 from tabulate import tabulate
 
-import det_scaling  # first: applies the detectron2 compatibility layer
+import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
 from detectron2.config import CfgNode

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from _timing import Stepper, compare
 
-import det_scaling  # first: applies the detectron2 compatibility layer
+import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
 from detectron2.utils import comm

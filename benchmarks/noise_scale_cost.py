@@ -31,7 +31,7 @@ from _environment import write_results  # benchmarks/: the results file
 from _logs import log_to  # benchmarks/: the run logs to a file, stdout for the table
 from _timing import Stepper, compare, format_comparison, machine_description
 
-import det_scaling  # first: applies the detectron2 compatibility layer
+import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
 from detectron2.config import CfgNode

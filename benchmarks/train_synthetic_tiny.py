@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-import det_scaling  # first: applies the detectron2 compatibility layer
+import det_scaling  # first: installs the detectron2 compatibility layer
 from det_scaling.config import config_format
 from det_scaling.data import register_synthetic_voc
 from det_scaling.tasks import generate_synthetic_voc_for, training_set_size

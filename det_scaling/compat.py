@@ -2,7 +2,8 @@
 
 detectron2 v0.6 (the version the registry's ``pb1-detectron2`` re-upload carries, installed by
 ``tools/install_detectron2.py`` as pure Python) predates numpy 2, Pillow 10 and CPU-only installs.
-:func:`apply` makes it importable and usable with today's packages. Each fix checks whether it is
+:func:`install` makes it importable and usable with today's packages without importing it: each
+fix runs when the detectron2 module it concerns is imported (an import hook), checks whether it is
 needed and does nothing otherwise, so a source build of upstream main (which fixed these) is left
 as it is. :func:`applied_fixes` says which ones ran.
 
@@ -25,6 +26,10 @@ fix                       what it does, and when
                           with the aliases; numpy itself is not changed.
 ========================  ===================================================================
 
+Also: recent torch answers each ``torch.jit.script`` call with a FutureWarning, and fvcore and
+detectron2 call it while they import: that warning is silenced while those modules import (the
+user's own ``torch.jit.script`` still warns).
+
 Handled elsewhere rather than patched: ``pkg_resources`` (used by ``detectron2.model_zoo``) by
 requiring ``setuptools<81``; v0.6's CUDA-only ``detectron2.engine.launch`` by
 :mod:`det_scaling.engine.launch` (under upstream main too, whose launch can start CPU processes but
@@ -41,7 +46,7 @@ upstream still reports version 0.6), composed here for v0.6:
 from __future__ import annotations
 
 import builtins
-import importlib
+import importlib.abc
 import importlib.util
 import inspect
 import os
@@ -52,12 +57,10 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy
-
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MissingCompiledOpsError", "applied_fixes", "apply", "build_test_loader"]
+__all__ = ["MissingCompiledOpsError", "applied_fixes", "build_test_loader", "install"]
 
 # Aliases numpy removed in 1.24 (``np.bool`` came back in 2.0 as ``np.bool_``).
 _NUMPY_REMOVED_ALIASES = {
@@ -77,6 +80,10 @@ _MODULES_USING_NUMPY_ALIASES = (
     "detectron2.utils.visualizer",
     "detectron2.utils.video_visualizer",
 )
+_PIL_LINEAR_MODULE = "detectron2.data.transforms.transform"
+# Modules that call torch.jit.script while they import.
+_MODULES_SCRIPTING_ON_IMPORT = ("detectron2.modeling.box_regression", "fvcore.nn.focal_loss")
+_JIT_SCRIPT_DEPRECATED = r"`torch\.jit\.script` is deprecated"
 
 _applied: list[str] = []
 
@@ -112,18 +119,23 @@ class _NumpyWithRemovedAliases(types.ModuleType):
     """numpy, plus the scalar aliases numpy removed; handed to old modules as their ``np``."""
 
     def __init__(self) -> None:
+        import numpy
+
         super().__init__("numpy", numpy.__doc__)
+        self._numpy = numpy
 
     def __getattr__(self, name: str):
         if name in _NUMPY_REMOVED_ALIASES and not _numpy_has(name):
             return _NUMPY_REMOVED_ALIASES[name]
-        return getattr(numpy, name)
+        return getattr(self._numpy, name)
 
     def __dir__(self) -> Iterable[str]:
-        return sorted(set(dir(numpy)) | set(_NUMPY_REMOVED_ALIASES))
+        return sorted(set(dir(self._numpy)) | set(_NUMPY_REMOVED_ALIASES))
 
 
 def _numpy_has(name: str) -> bool:
+    import numpy
+
     with warnings.catch_warnings():  # numpy 2 warns while refusing some removed names
         warnings.simplefilter("ignore")
         return hasattr(numpy, name)
@@ -147,10 +159,18 @@ def _detectron2_uses_pil_linear() -> bool:
     return False
 
 
-def _fix_pil_linear() -> bool:
+def _source(module: types.ModuleType) -> str:
+    origin = getattr(module.__spec__, "origin", None)
+    if not origin or not os.path.isfile(origin):
+        return ""
+    with open(origin, encoding="utf-8") as f:
+        return f.read()
+
+
+def _fix_pil_linear(transform: types.ModuleType) -> bool:
     from PIL import Image
 
-    if not (_pil_linear_needed(Image) and _detectron2_uses_pil_linear()):
+    if not (_pil_linear_needed(Image) and "Image.LINEAR" in _source(transform)):
         return False
     Image.LINEAR = Image.BILINEAR
     return True
@@ -159,17 +179,12 @@ def _fix_pil_linear() -> bool:
 def _compiled_ops_missing() -> bool:
     if "detectron2._C" in sys.modules:
         return False
-    try:
-        return importlib.util.find_spec("detectron2._C") is None
-    except ModuleNotFoundError:  # detectron2 itself is missing
-        return False
+    return importlib.util.find_spec("detectron2._C") is None
 
 
-def _fix_placeholder_c_ops() -> bool:
+def _fix_placeholder_c_ops(detectron2: types.ModuleType) -> bool:
     if not _compiled_ops_missing():
         return False
-    import detectron2
-
     placeholder = _PlaceholderCOps("detectron2._C", _PlaceholderCOps.__doc__)
     sys.modules["detectron2._C"] = placeholder
     detectron2._C = placeholder
@@ -181,31 +196,72 @@ def _uses_missing_numpy_alias(source: str) -> bool:
     return any(not _numpy_has(alias) for alias in used)
 
 
-def _fix_numpy_removed_aliases() -> bool:
-    patched = False
-    for name in _MODULES_USING_NUMPY_ALIASES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            continue
-        with open(spec.origin, encoding="utf-8") as f:
-            if not _uses_missing_numpy_alias(f.read()):
+def _fix_numpy_removed_aliases(module: types.ModuleType) -> bool:
+    import numpy
+
+    if getattr(module, "np", None) is not numpy or not _uses_missing_numpy_alias(_source(module)):
+        return False
+    module.np = _NumpyWithRemovedAliases()
+    return True
+
+
+# module -> (fix name, the fix), run before the module executes / after it has.
+_BEFORE_IMPORT: dict[str, tuple[str, Callable[[types.ModuleType], bool]]] = {
+    _PIL_LINEAR_MODULE: ("pil_linear", _fix_pil_linear),
+}
+_AFTER_IMPORT: dict[str, tuple[str, Callable[[types.ModuleType], bool]]] = {
+    "detectron2": ("placeholder_c_ops", _fix_placeholder_c_ops),
+    **{
+        name: ("numpy_removed_aliases", _fix_numpy_removed_aliases)
+        for name in _MODULES_USING_NUMPY_ALIASES
+    },
+}
+
+
+def _run_fix(fixes: dict, module: types.ModuleType) -> None:
+    name, fix = fixes[module.__name__]
+    if fix(module) and name not in _applied:
+        _applied.append(name)
+
+
+class _FixingFinder(importlib.abc.MetaPathFinder):
+    """Finds the modules the fixes concern as the other finders do, and has their loader run
+    the fixes around executing them."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        quiet = fullname in _MODULES_SCRIPTING_ON_IMPORT
+        if not (quiet or fullname in _BEFORE_IMPORT or fullname in _AFTER_IMPORT):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
                 continue
-        module = importlib.import_module(name)
-        if getattr(module, "np", None) is numpy:
-            module.np = _NumpyWithRemovedAliases()
-            patched = True
-    return patched
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader.exec_module = _with_fixes(spec.loader.exec_module, quiet)
+        return spec
 
 
-_FIXES = (
-    ("pil_linear", _fix_pil_linear),
-    ("placeholder_c_ops", _fix_placeholder_c_ops),
-    ("numpy_removed_aliases", _fix_numpy_removed_aliases),
-)
+def _with_fixes(exec_module: Callable[[types.ModuleType], None], quiet: bool) -> Callable:
+    def exec_with_fixes(module: types.ModuleType) -> None:
+        if module.__name__ in _BEFORE_IMPORT:
+            _run_fix(_BEFORE_IMPORT, module)
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.filterwarnings("ignore", _JIT_SCRIPT_DEPRECATED, FutureWarning)
+            exec_module(module)
+        if module.__name__ in _AFTER_IMPORT:
+            _run_fix(_AFTER_IMPORT, module)
+
+    return exec_with_fixes
 
 
-def apply() -> list[str]:
-    """Applies every fix that this environment needs (once); returns the names of those applied.
+def install() -> None:
+    """Has every fix this environment needs run as detectron2's modules import (once); fixes the
+    modules imported already.
 
     Raises ImportError with install instructions when detectron2 is not installed.
     """
@@ -215,14 +271,16 @@ def apply() -> list[str]:
             "`make setup`, or `python tools/install_detectron2.py` inside your environment "
             "(it keeps an existing build, takes --source PATH, or installs detectron2 v0.6)."
         )
-    for name, fix in _FIXES:
-        if name not in _applied and fix():
-            _applied.append(name)
-    return applied_fixes()
+    if any(isinstance(finder, _FixingFinder) for finder in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _FixingFinder())
+    for name in _AFTER_IMPORT:
+        if name in sys.modules:
+            _run_fix(_AFTER_IMPORT, sys.modules[name])
 
 
 def applied_fixes() -> list[str]:
-    """Names of the fixes :func:`apply` has applied in this process."""
+    """Names of the fixes applied in this process so far."""
     return list(_applied)
 
 

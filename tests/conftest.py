@@ -1,4 +1,5 @@
-"""Shared fixtures. det_scaling is imported first: it applies the detectron2 compatibility layer."""
+"""Shared fixtures. det_scaling is imported first: it installs the detectron2 compatibility
+layer."""
 
 from __future__ import annotations
 

@@ -89,9 +89,11 @@ def test_collect_env_reports_the_missing_ops_instead_of_crashing():
         assert "not compiled" in info
 
 
-def test_apply_is_idempotent():
+def test_install_is_idempotent():
     before = compat.applied_fixes()
-    assert compat.apply() == before
+    compat.install()
+    assert sum(isinstance(finder, compat._FixingFinder) for finder in sys.meta_path) == 1
+    assert compat.applied_fixes() == before
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -102,6 +104,27 @@ def test_import_prints_nothing():
     result = _python("import det_scaling")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
+
+
+def test_import_loads_neither_torch_nor_detectron2_until_a_name_needs_them():
+    result = _python(
+        "import sys, det_scaling\n"
+        "print(sorted(m for m in ('torch', 'detectron2') if m in sys.modules))\n"
+        "det_scaling.scale_cfg\n"
+        "print(sorted(m for m in ('torch', 'detectron2') if m in sys.modules))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "['detectron2', 'torch']"]
+
+
+def test_fixes_run_when_detectron2_is_imported_first():
+    modules = "detectron2.data.build, detectron2.layers, detectron2.evaluation"
+    fixes = "from det_scaling import compat; print(sorted(compat.applied_fixes()))"
+    first = _python(f"import detectron2\nimport det_scaling\nimport {modules}\n{fixes}")
+    after = _python(f"import det_scaling\nimport {modules}\n{fixes}")
+    assert first.returncode == 0, first.stderr
+    assert after.returncode == 0, after.stderr
+    assert first.stdout == after.stdout
 
 
 def test_missing_detectron2_gives_install_instructions():

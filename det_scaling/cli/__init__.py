@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from det_scaling import __version__
 from det_scaling.cli._common import split_overrides
 from det_scaling.engine.failures import RankFailedError
 from det_scaling.errors import ConfigError
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="det-scaling",
         description="Scale detectron2 configs across GPU counts, and show what changes.",
     )
+    parser.add_argument("--version", action="version", version=f"det-scaling {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"det_scaling.cli.{name}").add_parser(subparsers)

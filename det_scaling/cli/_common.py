@@ -12,6 +12,7 @@ import re
 import shlex
 from collections.abc import Callable, Sequence
 
+from det_scaling.config import find_config_file
 from det_scaling.errors import ConfigError
 from det_scaling.testing import Golden, compare_golden, write_golden
 
@@ -55,11 +56,18 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+CONFIG_HELP = (
+    "detectron2 config: YAML (_BASE_ allowed) or a LazyConfig .py file; a path, or a name among "
+    "det-scaling's configs or detectron2's model zoo (COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml)"
+)
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config",
         metavar="CONFIG",
-        help="detectron2 config: YAML (_BASE_ allowed) or a LazyConfig .py file",
+        type=find_config_file,
+        help=CONFIG_HELP,
     )
 
 

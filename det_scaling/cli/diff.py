@@ -21,6 +21,7 @@ from det_scaling.cli._common import (
     run_golden,
 )
 from det_scaling.commands.diff import diff_configs, format_diff
+from det_scaling.config import find_config_file
 from det_scaling.testing import diff_golden
 
 
@@ -34,7 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_config_argument(parser)
     add_num_gpus_argument(parser, multiple=False)
     parser.add_argument(
-        "config_b", metavar="CONFIG_B", nargs="?", help="a second config to compare with"
+        "config_b",
+        metavar="CONFIG_B",
+        nargs="?",
+        type=find_config_file,
+        help="a second config to compare with (a path or a name, as CONFIG)",
     )
     add_overrides_argument(parser)
     add_golden_arguments(parser, "the keys that differ")

@@ -21,13 +21,14 @@ import argparse
 import os
 
 from det_scaling.cli._common import (
+    CONFIG_HELP,
     add_num_gpus_argument,
     add_overrides_argument,
     check_image_file,
 )
 from det_scaling.commands.lr_plot import lr_curve, plot_lr_curves
 from det_scaling.commands.run_plot import plot_run_metrics, read_run_metrics
-from det_scaling.config import load_cfg
+from det_scaling.config import find_config_file, load_cfg
 from det_scaling.errors import ConfigError
 
 
@@ -42,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "config",
         metavar="CONFIG",
         nargs="?",
-        help="detectron2 config: YAML (_BASE_ allowed) or a LazyConfig .py file",
+        type=find_config_file,
+        help=CONFIG_HELP,
     )
     parser.add_argument(
         "--metrics",

@@ -18,8 +18,8 @@ import argparse
 import re
 from datetime import timedelta
 
-from det_scaling.cli._common import add_overrides_argument
-from det_scaling.config import LAZY_KEYS, YACS_KEYS, is_lazy_config_file
+from det_scaling.cli._common import CONFIG_HELP, add_overrides_argument
+from det_scaling.config import LAZY_KEYS, YACS_KEYS, find_config_file, is_lazy_config_file
 from det_scaling.engine.launch import DEFAULT_TIMEOUT
 from det_scaling.engine.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT_STATUS
 
@@ -71,7 +71,9 @@ def config_overrides(args: argparse.Namespace) -> argparse.Namespace:
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """detectron2's ``train_net.py`` arguments, and ``--no-scale``."""
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
+    parser.add_argument(
+        "--config-file", required=True, metavar="FILE", type=find_config_file, help=CONFIG_HELP
+    )
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -90,7 +90,8 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
         + (f"; schedule: noise, B_crit {written.b_crit:g}" if noise else "")
         if reference
         else f"{written.keys.reference_world_size} is 0: the config is used as written at every "
-        "GPU count"
+        f"GPU count (set {written.keys.reference_world_size} to the GPU count it was written for "
+        "to scale it: 8 for detectron2's model zoo)"
     )
     columns = ["GPUs", "images/step", *written.keys.plan_columns]
     columns.append("epochs" if dataset_size > 0 else "images seen")

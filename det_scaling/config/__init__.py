@@ -15,6 +15,7 @@ from det_scaling.config.load import (
     load_cfg,
     require_yaml_config,
 )
+from det_scaling.config.names import find_config_file
 from det_scaling.config.recipe import (
     FRACTION,
     LENGTH,
@@ -55,6 +56,7 @@ __all__ = [
     "add_scaling_config",
     "check_same_format",
     "config_format",
+    "find_config_file",
     "flatten_cfg",
     "get_cfg",
     "is_lazy_config",

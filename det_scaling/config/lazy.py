@@ -23,6 +23,7 @@ from detectron2.config import LazyConfig
 from omegaconf import DictConfig, OmegaConf
 
 from det_scaling.config.defaults import get_cfg
+from det_scaling.config.names import NO_SUCH_CONFIG
 from det_scaling.errors import ConfigError
 
 __all__ = [
@@ -104,7 +105,7 @@ def load_lazy_cfg(config_file: str, overrides: Sequence[str] = ()) -> DictConfig
     ``key=value`` ``overrides`` applied. Raises ``ConfigError`` in one line naming the file or key
     (with the closest existing key for a misspelt one)."""
     if not os.path.isfile(config_file):
-        raise ConfigError(f"{config_file}: no such config file")
+        raise ConfigError(f"{config_file}: {NO_SUCH_CONFIG}")
     try:
         with warnings.catch_warnings():
             # detectron2.model_zoo, which LazyConfigs import, uses pkg_resources (setuptools<81

@@ -1,7 +1,7 @@
 """A config file and its overrides loaded into a config, with errors that name the file or key.
 
 A ``.yaml`` file is a yacs config with the toolkit's keys (:mod:`.defaults`); a ``.py`` file is a
-LazyConfig (:mod:`.lazy`).
+LazyConfig (:mod:`.lazy`). A config is named by its path or its name (:mod:`.names`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from detectron2.config import CfgNode
 
 from det_scaling.config.defaults import get_cfg
 from det_scaling.config.lazy import flatten_lazy_cfg, is_lazy_config_file, load_lazy_cfg
+from det_scaling.config.names import NO_SUCH_CONFIG, find_config_file
 from det_scaling.errors import ConfigError
 from det_scaling.utils.logs import quiet_logger
 
@@ -29,7 +30,10 @@ def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> A
     in one line naming the file or key (with the closest existing key for a misspelt one).
 
     A ``.py`` file is a LazyConfig: it is loaded by :func:`det_scaling.config.lazy.load_lazy_cfg`
-    (``key=value`` overrides) and returned as detectron2's ``LazyConfig.load`` returns it."""
+    (``key=value`` overrides) and returned as detectron2's ``LazyConfig.load`` returns it.
+    ``config_file`` may be a config's name (:func:`find_config_file`)."""
+    if config_file:
+        config_file = find_config_file(config_file)
     if config_file and is_lazy_config_file(config_file):
         _check_override_style(config_file, overrides, lazy=True)
         return load_lazy_cfg(config_file, overrides)
@@ -39,7 +43,7 @@ def load_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> A
         if os.path.isdir(config_file):
             raise ConfigError(f"{config_file}: is a directory; give a config file (.yaml or .py)")
         if not os.path.isfile(config_file):
-            raise ConfigError(f"{config_file}: no such config file")
+            raise ConfigError(f"{config_file}: {NO_SUCH_CONFIG}")
         try:
             # detectron2 warns that a config without VERSION is taken as the latest version:
             # what every config here means.

@@ -76,6 +76,7 @@ class ScalingProgress(HookBase):
         if self.epochs_seen is not None:
             storage.put_scalar("epoch", self.epochs_seen, smoothing_hint=False)
         # Up to the last step, so the final evaluation does not count as training time.
+        assert self._train_start is not None  # detectron2 runs before_train before any step
         self.train_seconds = time.perf_counter() - self._train_start
 
     def state_dict(self) -> dict[str, Any]:

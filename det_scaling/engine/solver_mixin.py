@@ -27,6 +27,7 @@ class SolverMixin:
     would train one micro-batch per step at the LR of the whole batch."""
 
     runs_scaling_step = False  # ScalingTrainer: True
+    cfg: Any  # set by DefaultTrainer's __init__
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ __all__ = [
     "scale_cfg",
 ]
 
-SCALING_RULES = {
+SCALING_RULES: dict[str, Callable[[float], float]] = {
     "linear": lambda batch_ratio: batch_ratio,
     "sqrt": math.sqrt,
     "none": lambda batch_ratio: 1.0,
@@ -145,6 +145,8 @@ class ScalingPlan:
     @property
     def recipe(self) -> Recipe:
         """The scaled config's recipe."""
+        if self.adapter is None:
+            raise AttributeError("recipe: this plan has no adapter (plan_scaling gives it one)")
         return self.adapter.recipe()
 
     def __iter__(self) -> Iterator[Change]:
@@ -417,7 +419,8 @@ def _check_schedule(out: ConfigFormat, recipe: Recipe) -> None:
     run = next(f for f in fields if f.kind == LENGTH)
     for f in fields:
         if f.kind == STEPS:
-            steps, length, length_key = tuple(f.written), f.length_written, f.length
+            steps: Sequence[Any] = tuple(f.written)
+            length, length_key = f.length_written, f.length
             if f.length is None:  # the last value is the length
                 *steps, length = steps
                 length_key = f"{name(f)}'s last value"
@@ -584,6 +587,8 @@ def _adjust_adam(record: Callable[..., None], recipe: Recipe, kappa: float) -> N
     abhishekpanigrahi1996/Adaptive-SDE does with its noise multiplier l = 1 / sqrt(kappa))."""
     keys = recipe.keys
     setting = keys.adam_sde.rsplit(".", 1)[-1]
+    # plan_scaling's _check_adam_sde refused ADAM_SDE without Adam's betas and eps.
+    assert recipe.betas is not None and recipe.eps is not None
     betas_key, betas = recipe.betas
     new_betas = tuple(1.0 - kappa * (1.0 - beta) for beta in betas)
     for beta, new in zip(betas, new_betas, strict=True):
@@ -750,7 +755,7 @@ def _set_schedule(
             record(f.key, new_lengths[f.key], why(f.written))
     for f in fields:
         if f.kind == STEPS:
-            steps = tuple(f.written)
+            steps: Sequence[Any] = tuple(f.written)
             if f.length is None:  # the last value is the length
                 *steps, written_max = steps
                 max_iter, name = length(f.key, written_max), "its last value"
@@ -772,16 +777,16 @@ def _set_schedule(
             record(f.key, fraction, f"{f.written:g} of {max_epochs:g} epochs")
         elif f.kind != LENGTH:
             own = {PERIOD: period, POINT: point}.get(f.kind)
-            to, reason = own or (convert, why)
+            to, because = own or (convert, why)
             new = to(f.written)
             if f.kind == PERIOD and f.written > 0 and new == 0:
                 raise fail(f.key, f"period {f.written:g} rounds to 0")
-            record(f.key, new, reason(f.written))
+            record(f.key, new, because(f.written))
 
 
 def _convert_steps(
     key: str,
-    written_steps: tuple,
+    written_steps: Sequence[Any],
     written_max: Any,
     max_iter: int,
     length_name: str,

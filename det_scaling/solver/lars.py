@@ -20,7 +20,7 @@ parameter whose gradient is all zero, apex skips the weight decay as well, while
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -103,6 +103,12 @@ class LARS(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs one update of every parameter that has a gradient; returns the closure's
@@ -145,7 +151,8 @@ class LARS(torch.optim.Optimizer):
         for (device, _), params in buckets.items():
             chunk_bytes = _CPU_CHUNK_BYTES if device.type == "cpu" else None
             for chunk in _chunks(params, chunk_bytes):
-                grads = [param.grad for param in chunk]
+                # Every parameter here has a gradient (the others were skipped above).
+                grads = [param.grad for param in chunk if param.grad is not None]
                 bufs = [self._momentum_buffer(param) for param in chunk] if with_momentum else None
                 yield chunk, grads, bufs
 

@@ -4,17 +4,15 @@ text file and compared on every run.
 :mod:`.golden` builds the text (the plan table, every changed key with its reason, and where each
 value is written), compares it with a file and explains a difference; ``diff --check`` and
 ``plan --check`` use it, and so does the pytest plugin :mod:`.plugin` (its ``config_diff``
-fixture), which installing det-scaling registers (entry point ``pytest11``).
+fixture, :mod:`.config_diff`), which installing det-scaling registers (entry point ``pytest11``).
+The names below load :mod:`.golden` (hence torch and detectron2) when first used, so that pytest
+can load the plugin cheaply.
 """
 
-from det_scaling.testing.golden import (
-    Golden,
-    compare_golden,
-    config_golden,
-    diff_golden,
-    plan_golden,
-    write_golden,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "Golden",
@@ -24,3 +22,20 @@ __all__ = [
     "plan_golden",
     "write_golden",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'det_scaling.testing' has no attribute {name!r}")
+    return getattr(importlib.import_module("det_scaling.testing.golden"), name)
+
+
+if TYPE_CHECKING:
+    from det_scaling.testing.golden import (
+        Golden,
+        compare_golden,
+        config_golden,
+        diff_golden,
+        plan_golden,
+        write_golden,
+    )

@@ -6,132 +6,52 @@ file and fails, with why and a short unified diff, when they change.
     def test_my_rcnn_scales(config_diff):
         config_diff.check("configs/my_rcnn.yaml", num_gpus=[1, 2, 4, 8])
 
-Installing det-scaling registers the plugin: the ``pytest11`` entry point, named after this
-module, loads ``_det_scaling_pytestplugin``, which holds the hooks and imports this module when a
-test first asks for the fixture. ``-p det_scaling.testing.plugin`` (command line or ``addopts``)
-registers this module under the same name, so never twice.
-
-Config paths are relative to pytest's rootdir (where its ini file is). Each test keeps its golden
-file in ``config_diff/`` next to its module, named ``<module>.<test>.txt``.
+Installing det-scaling registers it (the ``pytest11`` entry point, named after this module, so
+that ``-p det_scaling.testing.plugin`` as well registers it once). Loading it imports neither
+torch nor detectron2: :mod:`.config_diff` does, when a test first asks for the fixture.
 ``--det-scaling-update`` (or ``DET_SCALING_UPDATE=1``) writes the golden files that are missing or
 differ, and lists them at the end of the run.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-# The hooks and the fixture, re-exported for ``-p det_scaling.testing.plugin`` where the entry
-# point is missing; where it is there, pytest has them from _det_scaling_pytestplugin already.
-from _det_scaling_pytestplugin import (
-    REWRITTEN,
-    UPDATE_OPTION,
-    UPDATE_VARIABLE,
-    config_diff,
-    pytest_addoption,
-    pytest_configure,
-    pytest_terminal_summary,
-    update_requested,
-)
-from det_scaling.errors import ConfigError
-from det_scaling.testing.golden import Golden, compare_golden, config_golden, write_golden
+from det_scaling.testing.update import REWRITTEN, UPDATE_OPTION, UPDATE_VARIABLE
 
-__all__ = [
-    "ConfigDiff",
-    "config_diff",
-    "fixture_golden",
-    "pytest_addoption",
-    "pytest_configure",
-    "pytest_terminal_summary",
-    "update_requested",
-]
-
-ACCEPT = f"pytest {UPDATE_OPTION} (or {UPDATE_VARIABLE}=1), then review the change with git diff"
-GOLDEN_FOLDER = "config_diff"
+if TYPE_CHECKING:
+    from det_scaling.testing.config_diff import ConfigDiff
 
 
-class ConfigDiff:
-    """What a config gives at each GPU count, checked against the test's golden file."""
-
-    def __init__(self, request: pytest.FixtureRequest) -> None:
-        self._config = request.config
-        self._root = Path(request.config.rootpath)
-        test = "::".join(request.node.nodeid.split("::")[1:]) or request.node.name
-        module = Path(request.node.path)
-        name = f"{module.stem}.{re.sub(r'[^A-Za-z0-9_.-]+', '_', test.replace('::', '.'))}"
-        self._golden = module.parent / GOLDEN_FOLDER / name
-        self._calls = 0
-
-    def check(
-        self,
-        config: str | os.PathLike,
-        num_gpus: int | Sequence[int] = (1, 2, 4, 8),
-        *,
-        overrides: Sequence[str] = (),
-    ) -> None:
-        """Fails the test unless ``config`` (relative to the rootdir), with ``overrides``
-        (``KEY VALUE`` pairs, or ``key=value`` for a LazyConfig), gives at each of ``num_gpus``
-        the plan table and changed keys of the golden file. A second call in one test keeps its
-        own file (``.2.txt``)."""
-        self._calls += 1
-        suffix = f".{self._calls}" if self._calls > 1 else ""
-        golden_path = self._golden.with_name(f"{self._golden.name}{suffix}.txt")
-        counts = [num_gpus] if isinstance(num_gpus, int) else list(num_gpus)
-        shown = _relative(golden_path, self._root)
-        relative = _relative(Path(config), self._root)
-        try:
-            with _working_directory(self._root):
-                golden = fixture_golden(relative, counts, overrides)
-                if update_requested(self._config):
-                    Path(shown).parent.mkdir(parents=True, exist_ok=True)
-                    if write_golden(shown, golden):
-                        self._config.stash[REWRITTEN].append(shown)
-                    return
-                report = compare_golden(shown, golden)
-        except ConfigError as error:  # the user's to fix: one line, no traceback of ours
-            report = [str(error)]
-        else:
-            if report is None:
-                return
-            heading = f"{shown} differs from what {relative} gives at {_counts(counts)} GPUs"
-            report.insert(0, f"{heading}; accept with: {ACCEPT}")
-        pytest.fail("\n".join(report), pytrace=False)
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("det-scaling", "config-diff golden files (det_scaling.testing)")
+    group.addoption(
+        UPDATE_OPTION,
+        action="store_true",
+        default=False,
+        help="write the config_diff golden files that are missing or differ, instead of failing "
+        f"(also: {UPDATE_VARIABLE}=1)",
+    )
 
 
-def fixture_golden(config: str, gpu_counts: Sequence[int], overrides: Sequence[str] = ()) -> Golden:
-    """The golden text ``check`` compares: :func:`~det_scaling.testing.golden.config_golden`
-    under the fixture's title, for a config path relative to the working directory."""
-    title = f"det-scaling config-diff golden: {config} at {_counts(gpu_counts)} GPUs"
-    if overrides:
-        title += f" with {' '.join(overrides)}"
-    return config_golden(config, overrides, gpu_counts, title=title, accept=ACCEPT)
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[REWRITTEN] = []
 
 
-def _counts(counts: Sequence[int]) -> str:
-    return ", ".join(str(n) for n in counts)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    rewritten = config.stash.get(REWRITTEN, [])
+    if rewritten:
+        terminalreporter.write_sep("-", "det-scaling: golden files written (review with git diff)")
+        for path in rewritten:
+            terminalreporter.write_line(path)
 
 
-def _relative(path: Path, root: Path) -> str:
-    """``path`` (relative to ``root`` unless absolute) relative to ``root``, with ``/``."""
-    full = path if path.is_absolute() else root / path
-    try:
-        return Path(os.path.relpath(full, root)).as_posix()
-    except ValueError:  # another drive (Windows)
-        return full.as_posix()
+@pytest.fixture
+def config_diff(request: pytest.FixtureRequest) -> ConfigDiff:
+    """``config_diff.check(config, num_gpus=[1, 2, 4, 8])``: the config's plan table and every
+    changed key with its reason, compared with the test's golden file."""
+    from det_scaling.testing.config_diff import ConfigDiff
 
-
-@contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    """Paths in golden files are relative to the working directory: the rootdir's here."""
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
+    return ConfigDiff(request)

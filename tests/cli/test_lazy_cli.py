@@ -72,7 +72,11 @@ def test_a_misspelt_key_or_a_missing_file_exits_2_in_one_line(capsys):
         "det-scaling plan: error: train.max_ite: no such config key; did you mean train.max_iter?\n"
     )
     code, _, err = run_cli(capsys, "diff", "configs/nothere.py")
-    assert (code, err) == (2, "det-scaling diff: error: configs/nothere.py: no such config file\n")
+    assert code == 2
+    assert err == (
+        "det-scaling diff: error: configs/nothere.py: no such config file (nor a config name of "
+        "det-scaling's or detectron2's model zoo)\n"
+    )
 
 
 def test_diff_refuses_configs_of_two_formats(capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import det_scaling  # first: applies the detectron2 compatibility layer
+import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
 from det_scaling.commands.plan import format_plan_table

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import det_scaling  # noqa: F401  (first: applies the detectron2 compatibility layer)
+import det_scaling  # noqa: F401  (first: installs the detectron2 compatibility layer)
 from det_scaling.data.synthetic_voc import (
     CLASS_NAMES,
     MANIFEST_NAME,

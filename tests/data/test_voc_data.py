@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import det_scaling  # first: applies the detectron2 compatibility layer
+import det_scaling  # first: installs the detectron2 compatibility layer
 from det_scaling.config import config_format
 from det_scaling.data import (
     SYNTHETIC_CLASS_NAMES,

@@ -27,7 +27,7 @@ from helpers.user_repo import (
 )
 
 from det_scaling.testing import compare_golden, write_golden
-from det_scaling.testing.plugin import fixture_golden
+from det_scaling.testing.config_diff import fixture_golden
 
 GPU_COUNTS = [1, 2, 4, 8]
 
@@ -101,7 +101,7 @@ def test_pytest_starts_without_torch_until_a_test_asks_for_the_fixture(tmp_path)
     (repo / "tests" / "test_imports.py").write_text(
         "import sys\n\n\n"
         "def test_before_the_fixture():\n"
-        "    assert 'torch' not in sys.modules and 'det_scaling' not in sys.modules\n\n\n"
+        "    assert 'torch' not in sys.modules and 'detectron2' not in sys.modules\n\n\n"
         "def test_the_fixture_loads_det_scaling(config_diff):\n"
         "    assert 'detectron2' in sys.modules\n"
     )
