@@ -24,8 +24,6 @@ Only one process per machine should call it (:func:`det_scaling.data.generated.g
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -174,27 +172,3 @@ def _image_path(root: Path, split: str, label: int, index: int) -> Path:
 
 def _counts(split_of: np.ndarray) -> dict[str, int]:
     return {split: int(np.sum(split_of == split)) for split in SPLITS}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m det_scaling.classification.digits ROOT``: export (or reuse) the digits in their
-    parameters' folder under ROOT and print that folder."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument(
-        "root",
-        type=Path,
-        help="the folder of the digits exports, one subfolder per parameter set "
-        "(a run's: $DETECTRON2_DATASETS/digits)",
-    )
-    parser.add_argument("--upscale", type=int, default=32)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resample", default="bilinear", choices=sorted(_RESAMPLING))
-    args = parser.parse_args(argv)
-    print(
-        export_digits(args.root, args.upscale, args.val_fraction, args.seed, resample=args.resample)
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -24,7 +24,7 @@ from det_scaling.engine.failures import RankFailedError
 from det_scaling.errors import ConfigError
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
-COMMANDS = ("plan", "advise", "diff", "lr_plot", "lr_find", "noise_scale", "train", "env")
+COMMANDS = ("plan", "advise", "diff", "lr_plot", "lr_find", "noise_scale", "train", "data", "env")
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):

@@ -55,7 +55,7 @@ def metrics_lines(path: str | Path) -> list[dict[str, Any]]:
 
 def read_run_metrics(path: str | Path, name: str | None = None) -> RunMetrics:
     """The lines of ``path`` (detectron2's ``JSONWriter`` output) that have an LR; a resumed run's
-    later lines replace the earlier ones of the same iteration. ``ValueError`` when none has."""
+    later lines replace the earlier ones of the same iteration. ``ConfigError`` when none has."""
     path = Path(path)
     by_iteration = {row["iteration"]: row for row in metrics_lines(path) if "lr" in row}
     if not by_iteration:

@@ -34,6 +34,7 @@ __all__ = [
     "is_lazy_config_file",
     "load_lazy_cfg",
     "lower_case_keys",
+    "no_such_key",
     "toolkit_defaults",
 ]
 
@@ -95,7 +96,7 @@ def _check_known(written: DictConfig, defaults: DictConfig, prefix: str, where: 
     for key, value in written.items():
         if key not in defaults:
             known = [f"{prefix}.{k}" for k in _flatten(OmegaConf.to_container(defaults))]
-            raise _no_such_key(f"{prefix}.{key}", known, where)
+            raise no_such_key(f"{prefix}.{key}", known, where)
         if isinstance(value, DictConfig):
             _check_known(value, defaults[key], f"{prefix}.{key}", where)
 
@@ -156,7 +157,7 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
     parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
     if isinstance(parent, DictConfig) and _accepts(parent.get("_target_"), name):
         return
-    raise _no_such_key(key, [*flatten_lazy_cfg(cfg), *_section_keys(cfg)], "")
+    raise no_such_key(key, [*flatten_lazy_cfg(cfg), *_section_keys(cfg)], "")
 
 
 def _accepts(target: Any, name: str) -> bool:
@@ -173,7 +174,8 @@ def _accepts(target: Any, name: str) -> bool:
     return any(p.kind is p.VAR_KEYWORD or p.name == name for p in parameters)
 
 
-def _no_such_key(key: str, known: list[str], where: str) -> ConfigError:
+def no_such_key(key: str, known: list[str], where: str) -> ConfigError:
+    """``where`` + ``key: no such config key``, with the closest of ``known`` when one is close."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
     return ConfigError(f"{where}{key}: no such config key{hint}")

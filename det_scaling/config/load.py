@@ -6,7 +6,6 @@ LazyConfig (:mod:`.lazy`). A config is named by its path or its name (:mod:`.nam
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -16,7 +15,12 @@ import yaml
 from detectron2.config import CfgNode
 
 from det_scaling.config.defaults import get_cfg
-from det_scaling.config.lazy import flatten_lazy_cfg, is_lazy_config_file, load_lazy_cfg
+from det_scaling.config.lazy import (
+    flatten_lazy_cfg,
+    is_lazy_config_file,
+    load_lazy_cfg,
+    no_such_key,
+)
 from det_scaling.config.names import NO_SUCH_CONFIG, find_config_file
 from det_scaling.errors import ConfigError
 from det_scaling.utils.logs import quiet_logger
@@ -112,10 +116,7 @@ def _check_override_style(config: str, overrides: Sequence[str], *, lazy: bool) 
 
 def _unknown_key(cfg: CfgNode, message: str, where: str) -> ConfigError:
     key = message.rsplit(":", 1)[-1].strip()
-    keys = [*flatten_cfg(cfg), *(_section_keys(cfg))]
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return ConfigError(f"{where}{key}: no such config key{hint}")
+    return no_such_key(key, [*flatten_cfg(cfg), *_section_keys(cfg)], where)
 
 
 def flatten_cfg(cfg: Any, prefix: str = "") -> dict[str, Any]:

@@ -226,7 +226,7 @@ class ConfigFormat(ABC):
 
     @abstractmethod
     def recipe(self) -> Recipe:
-        """The recipe; ``ValueError`` naming the key when one is missing."""
+        """The recipe; ``ConfigError`` naming the key when one is missing."""
 
     @abstractmethod
     def schedule_fields(self) -> list[ScheduleField]:

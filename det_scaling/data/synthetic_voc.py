@@ -29,7 +29,6 @@ Only one process per machine should call it (:func:`det_scaling.data.generated.g
 
 from __future__ import annotations
 
-import argparse
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -429,28 +428,3 @@ def _write_annotation(
 
 def _text(parent: ET.Element, tag: str, value: object) -> None:
     ET.SubElement(parent, tag).text = str(value)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m det_scaling.data.synthetic_voc ROOT``: make (or reuse) a set in its parameters'
-    folder under ROOT and print that folder."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument(
-        "root",
-        type=Path,
-        help="the folder of the synthetic sets, one subfolder per parameter set "
-        "(a run's: $DETECTRON2_DATASETS/synthetic_voc)",
-    )
-    parser.add_argument("--num-trainval", type=int, default=500)
-    parser.add_argument("--num-test", type=int, default=100)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    folder = generate_synthetic_voc(
-        args.root, args.num_trainval, args.num_test, args.image_size, args.seed
-    )
-    print(folder)
-
-
-if __name__ == "__main__":
-    main()

@@ -86,7 +86,7 @@ def register_synthetic_voc(
         raise FileNotFoundError(
             f"no complete synthetic data set in {dirname} (its {MANIFEST_NAME} {state}){hint}; "
             "make one with det_scaling.data.generate_synthetic_voc(root, num_trainval, num_test), "
-            "which returns its folder, or `python -m det_scaling.data.synthetic_voc ROOT`"
+            "which returns its folder, or `det-scaling data synthetic-voc ROOT`"
         )
     class_names = tuple(manifest.get("class_names", SYNTHETIC_CLASS_NAMES))
     names = (f"{name_prefix}_trainval", f"{name_prefix}_test")

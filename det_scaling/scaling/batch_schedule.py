@@ -32,7 +32,7 @@ __all__ = [
 def micro_batch(
     ims_per_batch: int, world_size: int, grad_accum_steps: int, keys: RecipeKeys = YACS_KEYS
 ) -> int:
-    """Images each process loads per micro-batch; raises ``ValueError`` naming the keys (as
+    """Images each process loads per micro-batch; raises ``ConfigError`` naming the keys (as
     ``keys`` names them) when that is not a whole number."""
     if grad_accum_steps < 1:
         raise ConfigError(f"{keys.grad_accum_steps} must be >= 1, got {grad_accum_steps}")

@@ -358,7 +358,7 @@ def _plan_epochs_factor(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) ->
 
 def adascale_scale(recipe: Recipe, num_gpus: int) -> float:
     """AdaScale's S: ``recipe``'s total batch over the batch its schedule is written for
-    (``SCALING.ADASCALE_REFERENCE_BATCH``; 0: the total batch itself, S = 1). ``ValueError``
+    (``SCALING.ADASCALE_REFERENCE_BATCH``; 0: the total batch itself, S = 1). ``ConfigError``
     where AdaScale cannot run on ``num_gpus`` processes: S < 1 (a smaller batch than the
     schedule's), or S > 1 with one batch size per step to measure the gain from."""
     keys = recipe.keys
@@ -791,7 +791,7 @@ def _convert_steps(
     max_iter: int,
     length_name: str,
     convert: Callable[[Any], int],
-    fail: Callable[[str, str], ValueError],
+    fail: Callable[[str, str], ConfigError],
 ) -> tuple[int, ...]:
     steps = tuple(convert(step) for step in written_steps)
     for old, new in zip(written_steps, steps, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import REPO, VOC07_CONFIG
@@ -149,3 +150,19 @@ def test_training_args_are_what_the_train_command_parses():
     assert (two.num_gpus, two.resume, two.eval_only) == (2, True, False)
     with pytest.raises(TypeError, match="num_gpu"):
         training_args("x.yaml", num_gpu=2)
+
+
+def test_data_makes_each_generated_set_by_hand_and_prints_its_folder(capsys, tmp_path):
+    code, out, err = run_cli(
+        capsys, "data", "synthetic-voc", str(tmp_path / "voc"), "--num-trainval", "3",
+        "--num-test", "2", "--image-size", "64",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    voc = Path(out.strip())
+    assert voc.parent == tmp_path / "voc"
+    assert len(list((voc / "JPEGImages").glob("*.jpg"))) == 5
+    code, out, err = run_cli(capsys, "data", "digits", str(tmp_path / "digits"), "--upscale", "8")
+    assert (code, err) == (0, "")
+    assert len(list(Path(out.strip()).glob("*/*/*.png"))) == 1797  # scikit-learn's digits
+    code, _, err = run_cli(capsys, "data", "digits", str(tmp_path), "--resample", "lanczos")
+    assert code == 2 and err.startswith("det-scaling data: error: resample must be one of")
