@@ -53,6 +53,9 @@ from det_scaling.scaling.critical_batch import fit_critical_batch
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 BUDGETS = (0.75, 1.0, 4 / 3)
+# A batch whose smallest budget already reaches the target gets one 0.75x below it (one 4/3x
+# above its largest when none does), up to this many times: the crossing must be bracketed.
+EXTENSIONS = 3
 MARGIN = 1.0  # the target: the reference's mean final metric minus this
 Z_LEVEL = 0.90
 
@@ -96,6 +99,55 @@ class Run:
     @property
     def key(self) -> str:
         return f"x{self.multiple}_{self.rule}_{self.epochs:.3f}ep/seed{self.seed}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Run:
+        head, seed = key.split("/seed")
+        multiple, rule, epochs = head.split("_")
+        return cls(int(multiple[1:]), float(epochs.removesuffix("ep")), rule, int(seed))
+
+
+def metrics_by_row(record: dict[str, Any]) -> dict[tuple[int, str, float], dict[int, float]]:
+    """(multiple, rule, epochs) -> seed -> final metric, of the finished runs in ``record``."""
+    rows: dict[tuple[int, str, float], dict[int, float]] = {}
+    for key, result in record.get("runs", {}).items():
+        run = Run.from_key(key)
+        rows.setdefault((run.multiple, run.rule, run.epochs), {})[run.seed] = result["metric"]
+    return rows
+
+
+def reference_target(predictions: dict[str, Any], rows: dict) -> float | None:
+    """The reference's mean final metric minus the margin; None before it has a run."""
+    reference = rows.get((1, "linear", round(predictions["reference_epochs"], 3)))
+    return statistics.mean(reference.values()) - MARGIN if reference else None
+
+
+def bracket_extensions(task: Task, grid: list[Run], rows: dict, target: float) -> list[Run]:
+    """The budgets beyond ``grid`` that bracket each batch's crossing of ``target``: those run so
+    far (every seed), and one more below the smallest budget when its mean reaches the target, or
+    above the largest when none does (up to ``EXTENSIONS`` each way)."""
+    extra = []
+    for multiple in (1, *task.multiples):
+        seeds = task.seeds[multiple]
+        planned = {r.epochs for r in grid if r.multiple == multiple and r.rule == "linear"}
+        run = {e for m, rule, e in rows if m == multiple and rule == "linear"}
+        budgets = sorted(planned | run)
+        extra += [Run(multiple, e, "linear", s) for e in budgets if e not in planned for s in seeds]
+        means = {
+            e: statistics.mean(rows[(multiple, "linear", e)].values())
+            for e in budgets
+            if len(rows.get((multiple, "linear", e), {})) >= len(seeds)
+        }
+        lower = sum(e < min(planned) for e in budgets)
+        upper = sum(e > max(planned) for e in budgets)
+        if means.get(budgets[0], -math.inf) >= target and lower < EXTENSIONS:
+            epochs = round(budgets[0] * BUDGETS[0], 3)  # the crossing lies below every budget
+        elif len(means) == len(budgets) and max(means.values()) < target and upper < EXTENSIONS:
+            epochs = round(budgets[-1] * BUDGETS[-1], 3)  # above every budget
+        else:
+            continue
+        extra += [Run(multiple, epochs, "linear", s) for s in seeds]
+    return extra
 
 
 def run_cfg(base: CfgNode, run: Run, output: Path) -> CfgNode:
@@ -150,8 +202,9 @@ def train(cfg: CfgNode, metric: str) -> dict[str, Any]:
 
 
 def planned_runs(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> list[Run]:
-    """The budgets around each prediction, the reference's control, and AdaScale with linear at
-    its measured epochs (once AdaScale's runs are in ``record``)."""
+    """The budgets around each prediction, those that bracket each batch's crossing of the target
+    (once the runs around it are in ``record``), then the controls: the reference at the longest
+    budget, AdaScale, and linear at AdaScale's measured epochs (once those are)."""
     reference_epochs = round(predictions["reference_epochs"], 3)
     # The reference below its length too: its own epochs to the target.
     runs = [
@@ -164,7 +217,12 @@ def planned_runs(task: Task, predictions: dict[str, Any], record: dict[str, Any]
         for budget in BUDGETS:
             epochs = round(predicted * budget, 3)
             runs += [Run(multiple, epochs, "linear", s) for s in task.seeds[multiple]]
-    longest = max(run.epochs for run in runs)  # the control: does the reference gain too?
+    rows = metrics_by_row(record)
+    target = reference_target(predictions, rows)
+    if target is not None:
+        runs += bracket_extensions(task, runs, rows, target)
+    # The controls last: they answer questions of their own, and cost the most.
+    longest = max(run.epochs for run in runs)  # does the reference gain too?
     runs += [Run(1, longest, "linear", s) for s in task.seeds[1]]
     for multiple in task.adascale:
         seeds = task.seeds[multiple]
@@ -222,19 +280,12 @@ def epochs_to_target(budgets: dict[float, float], target: float) -> tuple[float 
 def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """The tables: each row's mean and paired verdict, each batch's epochs to target against the
     prediction, the critical batch fitted to them."""
-    results = record.get("runs", {})
-    by_run: dict[tuple[int, str, float], dict[int, float]] = {}
-    for key, result in results.items():
-        head, seed = key.split("/seed")
-        multiple, rule, epochs = head.split("_")
-        by_run.setdefault((int(multiple[1:]), rule, float(epochs[:-2])), {})[int(seed)] = result[
-            "metric"
-        ]
+    by_run = metrics_by_row(record)
     reference_epochs = round(predictions["reference_epochs"], 3)
     reference = by_run.get((1, "linear", reference_epochs), {})
-    if not reference:
+    target = reference_target(predictions, by_run)
+    if target is None:
         return {"rows": [], "batches": []}
-    target = statistics.mean(reference.values()) - MARGIN
     rows = []
     for (multiple, rule, epochs), values in sorted(by_run.items()):
         paired = [values[s] - reference[s] for s in values if s in reference]
@@ -273,7 +324,8 @@ def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> 
                 "error": None if measured is None else predicted / measured - 1,
             }
         )
-    fitted = [(b["batch"], b["measured"]) for b in batches if b["measured"] is not None]
+    # A bound ("at most", "more than") is no point of the curve: only crossings are fitted.
+    fitted = [(b["batch"], b["measured"]) for b in batches if b["how"] == "interpolated"]
     fit = None
     if len({batch for batch, _ in fitted}) >= 2:
         try:

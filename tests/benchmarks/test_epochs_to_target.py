@@ -66,9 +66,50 @@ def test_planned_runs_cover_the_budgets_seeds_and_controls(bench):
     assert {run.epochs for run in runs if run.multiple == 1} == {6.0, 8.0, 16.0}
     # AdaScale first; linear at its measured epochs once all its seeds are in.
     assert not any(run.multiple == 4 and run.epochs == 13.5 for run in runs)
-    measured = {f"x4_adascale_8.000ep/seed{s}": {"epochs": 13.5} for s in (0, 1, 2)}
+    measured = {f"x4_adascale_8.000ep/seed{s}": {"epochs": 13.5, "metric": 95.0} for s in (0, 1, 2)}
     later = bench.planned_runs(task, PREDICTIONS, {"runs": measured})
     assert {run.seed for run in later if (run.multiple, run.epochs) == (4, 13.5)} == {0, 1, 2}
+
+
+def _results(rows: dict[tuple[int, float], float], task) -> dict:
+    """A results record: every seed of each (multiple, epochs) at that mean metric."""
+    return {
+        "runs": {
+            f"x{multiple}_linear_{epochs:.3f}ep/seed{seed}": {"metric": metric}
+            for (multiple, epochs), metric in rows.items()
+            for seed in task.seeds[multiple]
+        }
+    }
+
+
+def test_budgets_extend_until_they_bracket_each_batchs_crossing(bench):
+    task = bench.TASKS["digits"]
+    # The target is 96 - 1: the reference reaches it at its smallest budget, 2x at none.
+    rows = {(1, 6.0): 95.5, (1, 8.0): 96.0, (2, 6.75): 90.0, (2, 9.0): 91.0, (2, 12.0): 92.0}
+    runs = bench.planned_runs(task, PREDICTIONS, _results(rows, task))
+    budgets = {
+        m: {r.epochs for r in runs if r.multiple == m and r.rule == "linear"} for m in (1, 2)
+    }
+    assert budgets[1] == {4.5, 6.0, 8.0, 16.0}  # 0.75x below; 16: the longest budget's control
+    assert budgets[2] == {6.75, 9.0, 12.0, 16.0}  # 4/3x above
+    assert {r.seed for r in runs if (r.multiple, r.epochs) == (1, 4.5)} == set(task.seeds[1])
+    # Once crossed (2x reaches the target at 16), no more; the reference goes on down to 3 below.
+    rows |= {(1, 4.5): 95.2, (2, 16.0): 95.5}
+    runs = bench.planned_runs(task, PREDICTIONS, _results(rows, task))
+    assert {r.epochs for r in runs if r.multiple == 2} == {6.75, 9.0, 12.0, 16.0}
+    assert min(r.epochs for r in runs if r.multiple == 1) == 3.375
+    rows |= {(1, 3.375): 95.1, (1, 2.531): 95.05}
+    runs = bench.planned_runs(task, PREDICTIONS, _results(rows, task))
+    assert min(r.epochs for r in runs if r.multiple == 1) == 2.531  # EXTENSIONS reached
+
+
+def test_only_crossings_enter_the_critical_batch_fit(bench):
+    task = bench.TASKS["digits"]
+    # Every batch reaches the target at its smallest budget: bounds, no point to fit.
+    rows = {(1, 6.0): 96.0, (1, 8.0): 96.0, (2, 6.75): 96.0, (2, 9.0): 96.0}
+    analysis = bench.analyse(task, PREDICTIONS, _results(rows, task))
+    assert [b["how"] for b in analysis["batches"][:2]] == ["at most", "at most"]
+    assert analysis["fit"] is None
 
 
 def test_run_config_has_the_budget_the_batch_and_the_reference_warmup(bench, tmp_path):
