@@ -18,25 +18,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
-    voc = kinds.add_parser("synthetic-voc", help="the detection demo's VOC-layout set")
-    voc.add_argument(
-        "root",
-        type=Path,
-        help="the folder of the synthetic sets, one subfolder per parameter set "
-        "(a run's: $DETECTRON2_DATASETS/synthetic_voc)",
-    )
+    voc = _kind(kinds, "synthetic-voc", "the detection demo's VOC-layout set", "synthetic_voc")
     voc.add_argument("--num-trainval", type=int, default=500)
     voc.add_argument("--num-test", type=int, default=100)
     voc.add_argument("--image-size", type=int, default=128)
     voc.add_argument("--seed", type=int, default=0)
     voc.set_defaults(func=_synthetic_voc)
-    digits = kinds.add_parser("digits", help="scikit-learn's digits as image folders")
-    digits.add_argument(
-        "root",
-        type=Path,
-        help="the folder of the digits exports, one subfolder per parameter set "
-        "(a run's: $DETECTRON2_DATASETS/digits)",
-    )
+    digits = _kind(kinds, "digits", "scikit-learn's digits as image folders", "digits")
     digits.add_argument("--upscale", type=int, default=32)
     digits.add_argument("--val-fraction", type=float, default=0.2)
     digits.add_argument("--seed", type=int, default=0)
@@ -44,6 +32,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resample", default="bilinear", help="the upscaling filter: nearest, bilinear or bicubic"
     )
     digits.set_defaults(func=_digits)
+
+
+def _kind(
+    kinds: argparse._SubParsersAction, name: str, what: str, folder: str
+) -> argparse.ArgumentParser:
+    parser = kinds.add_parser(name, help=what)
+    parser.add_argument(
+        "root",
+        type=Path,
+        help=f"the folder of the sets, one subfolder per parameter set (a run's: "
+        f"$DETECTRON2_DATASETS/{folder})",
+    )
+    return parser
 
 
 def _synthetic_voc(args: argparse.Namespace) -> int:
