@@ -145,20 +145,6 @@ def _pil_linear_needed(image_module: types.ModuleType) -> bool:
     return not hasattr(image_module, "LINEAR")
 
 
-def _detectron2_uses_pil_linear() -> bool:
-    """Whether detectron2's transforms use ``Image.LINEAR``; read from the file, since importing
-    it is what fails."""
-    spec = importlib.util.find_spec("detectron2")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    for location in spec.submodule_search_locations:
-        transform = os.path.join(location, "data", "transforms", "transform.py")
-        if os.path.isfile(transform):
-            with open(transform, encoding="utf-8") as f:
-                return "Image.LINEAR" in f.read()
-    return False
-
-
 def _source(module: types.ModuleType) -> str:
     origin = getattr(module.__spec__, "origin", None)
     if not origin or not os.path.isfile(origin):
@@ -249,9 +235,11 @@ def _with_fixes(exec_module: Callable[[types.ModuleType], None], quiet: bool) ->
     def exec_with_fixes(module: types.ModuleType) -> None:
         if module.__name__ in _BEFORE_IMPORT:
             _run_fix(_BEFORE_IMPORT, module)
-        with warnings.catch_warnings():
-            if quiet:
+        if quiet:
+            with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", _JIT_SCRIPT_DEPRECATED, FutureWarning)
+                exec_module(module)
+        else:
             exec_module(module)
         if module.__name__ in _AFTER_IMPORT:
             _run_fix(_AFTER_IMPORT, module)

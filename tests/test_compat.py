@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy
 import pytest
@@ -24,7 +26,8 @@ def test_pil_linear_fix_applies_only_to_a_detectron2_that_uses_it():
     from detectron2.config import get_cfg
 
     upstream_main = "RESCALE_INTERVAL" in get_cfg().SOLVER
-    assert compat._detectron2_uses_pil_linear() == (not upstream_main)
+    transform = importlib.util.find_spec("detectron2.data.transforms.transform").origin
+    assert ("Image.LINEAR" in Path(transform).read_text()) == (not upstream_main)
     if upstream_main:
         assert "pil_linear" not in compat.applied_fixes()
 
