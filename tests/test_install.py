@@ -84,7 +84,6 @@ def test_the_installed_commands_run_outside_the_checkout(installed, tmp_path):
     where = _run([python, "-c", "import det_scaling; print(det_scaling.__file__)"], tmp_path)
     assert not where.stdout.strip().startswith(str(REPO))
     assert _run([command, "--version"], tmp_path).stdout.startswith("det-scaling ")
-    assert "torch" in _run([command, "env"], tmp_path).stdout
     zoo = _run([command, "plan", "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", "--num-gpus", "8"],
                tmp_path)  # fmt: skip
     assert "| 8 | 16 (2/GPU)" in " ".join(zoo.stdout.split()).replace("|  ", "| ")
@@ -92,7 +91,6 @@ def test_the_installed_commands_run_outside_the_checkout(installed, tmp_path):
     assert (
         "train.max_iter" in _run([command, *lazy, "train.reference_world_size=8"], tmp_path).stdout
     )
-    assert "reference: 2 GPUs" in _run([command, "plan", TINY, "--num-gpus", "4"], tmp_path).stdout
     train = [command, "train", "--config-file", TINY, "--num-gpus", "2", "OUTPUT_DIR", "out"]
     _run([*train, *SHORT_RUN], tmp_path, timeout=400)
     assert (tmp_path / "out" / "model_final.pth").is_file()
