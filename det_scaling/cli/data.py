@@ -48,12 +48,16 @@ def _kind(
 
 
 def _synthetic_voc(args: argparse.Namespace) -> int:
-    print(generate_synthetic_voc(args.root, args.num_trainval, args.num_test, args.image_size,
-                                 args.seed))  # fmt: skip
+    folder = generate_synthetic_voc(
+        args.root, args.num_trainval, args.num_test, args.image_size, args.seed
+    )
+    print(folder)
     return 0
 
 
 def _digits(args: argparse.Namespace) -> int:
-    print(export_digits(args.root, args.upscale, args.val_fraction, args.seed,
-                        resample=args.resample))  # fmt: skip
+    folder = export_digits(
+        args.root, args.upscale, args.val_fraction, args.seed, resample=args.resample
+    )
+    print(folder)
     return 0
