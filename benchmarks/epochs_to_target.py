@@ -217,12 +217,13 @@ def planned_runs(task: Task, predictions: dict[str, Any], record: dict[str, Any]
         for budget in BUDGETS:
             epochs = round(predicted * budget, 3)
             runs += [Run(multiple, epochs, "linear", s) for s in task.seeds[multiple]]
+    # The grid's longest budget: the reference's control, fixed whatever the extensions add.
+    longest = max(run.epochs for run in runs)  # does the reference gain too?
     rows = metrics_by_row(record)
     target = reference_target(predictions, rows)
     if target is not None:
         runs += bracket_extensions(task, runs, rows, target)
     # The controls last: they answer questions of their own, and cost the most.
-    longest = max(run.epochs for run in runs)  # does the reference gain too?
     runs += [Run(1, longest, "linear", s) for s in task.seeds[1]]
     for multiple in task.adascale:
         seeds = task.seeds[multiple]

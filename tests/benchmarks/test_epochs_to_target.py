@@ -101,6 +101,11 @@ def test_budgets_extend_until_they_bracket_each_batchs_crossing(bench):
     rows |= {(1, 3.375): 95.1, (1, 2.531): 95.05}
     runs = bench.planned_runs(task, PREDICTIONS, _results(rows, task))
     assert min(r.epochs for r in runs if r.multiple == 1) == 2.531  # EXTENSIONS reached
+    # An extension past the grid's longest budget leaves the reference's control where it was.
+    rows |= {(8, 9.0): 80.0, (8, 12.0): 85.0, (8, 16.0): 90.0}
+    runs = bench.planned_runs(task, PREDICTIONS, _results(rows, task))
+    assert 21.333 in {r.epochs for r in runs if r.multiple == 8}
+    assert max(r.epochs for r in runs if r.multiple == 1) == 16.0
 
 
 def test_only_crossings_enter_the_critical_batch_fit(bench):
