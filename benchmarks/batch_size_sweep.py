@@ -41,13 +41,13 @@ import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
 from detectron2.config import CfgNode
-from detectron2.utils.env import seed_all_rng
 from tabulate import tabulate
 
-from det_scaling.classification import ClassificationTrainer, register_classification_datasets
+from det_scaling.classification import register_classification_datasets
 from det_scaling.config import config_format
+from det_scaling.engine import Run
 from det_scaling.scaling.batch_schedule import micro_batch
-from det_scaling.tasks import training_set_size
+from det_scaling.tasks import build_trainer, training_set_size
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "ImageNet-Classification" / "resnet18_digits_sweep.yaml"
@@ -94,10 +94,7 @@ def train_one(cfg: CfgNode) -> dict[str, Any]:
     output = Path(cfg.OUTPUT_DIR)
     output.mkdir(parents=True, exist_ok=True)
     log_to(output / "log.txt")
-    seed_all_rng(cfg.SEED)  # the same initial weights and data order for every run
-    trainer = ClassificationTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    return trainer.train()
+    return build_trainer(Run.of_scaled(cfg, 1)).train()
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -44,20 +44,22 @@ MAIN_ONLY = {"kill-in-checkpoint", "truncate"}
 def tiny_setup(
     folder: Path, max_iter: int = MAX_ITER, **solver: object
 ) -> tuple[Path, dict[str, str]]:
-    """The tiny model's config (written for 1 GPU x 2 images) and its processes' environment:
-    the tests' ``tiny_run_setup`` with this benchmark's schedule, or with ``max_iter`` and the
-    ``SOLVER`` keys given."""
-    if str(ROOT / "tests") not in sys.path:
-        sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-    import det_scaling  # noqa: F401  (before the helpers' detectron2: the compatibility layer)
+    """The faulty tiny model's config (written for 1 GPU x 2 images) with this benchmark's
+    schedule, or with ``max_iter`` and the ``SOLVER`` keys given, and the environment of
+    tests/helpers/tiny_run.py."""
+    from det_scaling.testing.tiny import write_tiny_run
 
-    # isort: split
-    from helpers.processes import tiny_run_setup
-
-    folder.mkdir(parents=True, exist_ok=True)
     default = {"WARMUP_ITERS": 4, "STEPS": (48, 80), "CHECKPOINT_PERIOD": CHECKPOINT_PERIOD}
-    config, env = tiny_run_setup(folder, max_iter=max_iter, **(solver or default))
-    env["PYTHONWARNINGS"] = "ignore"
+    config, data = write_tiny_run(
+        folder, max_iter=max_iter, meta_architecture="TinyFaultyRegressor", **(solver or default)
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),  # tiny_run.py's helpers
+        "TINY_RUN_DATA": str(data),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
     return config, env
 
 

@@ -48,11 +48,9 @@ def train(iterations: int, output: Path) -> dict[str, Any]:
     import hashlib
 
     import torch
-    from detectron2.utils.env import seed_all_rng
 
     import det_scaling
-    from det_scaling.engine import ScalingTrainer
-    from det_scaling.tasks import prepare_run
+    from det_scaling.tasks import build_trainer, prepare_run
 
     cfg = det_scaling.load_cfg(
         str(CONFIG),
@@ -65,9 +63,7 @@ def train(iterations: int, output: Path) -> dict[str, Any]:
             "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "OUTPUT_DIR", str(output),
         ],
     )  # fmt: skip
-    run = prepare_run(cfg, 1)
-    seed_all_rng(run.cfg.SEED)
-    trainer = ScalingTrainer(run.cfg, run=run)
+    trainer = build_trainer(prepare_run(cfg, 1))
     trainer.train()
     histories = trainer.storage.histories()
     losses = {

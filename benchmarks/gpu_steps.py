@@ -53,18 +53,16 @@ import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
 from detectron2.utils import comm
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 from torch import distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from det_scaling.cli import main as cli_main
 from det_scaling.cli.train import add_training_arguments
-from det_scaling.engine import ScalingTrainer, micro_batch_cfg
-from det_scaling.engine.accumulation import AccumulatingTrainer
+from det_scaling.engine import ScalingTrainer
 from det_scaling.engine.launch import launch, under_torchrun
-from det_scaling.tasks import prepare_run
+from det_scaling.tasks import build_run_step, prepare_run
+from det_scaling.tasks import build_trainer as build_run_trainer
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"
@@ -147,11 +145,8 @@ def schedule(iterations: int) -> list[str]:
 
 
 def build_trainer(cfg: Any) -> ScalingTrainer:
-    """The config resolved for this process (data generated once) and its trainer, seeded as
-    detectron2's ``default_setup`` seeds."""
-    run = prepare_run(cfg, comm.get_world_size())
-    seed_all_rng(run.cfg.SEED + comm.get_rank())
-    return ScalingTrainer(run.cfg, run=run)
+    """The config resolved for this process (data generated once) and its trainer."""
+    return build_run_trainer(prepare_run(cfg, comm.get_world_size()))
 
 
 def release(device: str) -> None:
@@ -506,17 +501,13 @@ def _ddp_check(device: str, quick: bool, work: Path, found: dict[str, Any]) -> N
         "SOLVER.REFERENCE_WORLD_SIZE", 0, "SOLVER.IMS_PER_BATCH", 4,
         "SCALING.GRAD_ACCUM_STEPS", 2, "SOLVER.BASE_LR", 0.01, *schedule(20),
     )  # fmt: skip
-    run = prepare_run(cfg, dist.get_world_size())
-    seed_all_rng(run.cfg.SEED)
-    model = ScalingTrainer.build_model(run.cfg)
-    reference = copy.deepcopy(model)
-    ddp = DistributedDataParallel(
-        model, device_ids=[on.index] if device == "cuda" else None, **run.settings.ddp
-    )
-    loader = ScalingTrainer.build_train_loader(micro_batch_cfg(run.adapter, run.schedule))
+    step = build_run_step(prepare_run(cfg, dist.get_world_size()))
+    model, ddp = step.model, step.ddp_model
+    reference = copy.deepcopy(model)  # after DDP's broadcast: rank 0's weights on every rank
     # One iterator for everything: two over detectron2 v0.6's grouped loader share its buckets,
     # and the second then never fills one.
-    batches = iter(loader)
+    batches = iter(step.data_loader)
+    step.trainer.replace_data_loader(batches)
     batch = next(batches)
     grads = {}
     for name, net in (("ddp", ddp), ("reference", reference)):
@@ -530,21 +521,19 @@ def _ddp_check(device: str, quick: bool, work: Path, found: dict[str, Any]) -> N
     norm = math.sqrt(sum(float(b.pow(2).sum()) for b in grads["reference"]))
     found["ddp_grad_rel_diff"] = difference / norm if norm > 0 else math.inf
 
-    optimizer = ScalingTrainer.build_optimizer(run.cfg, model)
-    step = AccumulatingTrainer(ddp, batches, optimizer, run.recipe.grad_accum_steps)
-    step.micro_batch = run.schedule.micro_batch
+    trainer = step.trainer
     found["losses"], found["moved"] = {}, {}
     with EventStorage(0) as storage:
         for label, own_all_reduce in (
             ("DDP, accumulation 2", False),
             ("DDP, own all-reduce (AUTO_MICRO_BATCH)", True),
         ):
-            step.auto_micro_batch = own_all_reduce
+            trainer.auto_micro_batch = own_all_reduce
             before = [p.detach().clone() for p in model.parameters()]
             losses = []
             for _ in range(1 if quick else 5):
-                step.iter = storage.iter
-                step.run_step()
+                trainer.iter = storage.iter
+                trainer.run_step()
                 losses.append(float(storage.latest()["total_loss"][0]))
                 storage.step()
             found["losses"][label] = losses

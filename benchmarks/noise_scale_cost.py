@@ -34,22 +34,23 @@ from _timing import Stepper, compare, format_comparison, machine_description
 import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
-from detectron2.config import CfgNode
 from detectron2.utils import comm
-from detectron2.utils.env import seed_all_rng
 
-from det_scaling.engine import ScalingTrainer
+from det_scaling.engine import Run
 from det_scaling.engine.launch import default_device, launch
-from det_scaling.tasks import prepare_run
+from det_scaling.tasks import build_trainer, prepare_run
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"
 WARMUP = 3
 
 
-def geometry_cfg(config: Path, processes: int, accumulation: int, output_dir: Path) -> CfgNode:
+def geometry_run(
+    config: Path, processes: int, accumulation: int, output_dir: Path, noise_scale: bool
+) -> Run:
     """The config as written for ``processes`` x ``accumulation`` micro-batches of 1 image,
-    scaled to this process group; no evaluation or checkpoint during the timed steps."""
+    scaled to this process group, the noise scale measured or not; no evaluation or checkpoint
+    during the timed steps."""
     written = det_scaling.load_cfg(
         str(config),
         [
@@ -59,9 +60,10 @@ def geometry_cfg(config: Path, processes: int, accumulation: int, output_dir: Pa
             "TEST.EVAL_PERIOD", "0",
             "SOLVER.CHECKPOINT_PERIOD", "100000",
             "OUTPUT_DIR", str(output_dir),
+            "SCALING.NOISE_SCALE.ENABLED", str(noise_scale),
         ],
     )  # fmt: skip
-    return prepare_run(written, comm.get_world_size()).cfg
+    return prepare_run(written, comm.get_world_size())
 
 
 def _worker(config: str, processes: int, accumulation: int, args: dict[str, Any]) -> None:
@@ -71,12 +73,10 @@ def _worker(config: str, processes: int, accumulation: int, args: dict[str, Any]
     log_to(output / "log.txt" if comm.is_main_process() else None)
     steppers = {}
     for name, enabled in (("noise scale on", True), ("noise scale off", False)):
-        cfg = geometry_cfg(Path(config), processes, accumulation, output / name.split()[-1])
-        cfg.defrost()
-        cfg.SCALING.NOISE_SCALE.ENABLED = enabled
-        cfg.freeze()
-        seed_all_rng(cfg.SEED + comm.get_rank())
-        steppers[name] = Stepper(ScalingTrainer(cfg))
+        run = geometry_run(
+            Path(config), processes, accumulation, output / name.split()[-1], enabled
+        )
+        steppers[name] = Stepper(build_trainer(run))
     result = compare(steppers, args["iterations"], args["chunk"], WARMUP)
     measured = steppers["noise scale on"].trainer.gradient_noise.summary()
     if comm.is_main_process():

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from _environment import write_results  # benchmarks/: the results file
+from _timing import machine_description
 from faults import ROOT, TINY_RUN, run_logged, tiny_setup, torchrun_command
 
 MODES = ("single", "launcher", "torchrun")
@@ -213,11 +214,8 @@ def main() -> int:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
     with folder if args.keep is None else contextlib.nullcontext(args.keep) as tmp:
         folders = {run: Path(tmp) / f"{run.mode}{run.index:02d}" for run in runs}
-        # Here, not in the pool's threads: tiny_setup imports the test helpers.
+        # Here, not in the pool's threads: tiny_setup imports detectron2.
         prepared = {run: prepare(run, folders[run]) for run in runs}
-        # After tiny_setup has put this checkout's package first on the path.
-        from _timing import machine_description
-
         machine = machine_description(threads=1, device="cpu")
         print(machine, flush=True)
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:

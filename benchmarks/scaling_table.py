@@ -77,10 +77,10 @@ from tabulate import tabulate
 from det_scaling.commands.pretrain import pretrained_backbone
 from det_scaling.config import config_format
 from det_scaling.data import datasets_root
-from det_scaling.engine import ScalingTrainer
+from det_scaling.engine import Run, ScalingTrainer
 from det_scaling.engine.failures import RankFailedError
 from det_scaling.engine.launch import default_device, launch
-from det_scaling.tasks import register_datasets, training_set_size
+from det_scaling.tasks import build_trainer, register_datasets, training_set_size
 from det_scaling.utils.environment import collect_environment, environment_mismatch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,11 +278,7 @@ def _train_runs(cfgs: list[CfgNode], threads: int) -> None:
         log_to(Path(cfg.OUTPUT_DIR) / "log.txt" if rank == 0 else None)
         # A spawned worker starts with empty catalogs; the data is on disk.
         register_datasets(config_format(cfg))
-        # detectron2's default_setup seeds SEED + rank: rank 0 (whose initial weights DDP
-        # broadcasts, and whose seed picks the shared data order) is seeded alike in every row.
-        seed_all_rng(cfg.SEED + rank)
-        trainer = ScalingTrainer(cfg)
-        trainer.resume_or_load(resume=False)
+        trainer = build_trainer(Run.of_scaled(cfg, comm.get_world_size()))
         summary = trainer.train()
         if rank == 0:
             metrics = summary["metrics"]

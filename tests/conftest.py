@@ -50,7 +50,7 @@ def voc07_cfg():
 @pytest.fixture
 def data(tmp_path) -> Path:
     """A folder with test_engine's 8 images, the data of its tiny box regressor."""
-    from helpers.tiny import write_images
+    from det_scaling.testing.tiny import write_images
 
     root = tmp_path / "data"
     root.mkdir()

@@ -38,14 +38,12 @@ import numpy as np
 import torch.distributed as dist
 from detectron2.config import CfgNode
 from detectron2.utils import comm
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from det_scaling.config import add_scaling_config
 from det_scaling.engine.launch import launch_for_result
-from det_scaling.engine.step import build_step
 from det_scaling.errors import ConfigError
-from det_scaling.tasks import check_weights, prepare_run, resolve_run, trainer_class
+from det_scaling.tasks import build_run_step, check_weights, prepare_run, resolve_run
 from det_scaling.utils.logs import unactionable_warnings_ignored
 
 __all__ = [
@@ -259,9 +257,7 @@ def lr_range_test(
     world_size = comm.get_world_size()
     run = prepare_run(cfg, world_size, keep_reference_batch=True)
     scaled, schedule = run.cfg, run.schedule
-    seed_all_rng(None if scaled.SEED < 0 else scaled.SEED + comm.get_rank())
-
-    step = build_step(run, trainer_class(run.adapter))
+    step = build_run_step(run)
     optimizer, step_trainer = step.optimizer, step.trainer
     # Each group's LR relative to BASE_LR (bias LR factor, LARS exclusions ...), kept in the sweep.
     lr_factors = [group["lr"] / scaled.SOLVER.BASE_LR for group in optimizer.param_groups]

@@ -32,17 +32,16 @@ from dataclasses import dataclass, field
 
 from detectron2.config import CfgNode
 from detectron2.utils import comm
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from det_scaling.config import add_scaling_config
-from det_scaling.engine import GradientNoiseMeter, Run, StepNorms, build_step, place_scheduler
+from det_scaling.engine import GradientNoiseMeter, Run, StepNorms, place_scheduler
 from det_scaling.engine.gradient_noise import module_groups
 from det_scaling.engine.launch import launch_for_result
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.gradient_noise import two_batch_estimates
 from det_scaling.scaling.plan import plan_scaling
-from det_scaling.tasks import prepare_run, resolve_run, trainer_class
+from det_scaling.tasks import build_run_step, prepare_run, resolve_run, trainer_class
 from det_scaling.utils.logs import unactionable_warnings_ignored
 
 __all__ = [
@@ -222,12 +221,9 @@ def measure_noise_scale(
             f"images/step; {start_iter} + {num_iter} do not fit (fewer --num-iter or an earlier "
             "--start-iter)"
         )
-    seed_all_rng(None if scaled.SEED < 0 else scaled.SEED + comm.get_rank())
-
-    trainer_cls = trainer_class(run.adapter)
-    step = build_step(run, trainer_cls, weights=run.settings.weights)
+    step = build_run_step(run, weights=run.settings.weights)
     optimizer, step_trainer = step.optimizer, step.trainer
-    scheduler = trainer_cls.build_lr_scheduler(scaled, optimizer)
+    scheduler = trainer_class(run.adapter).build_lr_scheduler(scaled, optimizer)
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     place_scheduler(scheduler, optimizer, base_lrs, start_iter)
     meter = GradientNoiseMeter(

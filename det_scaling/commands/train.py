@@ -41,7 +41,7 @@ from det_scaling.engine.output_lock import output_dir_lock
 from det_scaling.engine.run import Run
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.plan import ScalingPlan
-from det_scaling.tasks import check_weights, prepare_run, resolve_run, trainer_class
+from det_scaling.tasks import build_trainer, check_weights, prepare_run, resolve_run, trainer_class
 from det_scaling.utils.logs import plain_config_dump, unactionable_warnings_ignored
 
 __all__ = [
@@ -158,9 +158,7 @@ def _train_process(args: argparse.Namespace) -> dict[str, Any]:
             allow_pickled_key=run.adapter.keys.allow_pickled_weights,
         ).resume_or_load(settings.weights, resume=resume)
         return trainer_cls.test(run.cfg, model)
-    trainer = trainer_cls(run.cfg, run=run)
-    trainer.resume_or_load(resume=resume)
-    return trainer.train()
+    return build_trainer(run, resume=resume).train()
 
 
 def resume_requested(args: argparse.Namespace, output_dir: str) -> bool:

@@ -101,6 +101,7 @@ _TRAIN_DEFAULTS = {
     "log_period": 20,
     "device": "cuda",
     "amp.enabled": False,
+    "seed": -1,
 }
 
 
@@ -276,6 +277,7 @@ class LazyFormat(ConfigFormat):
             allow_pickled_weights=bool(
                 OmegaConf.select(self.cfg, "train.allow_pickled_weights", default=False)
             ),
+            seed=train("seed"),
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -173,6 +173,7 @@ class RunSettings:
     # Read .pkl weights from anywhere, not only from detectron2's model-zoo cache
     # (MODEL.ALLOW_PICKLED_WEIGHTS; engine/checkpoint.py).
     allow_pickled_weights: bool = False
+    seed: int = -1  # the process's seed is this plus its rank (negative: a random one)
 
 
 def deterministic_setting(deterministic: Any, cudnn_benchmark: Any, keys: tuple[str, str]) -> bool:

@@ -175,6 +175,7 @@ class YacsFormat(ConfigFormat):
                 cfg.DETERMINISTIC, cfg.CUDNN_BENCHMARK, ("DETERMINISTIC", "CUDNN_BENCHMARK")
             ),
             allow_pickled_weights=bool(cfg.MODEL.ALLOW_PICKLED_WEIGHTS),
+            seed=cfg.SEED,
         )
 
     def dataset_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

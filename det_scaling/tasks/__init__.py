@@ -11,17 +11,20 @@ from det_scaling.tasks.datasets import (
     training_set_size,
 )
 from det_scaling.tasks.run import prepare_run, resolve_run
-from det_scaling.tasks.trainers import trainer_class
+from det_scaling.tasks.trainers import build_run_step, build_trainer, seed_process, trainer_class
 from det_scaling.tasks.weights import check_weights
 
 __all__ = [
     "SYNTHETIC_VOC_SPLITS",
+    "build_run_step",
+    "build_trainer",
     "check_task",
     "check_weights",
     "generate_synthetic_voc_for",
     "prepare_run",
     "register_datasets",
     "resolve_run",
+    "seed_process",
     "synthetic_voc_dir_for",
     "trainer_class",
     "training_set_size",

@@ -6,7 +6,8 @@ value is written), compares it with a file and explains a difference; ``diff --c
 ``plan --check`` use it, and so does the pytest plugin :mod:`.plugin` (its ``config_diff``
 fixture, :mod:`.config_diff`), which installing det-scaling registers (entry point ``pytest11``).
 The names below load :mod:`.golden` (hence torch and detectron2) when first used, so that pytest
-can load the plugin cheaply.
+can load the plugin cheaply. :mod:`.tiny` is a detectron2 model small enough for tests of the
+training plumbing (the project's tests and benchmarks share it).
 """
 
 from __future__ import annotations

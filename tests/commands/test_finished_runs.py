@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog
-from helpers.tiny import DATASET, IMAGE_SIZE, build_trainer, tiny_cfg
+from helpers.tiny import build_trainer
 from PIL import Image
 from torchvision.ops import box_iou
 
@@ -25,6 +25,7 @@ from det_scaling.commands.finished_runs import (
     read_finished_run,
 )
 from det_scaling.errors import ConfigError
+from det_scaling.testing.tiny import DATASET, IMAGE_SIZE, tiny_cfg
 
 WRITER_PERIOD = 20  # detectron2's PeriodicWriter in a yacs run
 

@@ -28,7 +28,6 @@ from helpers.tiny import (
     lr_history,
     parameters,
     resume_cfg,
-    tiny_cfg,
 )
 
 from det_scaling import load_cfg, plan_scaling
@@ -39,6 +38,7 @@ from det_scaling.engine.adascale import AdaScale
 from det_scaling.engine.launch import launch
 from det_scaling.scaling.gradient_noise import GradientNoiseStats
 from det_scaling.solver import ProgressLRScheduler, build_lr_multiplier
+from det_scaling.testing.tiny import tiny_cfg
 
 LENGTH = 12  # the reference schedule's steps
 

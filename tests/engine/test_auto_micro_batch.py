@@ -16,15 +16,12 @@ from detectron2.config import LazyCall as L
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from helpers.tiny import (
-    IMAGE_SIZE,
-    TinyBoxRegressor,
     assert_same_parameters,
     build_trainer,
     continue_from,
     lazy_resume_cfg,
     lr_history,
     parameters,
-    tiny_cfg,
 )
 
 from det_scaling import plan_scaling
@@ -34,6 +31,7 @@ from det_scaling.engine.accumulation import OUT_OF_MEMORY_ERRORS
 from det_scaling.engine.failures import RankFailedError
 from det_scaling.engine.launch import launch
 from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.testing.tiny import IMAGE_SIZE, TinyBoxRegressor, tiny_cfg
 
 INJECTION = "DET_SCALING_TEST_OOM"  # "rank:most images:forward|backward"; unset: no injection
 

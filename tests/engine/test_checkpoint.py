@@ -9,10 +9,11 @@ import signal
 
 import pytest
 import torch
-from helpers.tiny import build_trainer, lr_history, tiny_cfg
+from helpers.tiny import build_trainer, lr_history
 
 from det_scaling.engine import SafeCheckpointer, UnreadableCheckpointError
 from det_scaling.engine.checkpoint import check_retention, write_atomically
+from det_scaling.testing.tiny import tiny_cfg
 
 
 def checkpoint_cfg(output_dir, **solver):

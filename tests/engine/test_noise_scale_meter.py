@@ -18,7 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from helpers import REPO
 from helpers.host_sync import host_reads_forbidden
-from helpers.tiny import build_trainer, continue_from, tiny_cfg, write_images
+from helpers.tiny import build_trainer, continue_from
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -29,6 +29,7 @@ from det_scaling.engine.gradient_noise import module_groups
 from det_scaling.engine.launch import create_ddp_model, launch
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.gradient_noise import GradientNoiseStats, two_batch_estimates
+from det_scaling.testing.tiny import tiny_cfg, write_images
 
 # ---- the closed-form problem (as in tests/test_gradient_noise.py) ----
 # Linear regression y = x.w* + e, x ~ N(0, I_d), e ~ N(0, 1), loss (x.w - y)^2 / 2, at w = w* + u

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 from helpers.processes import TINY_RUN, tiny_run_setup
-from helpers.tiny import tiny_cfg
 
 from det_scaling import plan_scaling
 from det_scaling.engine.output_lock import LOCK_FILE, output_dir_lock
 from det_scaling.engine.preemption import PREEMPTED_EXIT_STATUS
 from det_scaling.errors import ConfigError
 from det_scaling.solver import scheduled_lrs
+from det_scaling.testing.tiny import tiny_cfg
 
 # Written for 1 GPU x 2 images: 24 steps (48 images), a checkpoint every 8, LR steps at 12, 20.
 SOLVER = {"CHECKPOINT_PERIOD": 8, "STEPS": (12, 20)}

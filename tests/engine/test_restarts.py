@@ -25,11 +25,12 @@ import pytest
 import torch
 from helpers.processes import TINY_RUN, tiny_run_setup
 from helpers.stacks import descendants
-from helpers.tiny import build_trainer, tiny_cfg
+from helpers.tiny import build_trainer
 
 from det_scaling import plan_scaling
 from det_scaling.commands.train import PLAN_FILE, resume_requested
 from det_scaling.solver import scheduled_lrs
+from det_scaling.testing.tiny import tiny_cfg
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -22,16 +22,13 @@ from fvcore.common.param_scheduler import LinearParamScheduler
 from helpers import REPO
 from helpers.processes import run_train_tool_on_two_processes, synthetic_voc_test_ap50
 from helpers.tiny import (
-    NUM_IMAGES,
     _resume_worker,
     assert_same_parameters,
     build_trainer,
     continue_from,
     lr_history,
     parameters,
-    register_images,
     resume_cfg,
-    tiny_cfg,
 )
 from torch import nn
 
@@ -51,6 +48,7 @@ from det_scaling.engine.launch import launch
 from det_scaling.scaling.batch_schedule import BatchSchedule
 from det_scaling.solver import scheduled_lrs
 from det_scaling.tasks import prepare_run, synthetic_voc_dir_for
+from det_scaling.testing.tiny import NUM_IMAGES, register_images, tiny_cfg
 
 
 # ---- workers of the multi-process runs (top level: spawned processes import them) ----

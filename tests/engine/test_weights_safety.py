@@ -12,14 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import REPO
-from helpers.tiny import (
-    LazyBoxRegressor,
-    build_trainer,
-    lazy_resume_cfg,
-    parameters,
-    register_images,
-    tiny_cfg,
-)
+from helpers.tiny import LazyBoxRegressor, build_trainer, lazy_resume_cfg, parameters
 
 from det_scaling.cli import parse_args
 from det_scaling.cli.train import config_overrides
@@ -28,6 +21,7 @@ from det_scaling.engine import Run, SafeCheckpointer, build_step
 from det_scaling.engine.checkpoint import model_zoo_cache
 from det_scaling.errors import ConfigError
 from det_scaling.tasks import check_weights, trainer_class
+from det_scaling.testing.tiny import register_images, tiny_cfg
 
 LAZY_CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_R_50_FPN.py"
 

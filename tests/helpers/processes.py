@@ -17,30 +17,19 @@ from detectron2.evaluation import PascalVOCDetectionEvaluator, inference_on_data
 from torch import nn
 
 from det_scaling.data import register_synthetic_voc
+from det_scaling.testing.tiny import write_tiny_run
 from helpers import REPO
-from helpers.tiny import tiny_cfg, write_images
 
 TINY_RUN = REPO / "tests" / "helpers" / "tiny_run.py"
 
 
 def tiny_run_setup(tmp_path: Path, max_iter: int = 12, **solver) -> tuple[Path, dict]:
-    """A config of the faulty tiny model (written for 1 GPU x 2 images) and the environment of
+    """A config of the faulty tiny model (written for 1 GPU x 2 images;
+    :func:`det_scaling.testing.tiny.write_tiny_run`) and the environment of
     tests/helpers/tiny_run.py."""
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    write_images(data)
-    cfg = tiny_cfg(tmp_path / "out", ims_per_batch=2, max_iter=max_iter)
-    cfg.MODEL.META_ARCHITECTURE = "TinyFaultyRegressor"
-    cfg.SOLVER.REFERENCE_WORLD_SIZE = 1
-    cfg.SOLVER.BASE_LR = 0.01
-    cfg.SOLVER.STEPS = (max_iter // 2,)
-    cfg.SOLVER.WARMUP_ITERS = 2
-    cfg.SOLVER.CHECKPOINT_PERIOD = 4
-    cfg.SCALING.DATASET_SIZE = 0
-    for key, value in solver.items():
-        cfg.SOLVER[key] = value
-    config = tmp_path / "tiny.yaml"
-    config.write_text(cfg.dump())
+    config, data = write_tiny_run(
+        tmp_path, max_iter=max_iter, meta_architecture="TinyFaultyRegressor", **solver
+    )
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),

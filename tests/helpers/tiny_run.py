@@ -40,7 +40,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 
 from det_scaling.engine import ScalingTrainer
-from helpers.tiny import TinyBoxRegressor, register_images
+from det_scaling.testing.tiny import TinyBoxRegressor, register_images
 
 
 @META_ARCH_REGISTRY.register()
