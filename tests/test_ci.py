@@ -43,3 +43,37 @@ def test_outside_ci_a_missing_upstream_snapshot_skips_the_leg_saying_so(tmp_path
     result = run_ci(tmp_path, ci)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "upstream leg: skipped (CI is not set): no detectron2-*.tar.gz in" in result.stdout
+
+
+def test_with_a_snapshot_the_upstream_leg_runs_at_once_in_a_copy_of_the_working_tree(tmp_path):
+    bin_dir, vendor = tmp_path / "bin", tmp_path / "vendor"
+    bin_dir.mkdir()
+    vendor.mkdir()
+    (vendor / "detectron2-0123abcd.tar.gz").write_bytes(b"")
+    make = bin_dir / "make"
+    # Each leg says where it runs, and waits until both have started: a leg that waits for the
+    # other to end never sees it start, and the stub then fails.
+    make.write_text(
+        "#!/bin/sh\n"
+        f'touch "{tmp_path}/started.$$"\n'
+        f'for i in $(seq 100); do [ $(ls "{tmp_path}" | grep -c started) -ge 2 ] && break; '
+        "sleep 0.1; done\n"
+        f'[ $(ls "{tmp_path}" | grep -c started) -ge 2 ] || exit 3\n'
+        'echo "make $* in $(pwd)"\n'
+        "test -f .ci/run || exit 4\n"
+        'echo "===== 3 passed in 0.01s ====="\n'
+    )
+    make.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", DETECTRON2_VENDOR_DIR=str(vendor))
+    result = subprocess.run(
+        ["bash", str(REPO / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "v0.6 leg: passed (pytest: 3 passed in 0.01s)" in result.stdout
+    assert "upstream leg: passed (pytest: 3 passed in 0.01s)" in result.stdout
+    upstream = next(line for line in result.stdout.splitlines() if "make test-upstream" in line)
+    assert f"DETECTRON2_SOURCE={vendor}/detectron2-0123abcd.tar.gz" in upstream
+    assert not upstream.endswith(f" in {REPO}")  # a copy, not this checkout
+    v06 = next(line for line in result.stdout.splitlines() if line.startswith("make test "))
+    assert v06.endswith(f" in {REPO}")
