@@ -1,6 +1,7 @@
 """The package's layout holds: no import cycle between its modules (function-level imports
 included), every module importable in a fresh interpreter in dependency order, and each package
-importing only the packages below it."""
+importing only the packages below it. Nor is there a cycle among the modules of the scripts'
+folders (benchmarks/, tools/) and the tests' helpers."""
 
 from __future__ import annotations
 
@@ -119,3 +120,35 @@ def test_the_top_level_holds_only_the_api_the_compatibility_layer_and_the_error_
     assert files == ["__init__.py", "__main__.py", "compat.py", "errors.py"]
     packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
     assert packages == sorted(LAYERS)
+
+
+def script_modules(folder: Path, package: str = "") -> dict[str, set[str]]:
+    """The modules of a folder of scripts (or of the package ``package``) and the ones among
+    them each imports anywhere in its code."""
+    prefix = f"{package}." if package else ""
+    names = {prefix + path.stem for path in folder.glob("*.py") if path.stem != "__init__"}
+    graph = {}
+    for name in names:
+        found = set()
+        tree = ast.parse((folder / f"{name.removeprefix(prefix)}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = (found & names) - {name}
+    return graph
+
+
+@pytest.mark.parametrize(
+    "folder, package",
+    [("benchmarks", ""), ("tools", ""), ("tests/helpers", "helpers")],
+)
+def test_no_import_cycle_among_the_scripts_and_test_helpers(folder, package):
+    graph = script_modules(REPO / folder, package)
+    assert graph
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as error:
+        pytest.fail(f"import cycle in {folder}: {' -> '.join(error.args[1])}")
