@@ -8,18 +8,20 @@ detectron2 is not published on the package registry under its own name. In order
    (``.tar.gz``, such as a snapshot of upstream main), is built with ``pip install
    --no-build-isolation``, which compiles its C++ (and, with CUDA, GPU) ops against the torch
    already installed here;
-3. otherwise upstream main at the pinned commit :data:`UPSTREAM_COMMIT`, downloaded from its
-   public repository and built the same way, when that repository answers within
+3. otherwise upstream main at the pinned commit :data:`UPSTREAM_COMMIT`, which pip downloads
+   from its public repository and builds the same way, when that repository answers within
    :data:`UPSTREAM_TIMEOUT` seconds (a machine without access to it falls through at once);
 4. otherwise the registry's ``pb1-detectron2==0.6`` sdist, a re-upload of upstream v0.6 whose
-   Python files are identical to upstream's tag, checked against a pinned sha256 and installed
-   as the pure-Python distribution ``detectron2 0.6``. The sdist lacks the C++ sources
+   Python files are identical to upstream's tag: ``pip download`` fetches it in hash-checking
+   mode (a pinned sha256), and it is repacked and installed as the pure-Python distribution
+   ``detectron2 0.6``. The sdist lacks the C++ sources
    (``detectron2/layers/csrc``), so its own ``setup.py`` cannot build; Faster R-CNN needs none of
    those ops (nms and ROIAlign come from torchvision). ``det_scaling.compat`` makes this v0.6
    work on today's numpy / Pillow / CPU-only torch.
 
 Each path ends with one line saying what was installed and from where. A failed build says why
-and what to do; from ``--source`` it is an error, from the pinned commit it falls through to 4.
+and what to do; from ``--source`` it is an error, from the pinned commit (not reachable, or
+not built) it falls through to 4.
 
 Uses only the standard library and pip, so it runs before det_scaling's dependencies exist.
 """
@@ -27,8 +29,6 @@ Uses only the standard library and pip, so it runs before det_scaling's dependen
 from __future__ import annotations
 
 import argparse
-import hashlib
-import html.parser
 import importlib.metadata
 import importlib.util
 import os
@@ -37,16 +37,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"
 SDIST_FILE = f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-DEFAULT_INDEX = "https://pypi.org/simple"
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "det-scaling"
+# pip's hash-checking mode refuses any other file under this name.
+SDIST_REQUIREMENT = f"{SDIST_NAME}=={SDIST_VERSION} --hash=sha256:{SDIST_SHA256}"
 # Upstream main as tested with this project (2026-06-06); GitHub serves any commit as an archive.
 UPSTREAM_REPOSITORY = "https://github.com/facebookresearch/detectron2"
 UPSTREAM_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
@@ -75,18 +73,8 @@ include = ["detectron2*"]
 """
 
 
-class _LinkParser(html.parser.HTMLParser):
-    """Collects the href of every <a> in a PEP 503 'simple' project page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            href = dict(attrs).get("href")
-            if href:
-                self.links.append(href)
+class InstallError(RuntimeError):
+    """An install path failed; the message says why and what to do."""
 
 
 def _log(msg: str) -> None:
@@ -94,56 +82,47 @@ def _log(msg: str) -> None:
 
 
 def _pip(*args: str, env: dict[str, str] | None = None) -> None:
+    """Runs this Python's pip, raising CalledProcessError when it fails; logs the command."""
     cmd = [sys.executable, "-m", "pip", *args]
     _log(" ".join(cmd))
     subprocess.run(cmd, check=True, env=env)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_of(*paths: Path) -> list[str]:
+    """The sha256 of each file, as ``pip hash`` computes it for hash-checking mode."""
+    cmd = [sys.executable, "-m", "pip", "hash", "--algorithm", "sha256", *map(str, paths)]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return [line.split(":", 1)[1] for line in out.splitlines() if line.startswith("--hash=")]
 
 
-def _sdist_url(index_url: str) -> str:
-    page_url = f"{index_url.rstrip('/')}/{SDIST_NAME}/"
-    with urllib.request.urlopen(page_url, timeout=60) as response:
-        parser = _LinkParser()
-        parser.feed(response.read().decode("utf-8"))
-    for href in parser.links:
-        url = urllib.parse.urljoin(page_url, href)
-        if urllib.parse.urlparse(url).path.endswith("/" + SDIST_FILE):
-            return url.split("#", 1)[0]
-    raise RuntimeError(f"{SDIST_FILE} is not listed on {page_url}")
-
-
-def fetch_sdist(index_url: str) -> Path:
-    """Returns the path of the verified sdist, downloading it into the cache if needed."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    target = CACHE_DIR / SDIST_FILE
-    if target.exists() and _sha256(target) == SDIST_SHA256:
-        _log(f"using cached {target}")
-        return target
-    url = _sdist_url(index_url)
-    _log(f"downloading {url}")
-    partial = target.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=300) as response, partial.open("wb") as f:
-        shutil.copyfileobj(response, f)
-    actual = _sha256(partial)
-    if actual != SDIST_SHA256:
-        partial.unlink()
-        raise RuntimeError(
-            f"{SDIST_FILE}: sha256 {actual} does not match the pinned {SDIST_SHA256}; refusing "
-            "to install it"
+def fetch_sdist(dest: Path, index_url: str | None = None) -> Path:
+    """Downloads the pinned sdist into ``dest`` with pip, which refuses a file whose sha256 is
+    not :data:`SDIST_SHA256`; returns its path. ``index_url`` replaces pip's configured index."""
+    if importlib.util.find_spec("torch") is None:
+        raise InstallError(
+            f"downloading {SDIST_NAME} needs torch in this environment first (pip runs the "
+            "sdist's setup.py, which imports torch, to read its version): pip install torch "
+            "torchvision, then rerun"
         )
-    partial.replace(target)
-    return target
-
-
-class InstallError(RuntimeError):
-    """An install path failed; the message says why and what to do."""
+    dest.mkdir(parents=True, exist_ok=True)
+    index = ["--index-url", index_url] if index_url else []
+    with tempfile.TemporaryDirectory(prefix="detectron2-pin-") as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(SDIST_REQUIREMENT + "\n")
+        try:
+            # --no-build-isolation: the setup.py finds this environment's torch.
+            _pip(
+                "download", "--quiet", "--no-deps", "--no-binary=:all:", "--no-build-isolation",
+                "--require-hashes", "--dest", str(dest), *index, "-r", str(requirements),
+            )  # fmt: skip
+        except subprocess.CalledProcessError as error:
+            raise InstallError(
+                f"downloading {SDIST_NAME}=={SDIST_VERSION} (sha256 {SDIST_SHA256[:16]}...) "
+                f"failed (pip exit {error.returncode}; its output is above): check the network "
+                "and the index (--index-url, or pip's own configuration), or build a detectron2 "
+                "checkout with --source PATH"
+            ) from error
+    return dest / SDIST_FILE
 
 
 def _python_package(sdist: Path, tmp: Path) -> Path:
@@ -194,75 +173,67 @@ def build_wheel_from_sdist(sdist: Path, dest: Path) -> Path:
     return target
 
 
-def _checkout_in(root: Path) -> Path:
-    """The detectron2 checkout in an extracted archive: ``root`` or its one top-level folder."""
-    if (root / "setup.py").is_file():
-        return root
-    folders = [p for p in root.iterdir() if p.is_dir()]
-    if len(folders) == 1 and (folders[0] / "setup.py").is_file():
-        return folders[0]
-    raise InstallError(
-        "the archive holds no detectron2 checkout (no setup.py at its top or in its one "
-        "top-level folder); pass a detectron2 source checkout or its .tar.gz"
-    )
+def _holds_checkout(archive: Path) -> bool:
+    """Whether a source archive has a setup.py at its top or in its one top-level folder, the
+    two layouts pip builds from."""
+    with tarfile.open(archive) as tar:
+        names = [name.strip("/") for name in tar.getnames()]
+    return "setup.py" in names or any(n.count("/") == 1 and n.endswith("/setup.py") for n in names)
 
 
-def build_from_source(source: Path, origin: str) -> str:
-    """Builds and installs the detectron2 checkout or source archive ``source``; returns the
-    description of ``origin`` for the summary line. Raises InstallError when it cannot."""
+def build_from_source(source: Path | str, origin: str, pip_options: tuple[str, ...] = ()) -> str:
+    """Builds and installs with pip the detectron2 checkout, source archive or archive URL
+    ``source`` (``pip_options`` added to pip's); returns the description of ``origin`` for the
+    summary line. Raises InstallError when it cannot."""
     if importlib.util.find_spec("torch") is None:
         raise InstallError(
             f"building {origin} needs torch in this environment first (the build compiles "
             "against it, with --no-build-isolation): pip install torch torchvision, then rerun"
         )
+    if isinstance(source, str):  # a URL: pip downloads it
+        _build(source, origin, pip_options)
+        return origin
     if source.is_dir():
         if not (source / "setup.py").is_file():
             raise InstallError(
                 f"{source}: no setup.py there; pass a detectron2 source checkout or its .tar.gz"
             )
-        _build(source, origin)
+        _build(str(source), origin, pip_options)
         return origin
     if not tarfile.is_tarfile(source):
         raise InstallError(
             f"{source}: neither a folder nor a .tar.gz archive; pass a detectron2 source "
             "checkout or its .tar.gz"
         )
-    with tempfile.TemporaryDirectory(prefix="detectron2-src-") as tmp:
-        with tarfile.open(source) as tar:
-            tar.extractall(tmp, filter="data")
-        _build(_checkout_in(Path(tmp)), origin)
-    return f"{origin} (sha256 {_sha256(source)})"
+    if not _holds_checkout(source):
+        raise InstallError(
+            "the archive holds no detectron2 checkout (no setup.py at its top or in its one "
+            "top-level folder); pass a detectron2 source checkout or its .tar.gz"
+        )
+    _build(str(source), origin, pip_options)
+    return f"{origin} (sha256 {sha256_of(source)[0]})"
 
 
-def _build(checkout: Path, origin: str) -> None:
+def _build(source: str, origin: str, pip_options: tuple[str, ...]) -> None:
     _log(f"building detectron2 from {origin} (compiles its C++ ops: minutes)")
     # Without debug information, unless CFLAGS asks otherwise: the same ops in about 40% less
     # time (vision.cpp on these 2 cores: 373 s with Python's default -g, 221 s with -g0).
     env = {**os.environ, "CFLAGS": os.environ.get("CFLAGS", "-g0")}
     try:
-        _pip("install", "--quiet", "--no-build-isolation", str(checkout), env=env)
+        _pip("install", "--quiet", "--no-build-isolation", *pip_options, source, env=env)
     except subprocess.CalledProcessError as error:
+        failed = f"pip exit {error.returncode}; its output is above"
+        if "://" in source:
+            raise InstallError(
+                f"downloading or building detectron2 from {origin} failed ({failed}): the "
+                "repository did not answer, or the build (a C++ compiler and torch) failed"
+            ) from error
         raise InstallError(
-            f"building detectron2 from {origin} failed (pip exit {error.returncode}; its output "
-            "is above). The build needs a C++ compiler (g++ or clang; with CUDA, nvcc matching "
-            "torch's CUDA) and torch in this environment. Fix that and rerun with --force, or "
-            "install the registry's v0.6 instead: rerun without --source and $DETECTRON2_SOURCE"
+            f"building detectron2 from {origin} failed ({failed}). The build needs a C++ "
+            "compiler (g++ or clang; with CUDA, nvcc matching torch's CUDA) and torch in this "
+            "environment. Fix that and rerun with --force, or install the registry's v0.6 "
+            "instead: rerun without --source and $DETECTRON2_SOURCE"
         ) from error
-
-
-def fetch_upstream(url: str = UPSTREAM_ARCHIVE_URL, timeout: float = UPSTREAM_TIMEOUT) -> Path:
-    """The archive of upstream main at the pinned commit, from the cache or downloaded from
-    ``url``. Raises OSError (URLError, a timeout) when the repository does not answer."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    target = CACHE_DIR / f"detectron2-{UPSTREAM_COMMIT}.tar.gz"
-    if target.exists() and tarfile.is_tarfile(target):
-        _log(f"using cached {target}")
-        return target
-    partial = target.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as f:
-        shutil.copyfileobj(response, f)
-    partial.replace(target)
-    return target
 
 
 def describe_installed() -> str:
@@ -297,31 +268,18 @@ def _install(args: argparse.Namespace) -> str:
         kind = "checkout" if source.is_dir() else "source archive"
         return build_from_source(source, f"the {kind} {source}")
     if args.upstream:
+        origin = f"upstream main at {UPSTREAM_COMMIT[:12]} ({args.upstream_url})"
+        # One try: a repository that does not answer within the timeout is skipped at once.
+        timeout = ("--timeout", f"{args.upstream_timeout:g}", "--retries", "0")
         try:
-            archive = fetch_upstream(args.upstream_url, args.upstream_timeout)
-        except OSError as error:
-            reason = getattr(error, "reason", error)
-            _log(
-                f"upstream detectron2 {UPSTREAM_COMMIT[:12]} not reachable at "
-                f"{args.upstream_url} ({reason}); falling back to the registry's v0.6"
-            )
-        else:
-            origin = f"upstream main at {UPSTREAM_COMMIT[:12]} ({args.upstream_url})"
-            try:
-                return build_from_source(archive, origin)
-            except InstallError as error:
-                _log(f"{error}; falling back to the registry's v0.6")
-    try:
-        sdist = fetch_sdist(args.index_url)
-    except OSError as error:
-        raise InstallError(
-            f"cannot download {SDIST_FILE} from {args.index_url} "
-            f"({getattr(error, 'reason', error)}): check the network or pass --index-url "
-            "(or $PIP_INDEX_URL), or build a detectron2 checkout with --source PATH"
-        ) from error
-    install_from_sdist(sdist)
+            return build_from_source(args.upstream_url, origin, timeout)
+        except InstallError as error:
+            _log(f"{error}; falling back to the registry's v0.6")
+    with tempfile.TemporaryDirectory(prefix="detectron2-sdist-") as tmp:
+        install_from_sdist(fetch_sdist(Path(tmp), args.index_url))
+    index = args.index_url or "pip's configured index"
     return (
-        f"{SDIST_FILE} on {args.index_url} (sha256 {SDIST_SHA256[:16]}... verified; "
+        f"{SDIST_FILE} on {index} (sha256 {SDIST_SHA256[:16]}... verified by pip; "
         "det_scaling.compat adapts it)"
     )
 
@@ -353,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--index-url",
-        default=os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX),
-        help=f"PEP 503 index to fetch {SDIST_FILE} from (default: $PIP_INDEX_URL or "
-        f"{DEFAULT_INDEX})",
+        default=None,
+        help=f"package index to download {SDIST_FILE} from (default: pip's own: $PIP_INDEX_URL, "
+        "pip.conf or PyPI)",
     )
     parser.add_argument(
         "--force", action="store_true", help="reinstall even if detectron2 is importable"
@@ -368,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         origin = _install(args)
         _log(f"installed {describe_installed()} from {origin}")
-    except RuntimeError as error:  # InstallError, or fetch_sdist's refusals
+    except InstallError as error:
         _log(f"error: {error}")
         return 1
     return 0

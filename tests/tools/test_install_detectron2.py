@@ -1,16 +1,14 @@
 """tools/install_detectron2.py: the order of its paths (kept install, --source, the pinned
-upstream commit, the registry's v0.6), index parsing, checksum refusal, and what each failure
-says. Nothing here installs: every path is driven to a refusal or a failed build."""
+upstream commit, the registry's v0.6), pip's hash check of the pinned sdist, the repacking of
+that sdist, and what each failure says. pip runs for real, on a local folder in place of the
+registry; nothing is installed: every install path is driven to a refusal or a failed build."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import importlib.util
 import io
 import socket
 import tarfile
-import threading
 import time
 import zipfile
 
@@ -19,70 +17,65 @@ from helpers import REPO
 
 
 @pytest.fixture
-def installer(tmp_path, monkeypatch):
+def installer(monkeypatch):
+    # `make test-upstream` runs the suite with DETECTRON2_SOURCE set; here it would build that.
+    monkeypatch.delenv("DETECTRON2_SOURCE", raising=False)
     spec = importlib.util.spec_from_file_location(
         "install_detectron2", REPO / "tools" / "install_detectron2.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "CACHE_DIR", tmp_path / "cache")
-    # `make test-upstream` runs the suite with DETECTRON2_SOURCE set; here it would build that.
-    monkeypatch.delenv("DETECTRON2_SOURCE", raising=False)
     return module
 
 
-@pytest.fixture
-def serve(tmp_path):
-    """Serves tmp_path over HTTP on the loopback interface; yields the base URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def make_index(root, payload: bytes, name: str, base_url: str):
-    """A PEP 503 index under root, served at base_url, listing one file."""
-    files = root / "files"
-    files.mkdir(parents=True)
-    (files / name).write_bytes(payload)
-    project = root / "simple" / "pb1-detectron2"
-    project.mkdir(parents=True)
-    (project / "index.html").write_text(
-        f'<html><body><a href="../../files/{name}#sha256=0">{name}</a></body></html>'
-    )
-    return f"{base_url}/simple"
-
-
-def tarball() -> bytes:
+def sdist_bytes(files: dict[str, str], top: str = "pb1-detectron2-0.6") -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        info = tarfile.TarInfo("pb1-detectron2-0.6/README.md")
-        info.size = 0
-        tar.addfile(info, io.BytesIO())
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
-def test_finds_the_sdist_on_a_simple_index(installer, tmp_path, serve):
-    index = make_index(tmp_path, b"x", installer.SDIST_FILE, serve)
-    url = installer._sdist_url(index)
-    assert url.endswith("/files/" + installer.SDIST_FILE)
+# A project that pip can describe without torch (the real sdist's setup.py imports it).
+TINY_SDIST = {
+    "setup.py": "from setuptools import setup\nsetup(name='pb1-detectron2', version='0.6', "
+    "packages=['detectron2'])\n",
+    "detectron2/__init__.py": "__version__ = '0.6'\n",
+}
 
 
-def test_refuses_an_sdist_whose_checksum_differs(installer, tmp_path, serve):
-    index = make_index(tmp_path, tarball(), installer.SDIST_FILE, serve)
-    with pytest.raises(RuntimeError, match="does not match the pinned"):
-        installer.fetch_sdist(index)
-    assert not any((tmp_path / "cache").iterdir())  # nothing unverified is kept
+def test_pip_downloads_the_pinned_sdist_and_refuses_any_other(
+    installer, tmp_path, local_index, monkeypatch, capfd
+):
+    (local_index / installer.SDIST_FILE).write_bytes(sdist_bytes(TINY_SDIST))
+    # The pinned hash refuses this stand-in ...
+    with pytest.raises(installer.InstallError, match=r"downloading pb1-detectron2==0\.6 .* failed"):
+        installer.fetch_sdist(tmp_path / "refused")
+    assert "DO NOT MATCH THE HASHES" in capfd.readouterr().err
+    assert not (tmp_path / "refused" / installer.SDIST_FILE).exists()
+    # ... and the same line with its own hash takes it.
+    (sha256,) = installer.sha256_of(local_index / installer.SDIST_FILE)
+    pin = f"{installer.SDIST_NAME}=={installer.SDIST_VERSION} --hash=sha256:{sha256}"
+    monkeypatch.setattr(installer, "SDIST_REQUIREMENT", pin)
+    sdist = installer.fetch_sdist(tmp_path / "taken")
+    assert sdist.read_bytes() == (local_index / installer.SDIST_FILE).read_bytes()
 
 
-def test_reports_a_missing_sdist(installer, tmp_path, serve):
-    index = make_index(tmp_path, b"x", "something-else-1.0.tar.gz", serve)
-    with pytest.raises(RuntimeError, match="is not listed"):
-        installer.fetch_sdist(index)
+def test_no_upstream_goes_straight_to_the_registry(installer, local_index, capfd):
+    (local_index / installer.SDIST_FILE).write_bytes(sdist_bytes(TINY_SDIST))
+    assert installer.main(["--force", "--no-upstream"]) == 1
+    out, err = capfd.readouterr()
+    assert "upstream" not in out and "DO NOT MATCH THE HASHES" in err
+    assert "error: downloading pb1-detectron2==0.6" in out and "--source PATH" in out
+
+
+def test_a_missing_sdist_says_what_to_do(installer, tmp_path, local_index, capfd):
+    with pytest.raises(installer.InstallError, match="check the network and the index"):
+        installer.fetch_sdist(tmp_path / "none")
+    assert "No matching distribution found for pb1-detectron2==0.6" in capfd.readouterr().err
 
 
 def test_keeps_an_installed_detectron2(installer, capsys):
@@ -104,20 +97,20 @@ def test_source_defaults_to_the_environment(installer, tmp_path, monkeypatch, ca
 
 def test_a_source_archive_must_hold_a_checkout(installer, tmp_path, capsys):
     archive = tmp_path / "not-detectron2.tar.gz"
-    archive.write_bytes(tarball())
+    archive.write_bytes(sdist_bytes({"README.md": ""}))
     assert installer.main(["--force", "--source", str(archive)]) == 1
     assert "holds no detectron2 checkout" in capsys.readouterr().out
 
 
-def test_a_failed_build_says_why_and_what_to_do(installer, tmp_path, capsys):
-    checkout = tmp_path / "detectron2-broken"
-    checkout.mkdir()
-    (checkout / "setup.py").write_text("raise SystemExit('no compiler here')\n")
+def test_a_failed_build_says_why_and_what_to_do(installer, tmp_path, capfd):
+    # The layout of upstream's archives: the checkout in one top-level folder.
     archive = tmp_path / "detectron2-broken.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(checkout, arcname=checkout.name)
+    archive.write_bytes(
+        sdist_bytes({"setup.py": "raise SystemExit('no compiler here')\n"}, "detectron2-broken")
+    )
     assert installer.main(["--force", "--source", str(archive)]) == 1
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert "no compiler here" in err  # pip ran the archive's setup.py
     assert f"building detectron2 from the source archive {archive} failed (pip exit" in out
     assert "needs a C++ compiler" in out and "rerun without --source" in out
 
@@ -134,51 +127,33 @@ def silent_port():
 
 
 def test_an_unreachable_upstream_falls_through_to_the_registry_within_the_timeout(
-    installer, tmp_path, serve, silent_port, capsys
+    installer, local_index, silent_port, capfd
 ):
-    # The registry then serves a bad sdist, so the fall-through is seen without installing.
-    index = make_index(tmp_path, tarball(), installer.SDIST_FILE, serve)
+    # The registry then holds a bad sdist, so the fall-through is seen without installing.
+    (local_index / installer.SDIST_FILE).write_bytes(sdist_bytes(TINY_SDIST))
     url = f"http://127.0.0.1:{silent_port}/detectron2.tar.gz"
     begin = time.monotonic()
-    code = installer.main(
-        ["--force", "--upstream-url", url, "--upstream-timeout", "1", "--index-url", index]
-    )
-    assert time.monotonic() - begin < 10
+    code = installer.main(["--force", "--upstream-url", url, "--upstream-timeout", "1"])
+    assert time.monotonic() - begin < 20  # pip started twice, one try of 1 s
     assert code == 1
-    out = capsys.readouterr().out
-    assert f"not reachable at {url}" in out
+    out, err = capfd.readouterr()
+    assert f"downloading or building detectron2 from upstream main at 02b5c4e295e9 ({url})" in out
     assert "falling back to the registry's v0.6" in out
-    assert out.index("not reachable") < out.index("does not match the pinned")
-    assert not (tmp_path / "cache" / f"detectron2-{installer.UPSTREAM_COMMIT}.tar.gz").exists()
-
-
-def test_no_upstream_goes_straight_to_the_registry(installer, tmp_path, serve, capsys):
-    index = make_index(tmp_path, tarball(), installer.SDIST_FILE, serve)
-    assert installer.main(["--force", "--no-upstream", "--index-url", index]) == 1
-    out = capsys.readouterr().out
-    assert "not reachable" not in out and "does not match the pinned" in out
-
-
-def test_the_pinned_upstream_archive_is_downloaded_once(installer, tmp_path, serve):
-    (tmp_path / "upstream.tar.gz").write_bytes(tarball())
-    archive = installer.fetch_upstream(f"{serve}/upstream.tar.gz", timeout=5)
-    assert archive.read_bytes() == tarball()
-    (tmp_path / "upstream.tar.gz").unlink()  # the second call must not need the server
-    assert installer.fetch_upstream(f"{serve}/upstream.tar.gz", timeout=5) == archive
+    assert "Read timed out" in err or "timed out" in err
+    assert out.index("falling back") < out.index("error: downloading pb1-detectron2")
 
 
 def test_the_sdist_becomes_the_pure_python_wheel_it_would_install(installer, tmp_path):
     sdist = tmp_path / installer.SDIST_FILE
-    with tarfile.open(sdist, "w:gz") as tar:
-        for name, text in (
-            ("detectron2/__init__.py", "__version__ = '0.6'\n"),
-            ("detectron2/model_zoo/__init__.py", ""),
-            ("detectron2/model_zoo/configs/Base-RCNN-FPN.yaml", "MODEL: {}\n"),
-        ):
-            data = text.encode()
-            info = tarfile.TarInfo(f"pb1-detectron2-0.6/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    sdist.write_bytes(
+        sdist_bytes(
+            {
+                "detectron2/__init__.py": "__version__ = '0.6'\n",
+                "detectron2/model_zoo/__init__.py": "",
+                "detectron2/model_zoo/configs/Base-RCNN-FPN.yaml": "MODEL: {}\n",
+            }
+        )
+    )
     wheel = installer.build_wheel_from_sdist(sdist, tmp_path / "wheels")
     assert wheel == tmp_path / "wheels" / "detectron2-0.6-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as archive:
