@@ -29,6 +29,7 @@ from helpers.tiny import (
     lr_history,
     parameters,
     resume_cfg,
+    resume_written_cfg,
 )
 from torch import nn
 
@@ -200,12 +201,7 @@ def test_extended_run_resumed_at_another_gpu_count_continues_at_the_same_images(
 def noise_schedule_cfg(output_dir: Path, world_size: int):
     """12 steps of 1 GPU x 2 images under the noise schedule with B_crit 2, scaled to
     ``world_size``: on 2 processes (batch 4) the epochs factor is (1 + 4/2) / (1 + 2/2) = 1.5."""
-    cfg = tiny_cfg(output_dir, ims_per_batch=2, max_iter=12)
-    cfg.SOLVER.REFERENCE_WORLD_SIZE = 1
-    cfg.SOLVER.BASE_LR = 0.01
-    cfg.SOLVER.STEPS = (6, 10)
-    cfg.SOLVER.WARMUP_ITERS = 2
-    cfg.SOLVER.CHECKPOINT_PERIOD = 4
+    cfg = resume_written_cfg(output_dir)
     cfg.SCALING.SCHEDULE = "noise"
     cfg.SCALING.NOISE_SCALE.B_CRIT = 2.0
     return plan_scaling(cfg, world_size).cfg

@@ -71,15 +71,21 @@ def _resume_worker(cfg, data_root: str, out: str) -> None:
         torch.save({"lr": lr_history(trainer), "summary": summary}, Path(out) / "result.pt")
 
 
-def resume_cfg(output_dir: Path, world_size: int):
-    """A schedule written for 1 GPU x 2 images (12 steps = 3 epochs), scaled to ``world_size``."""
+def resume_written_cfg(output_dir: Path):
+    """A schedule written for 1 GPU x 2 images: 12 steps (3 epochs), LR steps at 6 and 10, 2
+    warmup steps, a checkpoint every 4."""
     cfg = tiny_cfg(output_dir, ims_per_batch=2, max_iter=12)
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 1
     cfg.SOLVER.BASE_LR = 0.01
     cfg.SOLVER.STEPS = (6, 10)
     cfg.SOLVER.WARMUP_ITERS = 2
     cfg.SOLVER.CHECKPOINT_PERIOD = 4
-    return plan_scaling(cfg, world_size).cfg
+    return cfg
+
+
+def resume_cfg(output_dir: Path, world_size: int):
+    """:func:`resume_written_cfg` scaled to ``world_size``."""
+    return plan_scaling(resume_written_cfg(output_dir), world_size).cfg
 
 
 def continue_from(checkpoint: Path, output_dir: Path) -> None:
