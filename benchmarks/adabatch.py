@@ -97,7 +97,8 @@ def describe(cfg: CfgNode) -> tuple[str, str, int]:
     return f"{batches} (x2 every {every:g} epochs)", lrs, schedule.total_iterations
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line; ``--large`` must be ``--small`` times a power of 2."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--small", type=int, default=32, help="fixed small and AdaBatch's start")
@@ -111,39 +112,45 @@ def main() -> None:
     args = parser.parse_args()
     if args.large % args.small or (args.large // args.small) & (args.large // args.small - 1):
         raise SystemExit("--large must be --small times a power of 2 (AdaBatch doubles the batch)")
+    return args
 
-    torch.set_num_threads(args.threads)
-    base = load_base(args.config, args.overrides, args.datasets_root)
 
-    rows, runs = [], []
-    start = time.perf_counter()
-    for name, (setup, batch) in setups(base, args.small, args.large, args.interval).items():
-        top1s, walls = [], []
-        for seed in args.seeds:
-            cfg = setup.clone()
-            cfg.SEED = seed
-            slug = name.split(" (")[0].replace(" ", "_")
-            cfg = sweep_cfg(cfg, batch, "sgd", args.output / f"{slug}_seed{seed}")
-            summary = train_one(cfg)
-            top1s.append(summary["metrics"].get("classification/top1", float("nan")))
-            walls.append(summary["wall_time_s"])
-            runs.append({"setup": name, "seed": seed, "summary": summary})
-            print(json.dumps({"setup": name, "seed": seed, "top1": top1s[-1]}), flush=True)
-        batches, lr, steps = describe(cfg)
-        rows.append(
-            {
-                "setup": name,
-                "batch schedule": batches,
-                "LR": lr,
-                "steps": steps,
-                "top-1 per seed": " / ".join(f"{t:.2f}" for t in top1s),
-                "top-1 mean": round(statistics.fmean(top1s), 2),
-                # Per run, not averaged: on a shared machine one slow run would hide in a mean.
-                "wall time per seed (s)": " / ".join(f"{w:.0f}" for w in walls),
-            }
-        )
-    wall = time.perf_counter() - start
+def run_setup(
+    name: str, setup: CfgNode, batch: int, args: argparse.Namespace, runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Trains one setup once per seed (each run appended to ``runs``); its row of the table."""
+    top1s, walls = [], []
+    for seed in args.seeds:
+        cfg = setup.clone()
+        cfg.SEED = seed
+        slug = name.split(" (")[0].replace(" ", "_")
+        cfg = sweep_cfg(cfg, batch, "sgd", args.output / f"{slug}_seed{seed}")
+        summary = train_one(cfg)
+        top1s.append(summary["metrics"].get("classification/top1", float("nan")))
+        walls.append(summary["wall_time_s"])
+        runs.append({"setup": name, "seed": seed, "summary": summary})
+        print(json.dumps({"setup": name, "seed": seed, "top1": top1s[-1]}), flush=True)
+    batches, lr, steps = describe(cfg)
+    return {
+        "setup": name,
+        "batch schedule": batches,
+        "LR": lr,
+        "steps": steps,
+        "top-1 per seed": " / ".join(f"{t:.2f}" for t in top1s),
+        "top-1 mean": round(statistics.fmean(top1s), 2),
+        # Per run, not averaged: on a shared machine one slow run would hide in a mean.
+        "wall time per seed (s)": " / ".join(f"{w:.0f}" for w in walls),
+    }
 
+
+def report(
+    args: argparse.Namespace,
+    base: CfgNode,
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    wall: float,
+) -> None:
+    """Prints the table with the machine, and writes results.json."""
     table = tabulate(rows, headers="keys", tablefmt="github", floatfmt="g")
     machine = (
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -172,6 +179,19 @@ def main() -> None:
         datasets=(*base.DATASETS.TRAIN, *base.DATASETS.TEST),
     )
     print(f"\nwritten: {args.output / 'results.json'}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    base = load_base(args.config, args.overrides, args.datasets_root)
+    rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for name, (setup, batch) in setups(base, args.small, args.large, args.interval).items():
+        rows.append(run_setup(name, setup, batch, args, runs))
+    wall = time.perf_counter() - start
+    report(args, base, rows, runs, wall)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024])
@@ -138,14 +139,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0, help="the same for every run (SEED)")
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs merged into the config")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    base = load_base(args.config, args.overrides, args.datasets_root)
-    base.SEED = args.seed
 
+def run_sweep(
+    args: argparse.Namespace, base: CfgNode
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Trains every batch with every optimizer: the table's rows and each run's summary."""
     rows, summaries = [], []
-    start = time.perf_counter()
     for batch in args.batches:
         for optimizer in args.optimizers:
             cfg = sweep_cfg(base, batch, optimizer, args.output / f"batch{batch}_{optimizer}")
@@ -165,8 +166,17 @@ def main() -> None:
             )
             summaries.append(summary)
             print(json.dumps(rows[-1]), flush=True)
-    wall = time.perf_counter() - start
+    return rows, summaries
 
+
+def report(
+    args: argparse.Namespace,
+    base: CfgNode,
+    rows: list[dict[str, Any]],
+    summaries: list[dict[str, Any]],
+    wall: float,
+) -> None:
+    """Prints the table with the machine; writes results.json and the plot."""
     table = tabulate(rows, headers="keys", tablefmt="github", floatfmt="g")
     machine = (
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -193,6 +203,17 @@ def main() -> None:
     )
     plot(rows, args.output / "batch_size_sweep.png", f"{args.config.stem}: batch size sweep")
     print(f"\nwritten: {args.output / 'results.json'}, {args.output / 'batch_size_sweep.png'}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    base = load_base(args.config, args.overrides, args.datasets_root)
+    base.SEED = args.seed
+    start = time.perf_counter()
+    rows, summaries = run_sweep(args, base)
+    wall = time.perf_counter() - start
+    report(args, base, rows, summaries, wall)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -372,9 +373,18 @@ def nccl(args: argparse.Namespace, result: Result) -> None:
     group from torchrun's environment (NCCL with a GPU, gloo without)."""
     if not under_torchrun():
         raise SystemExit("the nccl step runs under torchrun (gpu_check.py starts it so)")
-    device, quick = args.device, args.quick
+    iterations, first, second = _train_and_resume(args.device, args.quick, args.work, result)
+    found, backend = _group_checks(args.device, args.quick, args.work, result)
+    _report_nccl(result, iterations, first, second, found, backend)
+
+
+def _train_and_resume(
+    device: str, quick: bool, work: Path, result: Result
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """``det-scaling train`` with ``--dist-timeout``, then ``--resume`` to twice the steps,
+    checked; the step count and the two runs' summaries."""
     iterations = 2 if quick else 20
-    output = args.work / "nccl_train"
+    output = work / "nccl_train"
     train = [
         "train", "--config-file", str(CONFIG), "--no-scale", "--dist-timeout", DIST_TIMEOUT,
         "MODEL.DEVICE", device, "SCALING.DATASET_SIZE", "0", "TEST.EVAL_PERIOD", "0",
@@ -402,9 +412,17 @@ def nccl(args: argparse.Namespace, result: Result) -> None:
     )
     metrics = second.get("metrics", {})
     result.check("evaluated at the end (VOC07 AP50)", "bbox/AP50" in metrics, str(metrics))
+    return iterations, first, second
+
+
+def _group_checks(
+    device: str, quick: bool, work: Path, result: Result
+) -> tuple[dict[str, Any], str]:
+    """The group ``launch`` makes, checked: its backend and timeout, an all-reduce, DDP's
+    gradient and the accumulating step on DDP; what was found, and "backend, world size"."""
     found: dict[str, Any] = {}
     timeout = _parsed_dist_timeout()
-    launch(_ddp_check, 1, timeout=timeout, args=(device, quick, args.work, found))
+    launch(_ddp_check, 1, timeout=timeout, args=(device, quick, work, found))
     expected = "nccl" if device == "cuda" else "gloo"
     backend = f"{found.get('backend')}, world size {found.get('world_size')}"
     result.check(f"launch made a {expected} group", found.get("backend") == expected, backend)
@@ -425,6 +443,18 @@ def nccl(args: argparse.Namespace, result: Result) -> None:
         result.check(
             f"{label}: finite losses, weights moved", all_finite(losses) and moved, str(losses)
         )
+    return found, backend
+
+
+def _report_nccl(
+    result: Result,
+    iterations: int,
+    first: dict[str, Any],
+    second: dict[str, Any],
+    found: dict[str, Any],
+    backend: str,
+) -> None:
+    """The nccl step's figures, table, note and headline."""
     result.figures.update(
         {
             "train": {k: first.get(k) for k in ("iterations_done", "images_per_s", "final_lr")},
@@ -432,6 +462,7 @@ def nccl(args: argparse.Namespace, result: Result) -> None:
             "group": {k: v for k, v in found.items() if k != "losses"},
         }
     )
+    metrics = second.get("metrics", {})
     rows = {
         "backend, world size": backend,
         "group timeout (s)": found.get("timeout_s"),
@@ -583,7 +614,12 @@ def peak_reserved(device: str, quick: bool, work: Path, micro_batch: int, big: l
     return peak
 
 
+TrainAutoMicroBatch = Callable[..., dict[str, Any]]  # (name, before=None) -> the run's record
+
+
 def auto_micro_batch(args: argparse.Namespace, result: Result) -> None:
+    """``SCALING.AUTO_MICRO_BATCH`` against an out-of-memory error: a capped run must halve its
+    micro-batch and match the uncapped run's total batch, images and LRs."""
     device, quick = args.device, args.quick
     total, iterations = (4, 2) if quick else (16, 6)
     # Larger inputs on the GPU: activations, which scale with the micro-batch, then dominate
@@ -597,66 +633,107 @@ def auto_micro_batch(args: argparse.Namespace, result: Result) -> None:
         "SOLVER.REFERENCE_WORLD_SIZE", 1, "SOLVER.IMS_PER_BATCH", total,
         "SCALING.AUTO_MICRO_BATCH", True, "SOLVER.BASE_LR", 0.01, *schedule(iterations), *big,
     ]  # fmt: skip
-
-    def train(name: str, before: Callable[[ScalingTrainer], None] | None = None) -> dict[str, Any]:
-        trainer = build_trainer(tiny_cfg(device, quick, args.work / name, *common))
-        if before is not None:
-            before(trainer)
-        with micro_batch_messages() as messages:
-            summary = trainer.train()
-        out = {
-            "summary": summary,
-            "lr": history(trainer, "lr"),
-            "ims_per_batch": history(trainer, "ims_per_batch"),
-            "loss": history(trainer, "total_loss"),
-            "messages": messages,
-        }
-        del trainer
-        release(device)
-        return out
-
+    train = partial(_train_auto_micro_batch, device, quick, args.work, common)
     reference = train("amb_reference")
     if device == "cuda":
-        low, high = 2, 4
-        reserved = {m: peak_reserved(device, quick, args.work, m, big) for m in (low, high)}
-        per_image = (reserved[high] - reserved[low]) / (high - low)
-        base = reserved[low] - low * per_image
-        if per_image <= 0:
-            result.check("calibration: memory grows with the micro-batch", False, str(reserved))
+        capped_run = _capped_on_cuda(device, quick, args.work, big, result, train)
+        if capped_run is None:
             return
-        # Room for 6 images: micro-batches of 16 and 8 do not fit, 4 fits with 2 to spare.
-        cap = base + 6 * per_image
-        total_memory = torch.cuda.get_device_properties(0).total_memory
-        fraction = cap / total_memory
-        torch.cuda.set_per_process_memory_fraction(fraction)
-        result.figures["calibration"] = {
-            "peak reserved at 2 images (MiB)": round(reserved[low] / 2**20),
-            "peak reserved at 4 images (MiB)": round(reserved[high] / 2**20),
-            "per image (MiB)": round(per_image / 2**20),
-            "cap (MiB)": round(cap / 2**20),
-            "memory fraction": fraction,
-            "reserved before the capped run (MiB)": round(torch.cuda.memory_reserved() / 2**20),
-        }
-        capped = train("amb_capped")
-        how = f"torch.cuda.set_per_process_memory_fraction({fraction:.5f}): {cap / 2**20:.0f} MiB"
+        capped, how = capped_run
     else:
-        cap_images = 1
+        capped, how = _capped_on_cpu(result, train)
+    _check_auto_micro_batch(result, total, iterations, reference, capped)
+    _report_auto_micro_batch(result, total, how, reference, capped)
 
-        def out_of_memory_above_one_image(trainer: ScalingTrainer) -> None:
-            def hook(module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
-                if len(inputs[0]) > cap_images:
-                    raise torch.cuda.OutOfMemoryError(
-                        f"out of memory (CPU stand-in: more than {cap_images} image)"
-                    )
 
-            trainer.model.register_forward_pre_hook(hook)
+def _train_auto_micro_batch(
+    device: str,
+    quick: bool,
+    work: Path,
+    common: list[Any],
+    name: str,
+    before: Callable[[ScalingTrainer], None] | None = None,
+) -> dict[str, Any]:
+    """One run of the tiny detector with ``common``: its summary, LR, batch and loss per step,
+    and the trainer's micro-batch messages. ``before`` is applied to the trainer first."""
+    trainer = build_trainer(tiny_cfg(device, quick, work / name, *common))
+    if before is not None:
+        before(trainer)
+    with micro_batch_messages() as messages:
+        summary = trainer.train()
+    out = {
+        "summary": summary,
+        "lr": history(trainer, "lr"),
+        "ims_per_batch": history(trainer, "ims_per_batch"),
+        "loss": history(trainer, "total_loss"),
+        "messages": messages,
+    }
+    del trainer
+    release(device)
+    return out
 
-        capped = train("amb_capped", out_of_memory_above_one_image)
-        how = f"CPU stand-in: torch.cuda.OutOfMemoryError raised above {cap_images} image"
-        result.notes.append(
-            "No device memory to cap on the CPU: the out-of-memory error is raised by a forward "
-            "hook above one image per micro-batch; the GPU run caps real CUDA memory"
-        )
+
+def _capped_on_cuda(
+    device: str, quick: bool, work: Path, big: list[str], result: Result, train: TrainAutoMicroBatch
+) -> tuple[dict[str, Any], str] | None:
+    """The run under a CUDA memory cap with room for 6 images, and how it was capped; None when
+    the calibration failed (checked)."""
+    low, high = 2, 4
+    reserved = {m: peak_reserved(device, quick, work, m, big) for m in (low, high)}
+    per_image = (reserved[high] - reserved[low]) / (high - low)
+    base = reserved[low] - low * per_image
+    if per_image <= 0:
+        result.check("calibration: memory grows with the micro-batch", False, str(reserved))
+        return None
+    # Room for 6 images: micro-batches of 16 and 8 do not fit, 4 fits with 2 to spare.
+    cap = base + 6 * per_image
+    total_memory = torch.cuda.get_device_properties(0).total_memory
+    fraction = cap / total_memory
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    result.figures["calibration"] = {
+        "peak reserved at 2 images (MiB)": round(reserved[low] / 2**20),
+        "peak reserved at 4 images (MiB)": round(reserved[high] / 2**20),
+        "per image (MiB)": round(per_image / 2**20),
+        "cap (MiB)": round(cap / 2**20),
+        "memory fraction": fraction,
+        "reserved before the capped run (MiB)": round(torch.cuda.memory_reserved() / 2**20),
+    }
+    capped = train("amb_capped")
+    how = f"torch.cuda.set_per_process_memory_fraction({fraction:.5f}): {cap / 2**20:.0f} MiB"
+    return capped, how
+
+
+def _capped_on_cpu(result: Result, train: TrainAutoMicroBatch) -> tuple[dict[str, Any], str]:
+    """The run with an out-of-memory error raised above one image per micro-batch (no device
+    memory to cap), and how it was capped."""
+    cap_images = 1
+
+    def out_of_memory_above_one_image(trainer: ScalingTrainer) -> None:
+        def hook(module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
+            if len(inputs[0]) > cap_images:
+                raise torch.cuda.OutOfMemoryError(
+                    f"out of memory (CPU stand-in: more than {cap_images} image)"
+                )
+
+        trainer.model.register_forward_pre_hook(hook)
+
+    capped = train("amb_capped", out_of_memory_above_one_image)
+    how = f"CPU stand-in: torch.cuda.OutOfMemoryError raised above {cap_images} image"
+    result.notes.append(
+        "No device memory to cap on the CPU: the out-of-memory error is raised by a forward "
+        "hook above one image per micro-batch; the GPU run caps real CUDA memory"
+    )
+    return capped, how
+
+
+def _check_auto_micro_batch(
+    result: Result,
+    total: int,
+    iterations: int,
+    reference: dict[str, Any],
+    capped: dict[str, Any],
+) -> None:
+    """The capped run against the uncapped one: halved micro-batch, same batch, images, LRs."""
     summary, reference_summary = capped["summary"], reference["summary"]
     final = summary["micro_batch_per_process"]
     result.check(
@@ -679,6 +756,13 @@ def auto_micro_batch(args: argparse.Namespace, result: Result) -> None:
     result.check("capped: the same LR at every step", capped["lr"] == reference["lr"],
                  f"{capped['lr']} vs {reference['lr']}")  # fmt: skip
     result.check("capped: finite losses", all_finite(capped["loss"]), str(capped["loss"]))
+
+
+def _report_auto_micro_batch(
+    result: Result, total: int, how: str, reference: dict[str, Any], capped: dict[str, Any]
+) -> None:
+    """The two runs' table, figures and the headline."""
+    final = capped["summary"]["micro_batch_per_process"]
     rows = [
         {
             "run": name,

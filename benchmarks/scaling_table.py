@@ -15,7 +15,7 @@ on the generated synthetic VOC-layout set (``configs/VOC07-Detection/faster_rcnn
 world (``--backbone pretrained``: ``faster_rcnn_synthetic_tiny_pretrain.yaml`` through
 ``det_scaling.commands.pretrain``,
 trained once and cached under ``$DETECTRON2_DATASETS/pretrained``;
-``--backbone scratch``: the first edition's setting, from random weights).
+``--backbone scratch``: from random weights).
 
 Every row starts from the config's 1-GPU form, ``plan_scaling(cfg, 1)``, with the schedule
 written in epochs (``SCALING.EPOCHS``, compressed to ``--max-epochs``), so every row sees the
@@ -99,7 +99,7 @@ SERIES = {
 
 @dataclass(frozen=True)
 class Preset:
-    """One table in one command: the third edition's full-schedule rows in one setting.
+    """One table in one command: the full-schedule rows in one setting.
 
     Every preset trains from scratch at 1, 2, 4 and 8 simulated GPUs of 1 image, on one process
     each (accumulation makes up the batch), so that two presets can run side by side on two
@@ -128,7 +128,8 @@ class Preset:
 # A first candidate for the setting where the linear rule should hold: 16 sampled anchors and 16
 # RoIs per image instead of 64, on the idea that 64 samples of 3-6 objects on a 128-pixel image
 # are mostly near-duplicate background and keep one image's gradient noise small. Measured, it
-# did not raise B_simple and halved the reference's AP50 (benchmarks/README.md, "Third edition").
+# did not raise B_simple and halved the reference's AP50 (docs/scaling-evidence.md, "Full
+# schedules").
 FEW_SAMPLES = (
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
     "16",
@@ -708,8 +709,8 @@ def load_base(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_row_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that choose the rows and their schedule."""
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument(
         "--gpus", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="simulated GPU counts"
@@ -740,6 +741,10 @@ def main() -> None:
         help="pretrained: MODEL.WEIGHTS from det_scaling.commands.pretrain (made once, cached), "
         "stem and res2 frozen as in detectron2's fine-tuning; scratch: the config as it is",
     )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of how the runs are made and kept."""
     parser.add_argument(
         "--processes",
         type=int,
@@ -762,6 +767,10 @@ def main() -> None:
         help="keep the result of a run whose folder holds a summary of exactly its config",
     )
     parser.add_argument("--output-dir", type=Path, help="default: output/scaling_table[/PRESET]")
+
+
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of which table, from which runs, and the config overrides."""
     parser.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -788,55 +797,74 @@ def main() -> None:
         "GPU, threads or data (or with none recorded) in one table",
     )
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs merged into the config")
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line, with a preset's settings applied and the output folder filled in."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_row_arguments(parser)
+    add_run_arguments(parser)
+    add_table_arguments(parser)
     args = parser.parse_args()
-    preset = PRESETS[args.preset] if args.preset else None
-    if preset is not None:
+    if args.preset:
+        preset = PRESETS[args.preset]
         args.gpus, args.series, args.larc_gpus = list(preset.gpus), list(preset.series), []
         args.max_epochs, args.backbone = preset.epochs, "scratch"
         args.processes, args.reuse = 1, True
         args.overrides = [*preset.overrides, *args.overrides]
     if args.output_dir is None:
         args.output_dir = Path("output/scaling_table") / (args.preset or "")
+    return args
 
-    start, cpu_start = time.perf_counter(), os.times()
-    torch.set_num_threads(args.threads)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    log_to(args.output_dir / "log.txt")
-    loaded = load_base(args)
-    if args.backbone == "pretrained":
-        loaded.MODEL.WEIGHTS = str(pretrained_backbone(PRETRAIN_CONFIG, num_gpus=args.processes))
-        loaded.MODEL.BACKBONE.FREEZE_AT = 2
-    pretrained_s = time.perf_counter() - start
+
+def describe(
+    args: argparse.Namespace,
+    loaded: CfgNode,
+    cfg: CfgNode,
+    one_gpu: CfgNode,
+    preset: Preset | None,
+    machine: str,
+) -> str:
+    """The header of the table: the config as written, its 1-GPU form, the schedule, the machine."""
     reference = loaded.SOLVER.REFERENCE_WORLD_SIZE
-    cfg = epoch_schedule(loaded, args.max_epochs or None)
-    one_gpu = one_gpu_cfg(cfg)
-    per_gpu = one_gpu.SOLVER.IMS_PER_BATCH
-    machine = machine_description(args.threads, cfg.MODEL.DEVICE)
-    header = (
+    return (
         f"{args.config.name}, backbone {args.backbone}"
         + (f" ({loaded.MODEL.WEIGHTS}, FREEZE_AT 2)" if args.backbone == "pretrained" else "")
         + f": written for {reference} GPU(s) x "
         f"{cfg.SOLVER.IMS_PER_BATCH // max(reference, 1)} images, BASE_LR {cfg.SOLVER.BASE_LR:g};"
-        f" 1-GPU form: batch {per_gpu}, LR {one_gpu.SOLVER.BASE_LR:g}; "
+        f" 1-GPU form: batch {one_gpu.SOLVER.IMS_PER_BATCH}, LR {one_gpu.SOLVER.BASE_LR:g}; "
         f"{cfg.SCALING.EPOCHS.MAX:g} epochs of {cfg.SCALING.DATASET_SIZE} images "
         f"(LR steps at {', '.join(f'{s:g}' for s in cfg.SCALING.EPOCHS.STEPS)}, warmup "
         f"{cfg.SCALING.EPOCHS.WARMUP:g})"
         + (f", preset {args.preset}: {preset.description}" if preset else "")
         + f"\n{machine}"
     )
-    print(header, flush=True)
 
-    overhead = None
-    if args.overhead_iters > 0:
-        log_to(args.output_dir / "overhead" / "log.txt")
-        # The config's full schedule: the LR follows the same curve in both trainers, and the
-        # timed iterations stay well inside MAX_ITER whatever --max-epochs is.
-        full_one_gpu = one_gpu_cfg(epoch_schedule(loaded, None))
-        overhead = measure_overhead(
-            full_one_gpu, args.output_dir / "overhead", args.overhead_iters, args.overhead_chunk, 3
-        )
-        print(f"\nOverhead, 1 process:\n{format_overhead(overhead)}", flush=True)
 
+def overhead_of(args: argparse.Namespace, loaded: CfgNode) -> dict[str, Any] | None:
+    """The ScalingTrainer / DefaultTrainer iteration times, printed; None without
+    ``--overhead-iters``."""
+    if args.overhead_iters <= 0:
+        return None
+    log_to(args.output_dir / "overhead" / "log.txt")
+    # The config's full schedule: the LR follows the same curve in both trainers, and the
+    # timed iterations stay well inside MAX_ITER whatever --max-epochs is.
+    full_one_gpu = one_gpu_cfg(epoch_schedule(loaded, None))
+    overhead = measure_overhead(
+        full_one_gpu, args.output_dir / "overhead", args.overhead_iters, args.overhead_chunk, 3
+    )
+    print(f"\nOverhead, 1 process:\n{format_overhead(overhead)}", flush=True)
+    return overhead
+
+
+Planned = list[tuple[Row, int, CfgNode]]  # (row, seed, the run's config)
+
+
+def plan_runs(
+    args: argparse.Namespace, one_gpu: CfgNode, preset: Preset | None
+) -> tuple[list[Row], Planned, Planned]:
+    """The rows, every run of the table, and the runs to train or reuse in this invocation
+    (``--only``, ``--seeds``)."""
     rows = plan_rows(args.gpus, args.processes, args.larc_gpus, tuple(args.series))
     checkpoints = preset.checkpoints if preset else 0
     runs = [
@@ -850,11 +878,24 @@ def main() -> None:
         for row, seed, c in runs
         if (args.only is None or row.name in args.only) and (seeds_now is None or seed in seeds_now)
     ]
+    return rows, runs, todo
+
+
+def train_planned(args: argparse.Namespace, runs: Planned, todo: Planned) -> None:
+    """Trains (or reuses) ``todo``, one launch per process count; the reference runs keep their
+    checkpoints."""
     keep = args.keep_checkpoints or {c.OUTPUT_DIR for row, _, c in runs if row.is_reference}
     print(f"\n{len(runs)} runs, {len(todo)} to train or reuse now", flush=True)
     for processes in sorted({row.processes for row, _, _ in todo}):
         mine = [c for row, _, c in todo if row.processes == processes]
         train_runs(mine, processes, args.threads, keep, args.reuse)
+
+
+def collect_runs(
+    args: argparse.Namespace, runs: Planned
+) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], dict[str, Any], list[str]]:
+    """Each row's results (from its folders or ``--record``), every run's entry by key, and the
+    keys of the runs not made yet; refuses runs of differing environments."""
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     per_run, missing = {}, []
     recorded = json.loads(args.record.read_text()) if args.record else {}
@@ -867,20 +908,56 @@ def main() -> None:
         results.setdefault((row.name, row.gpus), []).append(entry["result"])
         per_run[key] = entry
     check_environments(per_run, args.mixed_environments)
+    return results, per_run, missing
+
+
+@dataclass
+class Table:
+    """The table of one invocation: its rows, the verdicts, and the runs behind them."""
+
+    rows: list[dict[str, Any]]
+    noise_scale: float | None  # B_simple of the baseline trajectory
+    checks: list[dict[str, Any]]  # against the seeds' table
+    late: float | None  # B_simple late in the reference run (a preset)
+    verdicts: list[dict[str, Any]]  # row by row against ``late`` (a preset)
+    per_run: dict[str, Any]
+    missing: list[str]
+
+
+def build_table(
+    args: argparse.Namespace, rows: list[Row], runs: Planned, per_gpu: int, preset: Preset | None
+) -> Table:
+    """The rows that have results, and their verdicts."""
+    results, per_run, missing = collect_runs(args, runs)
     rows = [row for row in rows if (row.name, row.gpus) in results]
     table = [table_row(row, results[row.name, row.gpus], per_gpu) for row in rows]
     noise_scale = baseline_noise_scale(table)
-    checks = verdict(table, noise_scale)
     late = late_noise_scale(args.output_dir / "noise_over_training.json") if preset else None
-    verdicts = row_verdicts(table, late) if preset else []
-    wall = time.perf_counter() - start
-    end = os.times()
-    cpu = (end.user + end.children_user) - (cpu_start.user + cpu_start.children_user)
+    return Table(
+        rows=table,
+        noise_scale=noise_scale,
+        checks=verdict(table, noise_scale),
+        late=late,
+        verdicts=row_verdicts(table, late) if preset else [],
+        per_run=per_run,
+        missing=missing,
+    )
 
+
+def table_text(
+    header: str,
+    summary_line: str,
+    table: Table,
+    per_gpu: int,
+    preset: Preset | None,
+    overhead: dict[str, Any] | None,
+) -> str:
+    """table.md: the header, the table, the verdicts (against the seeds' table, or row by row
+    for a preset) and the overhead."""
+    noise_scale, late = table.noise_scale, table.late
     text = (
-        f"{header}\n{len(runs)} runs, {wall / 60:.1f} min in all ({cpu / 60:.1f} min of CPU, "
-        f"all processes; {pretrained_s / 60:.1f} min getting the pretrained backbone)\n\n"
-        f"{tabulate(table, headers='keys', tablefmt='github', floatfmt='g')}\n"
+        f"{header}\n{summary_line}\n\n"
+        f"{tabulate(table.rows, headers='keys', tablefmt='github', floatfmt='g')}\n"
     )
     if preset is None:
         text += (
@@ -888,37 +965,49 @@ def main() -> None:
             f"{noise_scale if noise_scale is not None else 'not measured'} images; with "
             f"{per_gpu} image(s)/GPU the linear rule is expected to hold up to "
             f"{'?' if noise_scale is None else max(1, int(noise_scale // per_gpu))} GPU(s)\n\n"
-            f"Against the seeds' table:\n\n{tabulate(checks, headers='keys', tablefmt='github')}\n"
+            f"Against the seeds' table:\n\n"
+            f"{tabulate(table.checks, headers='keys', tablefmt='github')}\n"
         )
     else:
         text += (
             f"\nRow by row (B_simple late in the reference run: "
             f"{'not measured' if late is None else f'{late:.3g} images'}, "
             f"noise_scale_over_training.py):\n\n"
-            f"{tabulate(verdicts, headers='keys', tablefmt='github')}\n"
-            f"\nNot run yet: {', '.join(missing) or 'none'}\n"
+            f"{tabulate(table.verdicts, headers='keys', tablefmt='github')}\n"
+            f"\nNot run yet: {', '.join(table.missing) or 'none'}\n"
         )
     if overhead is not None:
         text += f"\nOverhead (1 process, same config):\n\n{format_overhead(overhead)}\n"
-    print(f"\n{text}")
-    (args.output_dir / "table.md").write_text(text)
+    return text
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    cfg: CfgNode,
+    table: Table,
+    runs: Planned,
+    per_gpu: int,
+    extra: dict[str, Any],
+) -> None:
+    """results.json (``extra``: the machine at start and end, the times, the overhead) and
+    scaling_table.png."""
     record = {
         "config": str(args.config),
         "overrides": args.overrides,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": machine,
-        "machine_at_end": machine_description(args.threads, cfg.MODEL.DEVICE),
-        "wall_time_s": wall,
-        "cpu_time_s": cpu,
-        "pretrained_backbone_s": pretrained_s,
-        "rows": table,
-        "noise_scale": noise_scale,
-        "verdict": checks,
-        "late_noise_scale": late,
-        "row_verdicts": verdicts,
-        "runs": per_run,
-        "not_run_yet": missing,
-        "overhead": overhead,
+        "machine": extra["machine"],
+        "machine_at_end": extra["machine_at_end"],
+        "wall_time_s": extra["wall_time_s"],
+        "cpu_time_s": extra["cpu_time_s"],
+        "pretrained_backbone_s": extra["pretrained_backbone_s"],
+        "rows": table.rows,
+        "noise_scale": table.noise_scale,
+        "verdict": table.checks,
+        "late_noise_scale": table.late,
+        "row_verdicts": table.verdicts,
+        "runs": table.per_run,
+        "not_run_yet": table.missing,
+        "overhead": extra["overhead"],
     }
     write_results(
         args.output_dir / "results.json",
@@ -928,13 +1017,58 @@ def main() -> None:
         datasets=(*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST),
     )
     plot(
-        table,
+        table.rows,
         args.output_dir / "scaling_table.png",
         f"{args.config.stem} ({args.backbone} backbone): {cfg.SCALING.EPOCHS.MAX:g} epoch(s), "
-        f"seeds {', '.join(sorted({k.split('/seed')[1] for k in per_run}))}",
-        noise_scale if late is None else late,
+        f"seeds {', '.join(sorted({k.split('/seed')[1] for k in table.per_run}))}",
+        table.noise_scale if table.late is None else table.late,
         per_gpu,
     )
+
+
+def main() -> None:
+    args = parse_args()
+    preset = PRESETS[args.preset] if args.preset else None
+    start, cpu_start = time.perf_counter(), os.times()
+    torch.set_num_threads(args.threads)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    log_to(args.output_dir / "log.txt")
+    loaded = load_base(args)
+    if args.backbone == "pretrained":
+        loaded.MODEL.WEIGHTS = str(pretrained_backbone(PRETRAIN_CONFIG, num_gpus=args.processes))
+        loaded.MODEL.BACKBONE.FREEZE_AT = 2
+    pretrained_s = time.perf_counter() - start
+    cfg = epoch_schedule(loaded, args.max_epochs or None)
+    one_gpu = one_gpu_cfg(cfg)
+    per_gpu = one_gpu.SOLVER.IMS_PER_BATCH
+    machine = machine_description(args.threads, cfg.MODEL.DEVICE)
+    header = describe(args, loaded, cfg, one_gpu, preset, machine)
+    print(header, flush=True)
+    overhead = overhead_of(args, loaded)
+
+    rows, runs, todo = plan_runs(args, one_gpu, preset)
+    train_planned(args, runs, todo)
+    table = build_table(args, rows, runs, per_gpu, preset)
+    wall = time.perf_counter() - start
+    end = os.times()
+    cpu = (end.user + end.children_user) - (cpu_start.user + cpu_start.children_user)
+
+    summary_line = (
+        f"{len(runs)} runs, {wall / 60:.1f} min in all ({cpu / 60:.1f} min of CPU, "
+        f"all processes; {pretrained_s / 60:.1f} min getting the pretrained backbone)"
+    )
+    text = table_text(header, summary_line, table, per_gpu, preset, overhead)
+    print(f"\n{text}")
+    (args.output_dir / "table.md").write_text(text)
+    extra = {
+        "machine": machine,
+        "machine_at_end": machine_description(args.threads, cfg.MODEL.DEVICE),
+        "wall_time_s": wall,
+        "cpu_time_s": cpu,
+        "pretrained_backbone_s": pretrained_s,
+        "overhead": overhead,
+    }
+    write_outputs(args, cfg, table, runs, per_gpu, extra)
     print(f"written: {args.output_dir}/table.md, results.json, scaling_table.png")
 
 
