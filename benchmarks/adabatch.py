@@ -46,7 +46,7 @@ from detectron2.config import CfgNode
 from tabulate import tabulate
 
 from det_scaling.config import read_recipe
-from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.scaling.batch_schedule import BatchSchedule, schedule_in_epochs
 
 # AdaBatch's LR factor per doubling, and the per-interval decay of the fixed batches that gives
 # the same LR per image (the paper's single-GPU setting: 0.75 / 2 = 0.375).
@@ -82,13 +82,11 @@ def setups(
 
 def describe(cfg: CfgNode) -> tuple[str, str, int]:
     """The batch schedule, LR schedule and optimizer steps of a run's config, for the table."""
-    schedule = BatchSchedule.from_recipe(read_recipe(cfg), world_size=1)
+    recipe = read_recipe(cfg)
+    schedule = BatchSchedule.from_recipe(recipe, world_size=1)
     base_lr = cfg.SOLVER.BASE_LR
-    dataset_size = cfg.SCALING.DATASET_SIZE
     if not schedule.grows:
-        steps = ", ".join(
-            f"{step * cfg.SOLVER.IMS_PER_BATCH / dataset_size:.3g}" for step in cfg.SOLVER.STEPS
-        )
+        steps = ", ".join(f"{step:.3g}" for step in schedule_in_epochs(recipe)[1])
         lr = f"{base_lr:g}, x{cfg.SOLVER.GAMMA:g} at epochs {steps}"
         return f"{cfg.SOLVER.IMS_PER_BATCH}", lr, cfg.SOLVER.MAX_ITER
     batches = " -> ".join(str(stage.ims_per_batch) for stage in schedule.stages)

@@ -48,6 +48,8 @@ import det_scaling  # first: installs the detectron2 compatibility layer
 # isort: split
 from detectron2.config import CfgNode
 
+from det_scaling.config import read_recipe
+from det_scaling.scaling.batch_schedule import schedule_in_epochs
 from det_scaling.scaling.critical_batch import fit_critical_batch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,14 +157,8 @@ def run_cfg(base: CfgNode, run: Run, output: Path) -> CfgNode:
     the reference's fractions of the run, the warmup at its epochs, evaluated at the end only."""
     cfg = base.clone()
     cfg.defrost()
-    size, solver = cfg.SCALING.DATASET_SIZE, cfg.SOLVER
-    per_epoch = solver.IMS_PER_BATCH / size  # epochs of one step of the written batch
+    length, steps, warmup = schedule_in_epochs(read_recipe(cfg))
     written = cfg.SCALING.EPOCHS
-    if written.MAX > 0:
-        length, steps, warmup = written.MAX, tuple(written.STEPS), written.WARMUP
-    else:
-        length, steps = solver.MAX_ITER * per_epoch, tuple(s * per_epoch for s in solver.STEPS)
-        warmup = solver.WARMUP_ITERS * per_epoch
     written.MAX = float(run.epochs)
     written.STEPS = tuple(step / length * run.epochs for step in steps)
     written.WARMUP = float(warmup)
@@ -170,7 +166,7 @@ def run_cfg(base: CfgNode, run: Run, output: Path) -> CfgNode:
     written.EVAL_PERIOD = 0.0
     cfg.SEED = run.seed
     cfg.OUTPUT_DIR = str(output / run.key)
-    gpus = (solver.REFERENCE_WORLD_SIZE or 1) * run.multiple
+    gpus = (cfg.SOLVER.REFERENCE_WORLD_SIZE or 1) * run.multiple
     return det_scaling.plan_scaling(cfg, gpus, rule=run.rule).cfg
 
 

@@ -75,11 +75,12 @@ from detectron2.utils.env import seed_all_rng
 from tabulate import tabulate
 
 from det_scaling.commands.pretrain import pretrained_backbone
-from det_scaling.config import config_format
+from det_scaling.config import config_format, read_recipe
 from det_scaling.data import datasets_root
 from det_scaling.engine import Run, ScalingTrainer
 from det_scaling.engine.failures import RankFailedError
 from det_scaling.engine.launch import default_device, launch
+from det_scaling.scaling.batch_schedule import schedule_in_epochs
 from det_scaling.tasks import build_trainer, register_datasets, training_set_size
 from det_scaling.utils.environment import collect_environment, environment_mismatch
 
@@ -214,17 +215,8 @@ def epoch_schedule(cfg: CfgNode, max_epochs: float | None) -> CfgNode:
     """
     out = cfg.clone()
     out.defrost()
-    size = out.SCALING.DATASET_SIZE
-    if size <= 0:
-        raise ValueError("SCALING.DATASET_SIZE must be set (images per epoch)")
+    total, steps, warmup = schedule_in_epochs(read_recipe(out))
     epochs = out.SCALING.EPOCHS
-    if epochs.MAX > 0:
-        total, steps, warmup = epochs.MAX, tuple(epochs.STEPS), epochs.WARMUP
-    else:
-        per_iter = out.SOLVER.IMS_PER_BATCH / size  # epochs per step, at the written batch
-        total = out.SOLVER.MAX_ITER * per_iter
-        steps = tuple(step * per_iter for step in out.SOLVER.STEPS)
-        warmup = out.SOLVER.WARMUP_ITERS * per_iter
     factor = 1.0 if max_epochs is None else max_epochs / total
     epochs.MAX = total * factor
     epochs.STEPS = tuple(step * factor for step in steps)

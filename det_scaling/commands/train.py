@@ -158,7 +158,7 @@ def _train_process(args: argparse.Namespace) -> dict[str, Any]:
             allow_pickled_key=run.adapter.keys.allow_pickled_weights,
         ).resume_or_load(settings.weights, resume=resume)
         return trainer_cls.test(run.cfg, model)
-    return build_trainer(run, resume=resume).train()
+    return build_trainer(run, resume=resume, seeded=True).train()
 
 
 def resume_requested(args: argparse.Namespace, output_dir: str) -> bool:

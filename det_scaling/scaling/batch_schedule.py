@@ -26,6 +26,7 @@ __all__ = [
     "iterations_for_images",
     "micro_batch",
     "rescale_iterations",
+    "schedule_in_epochs",
 ]
 
 
@@ -51,6 +52,23 @@ def rescale_iterations(iterations: int, old_batch: int, new_batch: int) -> int:
     Written as detectron2's ``auto_scale_workers`` writes it, so both round alike (ties to even).
     """
     return round(iterations / (new_batch / old_batch))
+
+
+def schedule_in_epochs(recipe: Recipe) -> tuple[float, tuple[float, ...], float]:
+    """The length, LR steps and warmup of the recipe's schedule in epochs of its data set: as
+    written when written in epochs, else its iterations at its own total batch. ``ConfigError``
+    naming the data set's size key when that is unknown (0)."""
+    epochs = recipe.epochs
+    if epochs.max > 0:
+        return epochs.max, tuple(epochs.steps), epochs.warmup
+    if recipe.dataset_size <= 0:
+        raise ConfigError(
+            f"{recipe.keys.dataset_size} is 0: set it to the training set's images to read "
+            "the schedule in epochs"
+        )
+    per_step = recipe.ims_per_batch / recipe.dataset_size
+    steps = tuple(step * per_step for step in recipe.steps)
+    return recipe.max_iter * per_step, steps, recipe.warmup_iters * per_step
 
 
 def iterations_for_images(images: int, ims_per_batch: int) -> int:

@@ -33,10 +33,13 @@ def seed_process(run: Run) -> None:
     seed_all_rng(None if seed < 0 else seed + comm.get_rank())
 
 
-def build_trainer(run: Run, *, resume: bool = False) -> ScalingTrainer:
-    """The task's trainer of a prepared ``run`` in this process, seeded, with its weights loaded
-    (with ``resume``, the output directory's last checkpoint when it has one)."""
-    seed_process(run)
+def build_trainer(run: Run, *, resume: bool = False, seeded: bool = False) -> ScalingTrainer:
+    """The task's trainer of a prepared ``run`` in this process, with its weights loaded (with
+    ``resume``, the output directory's last checkpoint when it has one). It seeds the process
+    first unless ``seeded`` says that detectron2's ``default_setup`` has (it draws and logs the
+    seed a negative one asks for: drawing again would make its log wrong)."""
+    if not seeded:
+        seed_process(run)
     trainer = trainer_class(run.adapter)(run.cfg, run=run)
     trainer.resume_or_load(resume=resume)
     return trainer
