@@ -640,7 +640,10 @@ def plot(
         lows = [max(0.0, m - min(_seed_ap50(r))) for m, r in zip(means, mine, strict=True)]
         highs = [max(0.0, max(_seed_ap50(r)) - m) for m, r in zip(means, mine, strict=True)]
         ap_ax.errorbar(gpus, means, yerr=[lows, highs], marker=marker, capsize=3, label=label)
-        measured = [(r["total batch"], r["B_simple (end)"]) for r in mine if r["B_simple (end)"]]
+        # Log axes: an unresolved estimate (0 or below: |G|^2 under its noise) is left out.
+        measured = [
+            (r["total batch"], r["B_simple (end)"]) for r in mine if (r["B_simple (end)"] or 0) > 0
+        ]
         if measured and label != SERIES["larc"]:
             noise_ax.plot(*zip(*measured, strict=True), marker=marker, label=label)
     if noise_scale is not None:
@@ -980,9 +983,9 @@ def write_outputs(
     runs: Planned,
     per_gpu: int,
     extra: dict[str, Any],
-) -> None:
-    """results.json (``extra``: the machine at start and end, the times, the overhead) and
-    scaling_table.png."""
+) -> list[str]:
+    """Writes results.json (``extra``: the machine at start and end, the times, the overhead)
+    and, when a run has finished, scaling_table.png; returns the names of the files written."""
     record = {
         "config": str(args.config),
         "overrides": args.overrides,
@@ -1008,6 +1011,8 @@ def write_outputs(
         seeds=sorted({seed for _, seed, _ in runs}),
         datasets=(*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST),
     )
+    if not table.rows:
+        return ["results.json"]  # no finished run to plot
     plot(
         table.rows,
         args.output_dir / "scaling_table.png",
@@ -1016,6 +1021,7 @@ def write_outputs(
         table.noise_scale if table.late is None else table.late,
         per_gpu,
     )
+    return ["results.json", "scaling_table.png"]
 
 
 def main() -> None:
@@ -1060,8 +1066,8 @@ def main() -> None:
         "pretrained_backbone_s": pretrained_s,
         "overhead": overhead,
     }
-    write_outputs(args, cfg, table, runs, per_gpu, extra)
-    print(f"written: {args.output_dir}/table.md, results.json, scaling_table.png")
+    written = ["table.md", *write_outputs(args, cfg, table, runs, per_gpu, extra)]
+    print(f"written: {args.output_dir}/{', '.join(written)}")
 
 
 if __name__ == "__main__":
