@@ -31,7 +31,8 @@ from det_scaling.config import Recipe, config_format, load_cfg
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.batch_schedule import BatchSchedule
 from det_scaling.scaling.critical_batch import epochs_factor
-from det_scaling.scaling.plan import ADASCALE_RULE, NOISE_SCHEDULE, scale_cfg
+from det_scaling.scaling.plan import scale_cfg
+from det_scaling.scaling.rules import ADASCALE_RULE, NOISE_SCHEDULE
 from det_scaling.tasks import prepare_run
 
 __all__ = [

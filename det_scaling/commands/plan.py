@@ -16,14 +16,8 @@ from tabulate import tabulate
 from det_scaling.config import Recipe
 from det_scaling.scaling.batch_schedule import BatchSchedule
 from det_scaling.scaling.critical_batch import epochs_factor
-from det_scaling.scaling.plan import (
-    ADASCALE_RULE,
-    AUTO_RULE,
-    NOISE_SCHEDULE,
-    ScalingPlan,
-    choose_rule,
-    plan_scaling,
-)
+from det_scaling.scaling.plan import ScalingPlan, plan_scaling
+from det_scaling.scaling.rules import ADASCALE_RULE, AUTO_RULE, NOISE_SCHEDULE, choose_rule
 
 __all__ = ["format_plan_table"]
 

@@ -27,7 +27,8 @@ from det_scaling.engine.resume import ResumePoint, place_scheduler, resume_point
 from det_scaling.engine.run import Run, check_scaled
 from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.engine.step import Step, build_step
-from det_scaling.engine.trainer import ScalingTrainer, format_summary, nan_advice
+from det_scaling.engine.summary import format_summary
+from det_scaling.engine.trainer import ScalingTrainer, nan_advice
 
 __all__ = [
     "AccumulatingTrainer",

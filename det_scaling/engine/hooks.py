@@ -5,7 +5,9 @@
 * :class:`ImagePeriodHook` makes a periodic detectron2 hook (checkpoints, evaluation, PreciseBN,
   plateau) act every so many images of the starting batch, as the batch schedule says;
 * :class:`PlateauHook` feeds evaluation metrics to a reduce-on-plateau scheduler;
-  :func:`add_plateau_hook` places it after the ``EvalHook``.
+  :func:`add_plateau_hook` places it after the ``EvalHook``;
+* :class:`EtaPrinter`, a writer: detectron2's console printer, its ETA counting to the run's end
+  where that moves.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ from typing import Any
 
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, EventWriter
 
 from det_scaling.scaling.batch_schedule import BatchSchedule
 
-__all__ = ["ImagePeriodHook", "PlateauHook", "ScalingProgress", "add_plateau_hook", "is_periodic"]
+__all__ = [
+    "EtaPrinter",
+    "ImagePeriodHook",
+    "PlateauHook",
+    "ScalingProgress",
+    "add_plateau_hook",
+    "is_periodic",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -199,3 +209,25 @@ def add_plateau_hook(cfg: Any, hook_list: list[Any]) -> list[Any]:
     eval_positions = [i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook)]
     position = eval_positions[-1] + 1 if eval_positions else len(hook_list)
     return [*hook_list[:position], plateau_hook, *hook_list[position:]]
+
+
+class EtaPrinter(EventWriter):
+    """detectron2's console printer (``CommonMetricPrinter``) for a run of ``max_iter`` steps,
+    built again by :meth:`expect_end` for another length (AdaScale ends when its clock does):
+    detectron2's printer takes the length once, when built, for its ETA."""
+
+    def __init__(self, max_iter: int) -> None:
+        self.max_iter = max_iter
+        self.printer = CommonMetricPrinter(max_iter)
+
+    def expect_end(self, max_iter: int) -> None:
+        """The run now ends after ``max_iter`` steps: the ETA counts to there."""
+        if max_iter != self.max_iter:
+            self.max_iter = max_iter
+            self.printer = CommonMetricPrinter(max_iter)
+
+    def write(self) -> None:
+        self.printer.write()
+
+    def close(self) -> None:
+        self.printer.close()

@@ -13,6 +13,8 @@ from detectron2.config import CfgNode
 
 from det_scaling.engine.hooks import add_plateau_hook
 from det_scaling.errors import ConfigError
+from det_scaling.scaling.batch_schedule import BatchSchedule
+from det_scaling.scaling.rules import RULES
 from det_scaling.solver import ProgressLRScheduler, build_lr_scheduler, build_optimizer
 
 __all__ = ["SolverMixin"]
@@ -38,10 +40,15 @@ class SolverMixin:
 
     @classmethod
     def build_lr_scheduler(
-        cls, cfg: CfgNode, optimizer: torch.optim.Optimizer
+        cls,
+        cfg: CfgNode,
+        optimizer: torch.optim.Optimizer,
+        schedule: BatchSchedule | None = None,
     ) -> ProgressLRScheduler:
-        """:func:`det_scaling.solver.build_lr_scheduler` (``SOLVER.LR_SCHEDULER_NAME``)."""
-        return build_lr_scheduler(cfg, optimizer)
+        """:func:`det_scaling.solver.build_lr_scheduler` (``SOLVER.LR_SCHEDULER_NAME``) over
+        ``schedule``, the run's batch schedule (``ScalingTrainer`` passes it; without it, the
+        config's)."""
+        return build_lr_scheduler(cfg, optimizer, schedule)
 
     def build_hooks(self) -> list[Any]:
         """The base class's hooks, with a ``PlateauHook`` after the ``EvalHook`` if enabled."""
@@ -55,7 +62,8 @@ def _refuse_scaling_step(cfg: CfgNode, trainer: str) -> None:
     asked = []
     if scaling.get("GRAD_ACCUM_STEPS", 1) > 1:
         asked.append(f"SCALING.GRAD_ACCUM_STEPS {scaling.GRAD_ACCUM_STEPS}")
-    if scaling.get("RULE") == "adascale":
+    rule = RULES.get(scaling.get("RULE"))
+    if rule is not None and rule.adascale:
         asked.append("SCALING.RULE adascale")
     if scaling.get("ADABATCH") is not None and scaling.ADABATCH.get("ENABLED", False):
         asked.append("SCALING.ADABATCH.ENABLED")

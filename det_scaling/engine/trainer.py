@@ -15,7 +15,10 @@ What it changes in ``DefaultTrainer``, and why:
   another GPU count (:mod:`det_scaling.engine.resume`); they are written atomically, and resume
   skips an unreadable one for the newest readable (:mod:`det_scaling.engine.checkpoint`);
 * a non-finite loss raises ``FloatingPointError`` with scaling advice (:func:`nan_advice`);
-* ``train()`` ends with a summary, logged and written to ``OUTPUT_DIR/summary.json``.
+* with ``SCALING.AUTO_MICRO_BATCH``, a step that runs out of memory is retried with half the
+  micro-batch (:mod:`.micro_batch_limit`);
+* ``train()`` ends with a summary, logged and written to ``OUTPUT_DIR/summary.json``
+  (:mod:`.summary`).
 
 It reads the config through its format (:mod:`det_scaling.config`): the recipe and the run
 settings (output directory, periods, AMP, DDP options) of a yacs config or a LazyConfig. A task
@@ -26,8 +29,6 @@ other than detection overrides ``build_model``, ``build_train_loader``, ``build_
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import time
@@ -38,12 +39,10 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_writers, hooks
-from detectron2.engine.defaults import _try_get_key
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
-from detectron2.evaluation.testing import flatten_results_dict, verify_results
+from detectron2.evaluation.testing import verify_results
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage
-from detectron2.utils.file_io import PathManager
+from detectron2.utils.events import CommonMetricPrinter, EventStorage
 from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 
@@ -52,42 +51,36 @@ from det_scaling.config import Recipe
 from det_scaling.engine.accumulation import MicroBatchOutOfMemory, micro_batch_cfg
 from det_scaling.engine.adascale import AdaScale
 from det_scaling.engine.checkpoint import SafeCheckpointer, periodic_checkpointer
-from det_scaling.engine.failures import ConsequenceOfAnotherRank
 from det_scaling.engine.gradient_noise import GradientNoiseMeter, NoiseScaleHook
-from det_scaling.engine.hooks import ImagePeriodHook, ScalingProgress, add_plateau_hook, is_periodic
+from det_scaling.engine.hooks import (
+    EtaPrinter,
+    ImagePeriodHook,
+    ScalingProgress,
+    add_plateau_hook,
+    is_periodic,
+)
+from det_scaling.engine.micro_batch_limit import (
+    check_auto_micro_batch,
+    halve_micro_batch,
+    limit_micro_batch,
+)
 from det_scaling.engine.preemption import PreemptionHook, installed
 from det_scaling.engine.resume import place_scheduler, resume_point
 from det_scaling.engine.run import Run
 from det_scaling.engine.solver_mixin import SolverMixin
 from det_scaling.engine.step import build_step
-from det_scaling.errors import ConfigError
-from det_scaling.scaling.plan import (
-    ADASCALE_RULE,
-    AUTO_RULE,
-    NOISE_SCHEDULE,
-    adascale_scale,
-    choose_rule,
+from det_scaling.engine.summary import (
+    build_environment,
+    build_summary,
+    format_summary,
+    write_summary,
 )
-from det_scaling.utils.environment import collect_environment
+from det_scaling.scaling.plan import adascale_scale
+from det_scaling.scaling.rules import NOISE_SCHEDULE, applied_rule
 
-__all__ = [
-    "OutOfMemoryAtOneImage",
-    "ScalingTrainer",
-    "format_summary",
-    "nan_advice",
-]
+__all__ = ["ScalingTrainer", "nan_advice"]
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_FILE = "summary.json"
-
-
-class OutOfMemoryAtOneImage(RuntimeError):
-    """``SCALING.AUTO_MICRO_BATCH`` ran out of memory with one image per micro-batch."""
-
-
-class OutOfMemoryAtOneImageOnAnotherRank(OutOfMemoryAtOneImage, ConsequenceOfAnotherRank):
-    """The same, raised by a process that did not run out of memory itself."""
 
 
 def nan_advice(recipe: Recipe, world_size: int) -> str:
@@ -103,49 +96,8 @@ def nan_advice(recipe: Recipe, world_size: int) -> str:
         f"{keys.reference_world_size} to the GPU count it was written for so det_scaling "
         f"rescales it, or lower {keys.base_lr}"
     )
-    rule = choose_rule(recipe)[0] if recipe.rule == AUTO_RULE else recipe.rule
-    if rule == "linear":
-        advice += f"; for a large batch, {keys.rule} sqrt or a longer {keys.warmup}"
-    return advice + "."
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a few readable lines for the log."""
-    lines = [
-        f"world size {summary['world_size']}, total batch {summary['ims_per_batch']} "
-        f"({summary['grad_accum_steps']} micro-batch(es) of {summary['micro_batch_per_process']} "
-        f"image(s) per process), base LR {summary['base_lr']:g} ({summary['scaling_rule']} rule)",
-        f"iterations {summary['start_iter']} -> {summary['iterations_done']} of "
-        f"{summary['max_iter']}, images seen {summary['images_seen']}"
-        + (f" ({summary['epochs_seen']:.4g} epochs)" if summary["epochs_seen"] is not None else ""),
-        f"wall time {summary['wall_time_s']:.1f} s, training {summary['train_time_s']:.1f} s, "
-        f"{summary['images_per_s']:.2f} images/s",
-    ]
-    stages = summary["batch_stages"]
-    if len(stages) > 1:
-        shown = [
-            f"{s['ims_per_batch']} x {s['num_iters']} steps (LR x{s['lr_factor']:g})"
-            for s in stages
-        ]
-        lines.append("batch stages: " + ", ".join(shown))
-    noise = summary.get("gradient_noise")
-    if noise and noise["noise_scale"] is not None:
-        lines.append(
-            f"gradient noise scale B_simple {noise['noise_scale']:.3g} images "
-            f"(over {noise['steps_measured']} steps)"
-        )
-    adascale = summary.get("adascale")
-    if adascale and adascale["mean_gain"] is not None:
-        lines.append(
-            f"AdaScale at S = {adascale['scale']:g}: progress {adascale['progress']:.5g} of "
-            f"{adascale['length']} steps of batch {adascale['reference_batch']} in "
-            f"{adascale['steps']} steps, mean gain ratio {adascale['mean_gain']:.3g}"
-        )
-    metrics = summary["metrics"]
-    if metrics:
-        shown = {k: v for k, v in metrics.items() if k.endswith(("AP", "AP50", "AP75"))} or metrics
-        lines.append(", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
-    return "\n".join(lines)
+    rule = applied_rule(recipe)[0]
+    return advice + rule.nan_advice(keys) + "."
 
 
 class ScalingTrainer(SolverMixin, TrainerBase):
@@ -186,9 +138,9 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         self.recipe = run.recipe
         self.settings = run.settings
         self.batch_schedule = run.schedule
-        adascale = self.recipe.rule == ADASCALE_RULE
+        adascale = applied_rule(self.recipe)[0].adascale
         scale = adascale_scale(self.recipe, self.world_size) if adascale else 1.0
-        _check_auto_micro_batch(self.recipe.keys, self.settings, adascale and scale > 1)
+        check_auto_micro_batch(self.recipe.keys, self.settings, adascale and scale > 1)
 
         self.run = run
         step = build_step(run, self)
@@ -196,7 +148,7 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         self._trainer = step.trainer
         self.gradient_noise = self.build_gradient_noise(cfg, measure=scale > 1)
 
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.batch_schedule)
         self.adascale = self.build_adascale(scale) if adascale else None
         # This run's base LR of each param group: a checkpoint of another GPU count carries its
         # own, which resume must not bring back. torch schedulers keep it as initial_lr.
@@ -216,6 +168,7 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         # The seed this process's torch generator was given: default_setup's SEED + rank, or the
         # seed it drew for a negative SEED (it logs that one and keeps it nowhere else).
         self.seed_used = torch.initial_seed()
+        self.writers: list[Any] = []  # the main process's, from build_hooks
         self.register_hooks(self.build_hooks())
 
     # ---- building blocks a task may override ----
@@ -313,7 +266,8 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         ret.append(hooks.EvalHook(settings.eval_period, test_and_save_results))
         if comm.is_main_process():
             # Last, so that evaluation results of the step are written too.
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=settings.writer_period))
+            self.writers = self.build_writers()
+            ret.append(hooks.PeriodicWriter(self.writers, period=settings.writer_period))
         ret = [h for h in ret if h is not None]
         if settings.plateau:
             ret = add_plateau_hook(self.cfg, ret)
@@ -321,8 +275,10 @@ class ScalingTrainer(SolverMixin, TrainerBase):
 
     def build_writers(self) -> list[Any]:
         """detectron2's default writers (console, metrics.json, tensorboard) in the output
-        directory."""
-        return default_writers(self.settings.output_dir, self.max_iter)
+        directory, the console's ETA counting to the run's end as :meth:`expect_end` moves it
+        (:class:`EtaPrinter`)."""
+        writers = default_writers(self.settings.output_dir, self.max_iter)
+        return [EtaPrinter(self.max_iter) if type(w) is CommonMetricPrinter else w for w in writers]
 
     # ---- checkpoints and resume ----
     def state_dict(self) -> dict[str, Any]:
@@ -346,7 +302,7 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         limit = (self.progress.loaded_state or {}).get("micro_batch_limit", 0)
         if limit and self.settings.auto_micro_batch:
             # The limit is the device's, whatever the GPU count: kept, not found again.
-            self._limit_micro_batch(limit, "as the checkpoint's run found")
+            limit_micro_batch(self, limit, "as the checkpoint's run found")
         # detectron2 restored ``iter``, the last step done.
         point = resume_point(
             self.progress.loaded_state,
@@ -360,6 +316,7 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         if self.adascale is not None:
             self._resume_adascale(point.images_seen)
             self.max_iter = point.iteration + self.adascale.steps_left_at_most()
+            self.expect_end(self.max_iter)
         place_scheduler(self.scheduler, self.optimizer, self._base_lrs, point.iteration)
         self.iter = point.iteration - 1
         self.start_iter = point.iteration
@@ -389,11 +346,10 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         self.expect_end(self.max_iter)
 
     def expect_end(self, max_iter: int) -> None:
-        """Where the console's ETA counts to (detectron2's printer reads it once)."""
-        for hook in self._hooks:
-            for writer in getattr(hook, "_writers", ()):
-                if hasattr(writer, "_max_iter"):
-                    writer._max_iter = max_iter
+        """Where the console's ETA counts to (:meth:`build_writers`' :class:`EtaPrinter`)."""
+        for writer in self.writers:
+            if isinstance(writer, EtaPrinter):
+                writer.expect_end(max_iter)
 
     # ---- the loop ----
     def run_step(self) -> None:
@@ -410,45 +366,7 @@ class ScalingTrainer(SolverMixin, TrainerBase):
                 raise type(error)(f"{error}\n{advice}") from error
             except MicroBatchOutOfMemory as error:  # every process: retry the step smaller
                 out_of_memory = error
-            self._after_out_of_memory(out_of_memory)
-
-    def _after_out_of_memory(self, error: MicroBatchOutOfMemory) -> None:
-        """Halves the micro-batch after ``error``; at one image, stops with an error naming the
-        ranks."""
-        micro_batch = self.batch_schedule.micro_batch
-        if micro_batch == 1:
-            key = self.recipe.keys.auto_micro_batch
-            message = (
-                f"{key}: {error} at iteration {self.iter}; nothing is left to halve: use a "
-                "device with more memory, smaller inputs or a smaller model"
-            )
-            if comm.get_rank() in error.ranks:
-                raise OutOfMemoryAtOneImage(message)
-            raise OutOfMemoryAtOneImageOnAnotherRank(message)
-        self._limit_micro_batch(micro_batch // 2, f"after {error} at iteration {self.iter}")
-
-    def _limit_micro_batch(self, limit: int, why: str) -> None:
-        """Makes each process's micro-batch at most ``limit`` images (accumulating more of them,
-        the total batch, LR and schedule unchanged), with a new training loader."""
-        old = self.batch_schedule
-        schedule = old.with_micro_batch_limit(limit)
-        if schedule.micro_batch != old.micro_batch:
-            loader = self.build_train_loader(micro_batch_cfg(self.run.adapter, schedule))
-            self._trainer.replace_data_loader(loader)
-            self._trainer.micro_batch = schedule.micro_batch
-            logger.info(
-                "Micro-batch %d -> %d image(s) per process %s: %d micro-batch(es) per step, total "
-                "batch %d, LR and schedule unchanged",
-                old.micro_batch,
-                schedule.micro_batch,
-                why,
-                schedule.grad_accum_steps,
-                schedule.ims_per_batch,
-            )
-        # The steps <-> images maps are the same: the hooks and the LR schedule may keep the
-        # old schedule; the checkpoint's geometry and the accumulation read this one.
-        self.batch_schedule = self.progress.schedule = schedule
-        self._trainer.accumulation_steps = schedule.stage_at_iteration(self.iter).grad_accum_steps
+            halve_micro_batch(self, out_of_memory)
 
     def _enter_stage(self) -> None:
         """Sets this step's accumulation from the batch schedule (a function of the iteration, so
@@ -478,10 +396,7 @@ class ScalingTrainer(SolverMixin, TrainerBase):
         self.summary = self.build_summary(time.perf_counter() - start)
         if comm.is_main_process():
             logger.info("Training summary:\n%s", format_summary(self.summary))
-            PathManager.mkdirs(self.settings.output_dir)
-            path = os.path.join(self.settings.output_dir, SUMMARY_FILE)
-            with PathManager.open(path, "w") as f:
-                json.dump(self.summary, f, indent=2)
+            path = write_summary(self.summary, self.settings.output_dir)
             logger.info("Summary saved to %s", path)
         return self.summary
 
@@ -514,66 +429,9 @@ class ScalingTrainer(SolverMixin, TrainerBase):
                 self.after_train()
 
     def build_summary(self, wall_time: float) -> dict[str, Any]:
-        """The run in one dict: scaled settings, progress, wall time (the whole ``train()``),
-        training time and images/s (up to the last step), final LR, evaluation metrics
-        (flattened, e.g. ``bbox/AP50``; empty when nothing was evaluated), the batch stages and
-        the gradient noise statistics when measured, and where the run was made
-        (:meth:`build_environment`, main process only; None on the others)."""
-        progress, schedule = self.progress, self.batch_schedule
-        images_this_run = progress.images_seen - progress.images_at_start
-        results = getattr(self, "_last_eval_results", None)
-        histories = self.storage.histories()
-        return {
-            "world_size": self.world_size,
-            "ims_per_batch": schedule.ims_per_batch,
-            "grad_accum_steps": schedule.grad_accum_steps,
-            "micro_batch_per_process": schedule.micro_batch,
-            "base_lr": self.recipe.base_lr,
-            "scaling_rule": self.recipe.rule,
-            "max_iter": self.max_iter,
-            "start_iter": progress.start_iter,
-            "iterations_done": progress.iterations_done,
-            "images_seen": progress.images_seen,
-            "epochs_seen": progress.epochs_seen,
-            "wall_time_s": wall_time,
-            "train_time_s": progress.train_seconds,
-            "images_per_s": images_this_run / progress.train_seconds
-            if progress.train_seconds > 0
-            else 0.0,
-            "final_lr": histories["lr"].latest() if "lr" in histories else None,
-            "metrics": {k: float(v) for k, v in flatten_results_dict(results or {}).items()},
-            "resumed_from": progress.resumed_from,
-            "batch_stages": [dataclasses.asdict(s) for s in schedule.stages],
-            "gradient_noise": self.gradient_noise and self.gradient_noise.summary(),
-            "adascale": self.adascale and self.adascale.summary(),
-            "environment": self.build_environment() if comm.is_main_process() else None,
-        }
+        """The run in one dict (:func:`~det_scaling.engine.summary.build_summary`)."""
+        return build_summary(self, wall_time)
 
     def build_environment(self) -> dict[str, Any]:
-        """:func:`~det_scaling.utils.environment.collect_environment` of this process: its
-        threads, the world size, the seed configured (``SEED``, ``train.seed``) and the one used
-        here, and the fingerprints of the run's training and test sets."""
-        train, test = self.run.adapter.dataset_names()
-        seeds = {
-            "configured": _try_get_key(self.cfg, "SEED", "train.seed", default=-1),
-            "used": self.seed_used,
-        }
-        return collect_environment(
-            world_size=self.world_size, seeds=seeds, datasets=(*train, *test)
-        )
-
-
-def _check_auto_micro_batch(keys: Any, settings: Any, adascale: bool) -> None:
-    if not settings.auto_micro_batch:
-        return
-    section = keys.auto_micro_batch.rsplit(".", 1)[0]
-    other = None
-    if settings.noise_scale is not None:
-        other = keys.child(keys.child(section, "noise_scale"), "enabled")
-    elif adascale:
-        other = f"{keys.rule} adascale"
-    if other:
-        raise ConfigError(
-            f"{keys.auto_micro_batch} and {other} cannot be combined: the gradient statistics "
-            f"read DDP's all-reduce, which {keys.auto_micro_batch} replaces; turn one off"
-        )
+        """Where the run was made (:func:`~det_scaling.engine.summary.build_environment`)."""
+        return build_environment(self)

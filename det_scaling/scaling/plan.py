@@ -48,64 +48,24 @@ from det_scaling.config import (
 )
 from det_scaling.errors import ConfigError
 from det_scaling.scaling.batch_schedule import micro_batch, rescale_iterations
+from det_scaling.scaling.checks import (
+    check_adam_sde,
+    check_inputs,
+    check_periods,
+    check_schedule,
+    check_schedule_setting,
+)
 from det_scaling.scaling.critical_batch import epochs_factor
+from det_scaling.scaling.rules import NOISE_SCHEDULE, ScalingRule, rule_of
 
 __all__ = [
-    "ADASCALE_RULE",
-    "AUTO_RULE",
-    "IMAGES_SCHEDULE",
-    "NOISE_SCHEDULE",
-    "SCALING_RULES",
     "Change",
     "ScalingPlan",
     "adascale_scale",
-    "choose_rule",
     "format_value",
-    "is_adam_like",
     "plan_scaling",
     "scale_cfg",
 ]
-
-SCALING_RULES: dict[str, Callable[[float], float]] = {
-    "linear": lambda batch_ratio: batch_ratio,
-    "sqrt": math.sqrt,
-    "none": lambda batch_ratio: 1.0,
-}
-AUTO_RULE = "auto"  # one of SCALING_RULES, chosen from the optimizer (choose_rule)
-# Johnson et al. 2020: the LR and the schedule's clock follow the gain ratio measured in training
-# (det_scaling.engine.adascale); the plan keeps the LR and the schedule of the reference batch.
-ADASCALE_RULE = "adascale"
-RULES = (*SCALING_RULES, AUTO_RULE, ADASCALE_RULE)
-
-# How the schedule follows the batch (SCALING.SCHEDULE): the same images, or the same progress by
-# the critical-batch law (scaling/critical_batch.py).
-IMAGES_SCHEDULE = "images"
-NOISE_SCHEDULE = "noise"
-SCHEDULES = (IMAGES_SCHEDULE, NOISE_SCHEDULE)
-
-# Optimizers whose step divides by a running root mean square of the gradient (Adam, AdamW,
-# NAdam, RAdam, Adamax, LAMB, RMSprop): their LR follows the square root of the batch.
-_ADAPTIVE_NAMES = ("adam", "lamb", "rmsprop")
-
-
-def is_adam_like(optimizer: str) -> bool:
-    """Whether the optimizer named ``optimizer`` normalises its step by the gradient's second
-    moment, as Adam does."""
-    return any(name in optimizer.lower() for name in _ADAPTIVE_NAMES)
-
-
-def choose_rule(recipe: Recipe) -> tuple[str, str]:
-    """The rule ``auto`` applies to ``recipe``'s optimizer, and why."""
-    key, optimizer = recipe.keys.optimizer, recipe.optimizer or "unnamed"
-    if is_adam_like(optimizer):
-        return "sqrt", (
-            f"{key} {optimizer} is Adam-like: its step is normalised by the gradient's second "
-            "moment, so the LR follows the square root of the batch (Malladi et al. 2022)"
-        )
-    return "linear", (
-        f"{key} {optimizer} is not Adam-like (SGD, LARS, LARC): the LR follows the batch "
-        "(Goyal et al. 2017)"
-    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +101,11 @@ class ScalingPlan:
     # the recipe as written (with the rule and keep-reference-batch the plan applied).
     adapter: ConfigFormat | None = field(default=None, repr=False, compare=False)
     written: Recipe | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def scaling_rule(self) -> ScalingRule:
+        """The rule the plan applied (:mod:`det_scaling.scaling.rules`)."""
+        return rule_of(self.rule)
 
     @property
     def recipe(self) -> Recipe:
@@ -211,37 +176,34 @@ def plan_scaling(
     out = written.writable_copy()
     keys = out.keys
     rule = out.get(keys.rule) if rule is None else rule
-    if rule not in RULES:
-        raise ConfigError(
-            f"{keys.rule}: unknown scaling rule {rule!r}; choose one of {sorted(RULES)}"
-        )
+    written_rule = rule_of(rule, keys.rule)
     if keep_reference_batch is None:
         keep_reference_batch = bool(out.get(keys.keep_reference_batch))
     out.set(keys.rule, rule)
     out.set(keys.keep_reference_batch, keep_reference_batch)
     recipe = out.recipe()
-    _check_inputs(recipe)
-    _check_schedule(out, recipe)
-    _check_periods(out, recipe)
+    check_inputs(recipe)
+    check_schedule(out, recipe)
+    check_periods(out, recipe)
 
-    applied_rule, why = choose_rule(recipe) if rule == AUTO_RULE else (rule, "")
-    _check_adam_sde(recipe, applied_rule)
-    _check_schedule_setting(recipe, applied_rule)
+    applied_rule, why = written_rule.applied_to(recipe)
+    check_adam_sde(recipe, applied_rule)
+    check_schedule_setting(recipe, applied_rule)
 
     reference = recipe.reference_world_size
     plan = ScalingPlan(
         out.cfg,
         num_gpus,
         reference,
-        applied_rule,
+        applied_rule.name,
         batch_ratio=1.0,
         lr_factor=1.0,
         adapter=out,
         written=recipe,
     )
     plan.warnings += _other_lengths(out)
-    if rule == AUTO_RULE:
-        plan.notes.append(f"{keys.rule} auto: the {applied_rule} rule; {why}")
+    if why:  # the rule was chosen (auto)
+        plan.notes.append(f"{keys.rule} {written_rule.name}: the {applied_rule.name} rule; {why}")
     if reference == 0:
         plan.notes.append(
             f"{keys.reference_world_size} is 0: the config is written for the GPUs it runs on; "
@@ -251,7 +213,7 @@ def plan_scaling(
         plan.notes.append(f"the config is already written for {_gpus(num_gpus)}")
     else:
         _rescale_batch_and_lr(plan, out, recipe)
-    adascale = applied_rule == ADASCALE_RULE
+    adascale = applied_rule.adascale
     if adascale:
         _plan_adascale(plan, out, recipe)
     if recipe.schedule == NOISE_SCHEDULE:
@@ -269,77 +231,6 @@ def plan_scaling(
     if written.is_frozen():
         out.freeze()
     return plan
-
-
-def _check_inputs(recipe: Recipe) -> None:
-    keys = recipe.keys
-    reference = recipe.reference_world_size
-    accumulation = recipe.grad_accum_steps
-    batch = recipe.ims_per_batch
-    if reference < 0:
-        raise ConfigError(f"{keys.reference_world_size} must be >= 0, got {reference}")
-    if accumulation < 1:
-        raise ConfigError(f"{keys.grad_accum_steps} must be >= 1, got {accumulation}")
-    if batch < 1:
-        raise ConfigError(f"{keys.ims_per_batch} must be positive, got {batch}")
-    if not recipe.base_lr > 0:
-        raise ConfigError(f"{keys.base_lr} must be positive, got {recipe.base_lr}")
-    if recipe.max_iter < 1:
-        raise ConfigError(f"{keys.max_iter} must be positive, got {recipe.max_iter}")
-    if reference and batch % (reference * accumulation):
-        raise ConfigError(
-            f"{keys.ims_per_batch} ({batch}) must be divisible by "
-            f"{keys.reference_world_size} ({reference}) x {keys.grad_accum_steps} "
-            f"({accumulation}): each GPU's micro-batch must be a whole number of images"
-        )
-
-
-def _check_adam_sde(recipe: Recipe, rule: str) -> None:
-    """Refuses ADAM_SDE where it has no meaning: an optimizer without Adam's betas and eps, or a
-    rule other than the square root, which the adjustment belongs to."""
-    if not recipe.adam_sde:
-        return
-    keys = recipe.keys
-    if not is_adam_like(recipe.optimizer) or recipe.betas is None or recipe.eps is None:
-        raise ConfigError(
-            f"{keys.adam_sde}: adjusts the betas and eps of an Adam-like optimizer, but "
-            f"{keys.optimizer} is {recipe.optimizer or 'unnamed'} (det_scaling reads betas and "
-            "eps of SOLVER.OPTIMIZER AdamW, or of a LazyConfig optimizer that takes them); set "
-            "it False"
-        )
-    if rule != "sqrt":
-        raise ConfigError(
-            f"{keys.adam_sde}: is the square-root rule's adjustment, but {keys.rule} applies "
-            f"the {rule} rule; set {keys.rule} sqrt or auto, or {keys.adam_sde} False"
-        )
-
-
-def _check_schedule_setting(recipe: Recipe, rule: str) -> None:
-    """Refuses a ``SCALING.SCHEDULE`` that is unknown, or ``noise`` where it has no meaning."""
-    keys = recipe.keys
-    if recipe.schedule not in SCHEDULES:
-        raise ConfigError(
-            f"{keys.schedule}: unknown schedule {recipe.schedule!r}; choose one of "
-            f"{list(SCHEDULES)}"
-        )
-    if recipe.schedule != NOISE_SCHEDULE:
-        return
-    if rule == ADASCALE_RULE:
-        raise ConfigError(
-            f"{keys.schedule} noise and {keys.rule} adascale both set the run's length (AdaScale "
-            f"measures it in training); set {keys.schedule} images, or another {keys.rule}"
-        )
-    if recipe.adabatch.enabled:
-        raise ConfigError(
-            f"{keys.schedule} noise lengthens the run for one batch, but "
-            f"{keys.child(keys.adabatch, 'enabled')} grows the batch during the run; use one"
-        )
-    if not (recipe.b_crit > 0 and math.isfinite(recipe.b_crit)):
-        raise ConfigError(
-            f"{keys.schedule} noise needs {keys.b_crit}, the critical batch in images (> 0), got "
-            f"{recipe.b_crit:g}: measure it with `det-scaling advise CONFIG`, or set "
-            f"{keys.schedule} images"
-        )
 
 
 def _plan_epochs_factor(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) -> None:
@@ -402,78 +293,6 @@ def _plan_adascale(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) -> None
         f"when it reaches {keys.max_iter}, after {keys.max_iter} / {scale:g} to {keys.max_iter} "
         "steps"
     )
-
-
-def _check_schedule(out: ConfigFormat, recipe: Recipe) -> None:
-    """Refuses a schedule, as written, whose steps or warmup cannot take effect: steps not
-    increasing, a step at or past the end of the run, a warmup longer than the run (in the
-    epochs section when the schedule is written in epochs)."""
-    keys = recipe.keys
-    in_epochs = recipe.epochs.max > 0
-    fields = out.epoch_fields(recipe.epochs) if in_epochs else out.schedule_fields()
-    epoch_names = {LENGTH: "max", STEPS: "steps", POINT: "warmup"}
-
-    def name(f: ScheduleField) -> str:
-        return keys.child(keys.epochs, epoch_names[f.kind]) if in_epochs else f.key
-
-    run = next(f for f in fields if f.kind == LENGTH)
-    for f in fields:
-        if f.kind == STEPS:
-            steps: Sequence[Any] = tuple(f.written)
-            length, length_key = f.length_written, f.length
-            if f.length is None:  # the last value is the length
-                *steps, length = steps
-                length_key = f"{name(f)}'s last value"
-            elif in_epochs:
-                length_key = name(run)
-            for earlier, later in itertools.pairwise(steps):
-                if later <= earlier:
-                    raise ConfigError(
-                        f"{name(f)} {format_value(tuple(steps))}: steps must increase "
-                        f"({later:g} comes after {earlier:g}); write them in order"
-                    )
-            for step in steps:
-                if step <= 0 or step >= length:
-                    raise ConfigError(
-                        f"{name(f)}: step {step:g} is not inside the run ({length_key} "
-                        f"{length:g}), so it never applies; remove it or make the run longer"
-                    )
-        elif f.kind == POINT and f.written > run.written:
-            raise ConfigError(
-                f"{name(f)} {f.written:g} is longer than the run ({name(run)} {run.written:g}): "
-                f"the LR would never reach {keys.base_lr}; shorten the warmup"
-            )
-
-
-def _check_periods(out: ConfigFormat, recipe: Recipe) -> None:
-    """Refuses a period detectron2 would misread: a negative one (its checkpoint hook takes it as
-    its absolute value, its evaluation hook as "never") and a checkpoint period of 0 (fvcore's
-    hook divides by it). An evaluation period of 0 keeps detectron2's meaning: no periodic
-    evaluation. In epochs, 0 means a checkpoint at the end only, or no periodic evaluation."""
-    keys = recipe.keys
-    if recipe.epochs.max > 0:  # the iteration keys are computed from these
-        for name, value in (
-            ("checkpoint_period", recipe.epochs.checkpoint_period),
-            ("eval_period", recipe.epochs.eval_period),
-        ):
-            if value < 0:
-                raise ConfigError(
-                    f"{keys.child(keys.epochs, name)} is {value:g}: a period cannot be "
-                    "negative; use a positive number of epochs, or 0 for none before the end"
-                )
-        return
-    for f in out.schedule_fields():
-        if f.kind != PERIOD:
-            continue
-        checkpoint = "checkpoint" in f.key.lower()
-        if f.written < 0 or (checkpoint and f.written == 0):
-            use = (
-                f"a positive number of iterations ({keys.max_iter} or more: a checkpoint at the "
-                "end only)"
-                if checkpoint
-                else "a positive number of iterations, or 0 for no periodic evaluation"
-            )
-            raise ConfigError(f"{f.key} is {f.written:g}: detectron2 would misread it; use {use}")
 
 
 def _other_lengths(out: ConfigFormat) -> list[str]:
@@ -557,9 +376,7 @@ def _rescale_batch_and_lr(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
     else:
         new_batch = per_gpu * num_gpus * accumulation
         plan.batch_ratio = new_batch / old_batch
-        # AdaScale's LR factor is measured in training, not planned.
-        rule = SCALING_RULES.get(plan.rule, SCALING_RULES["none"])
-        plan.lr_factor = rule(plan.batch_ratio)
+        plan.lr_factor = plan.scaling_rule.lr_factor(plan.batch_ratio)
         record(
             keys.ims_per_batch,
             new_batch,
@@ -665,7 +482,8 @@ def _schedule_from_epochs(plan: ScalingPlan, out: ConfigFormat, recipe: Recipe) 
     dataset_size = recipe.dataset_size
     period_batch = out.get(keys.ims_per_batch)
     # AdaScale's schedule is in steps of its reference batch; periods follow the images.
-    batch = out.get(keys.adascale_reference_batch) if plan.rule == ADASCALE_RULE else period_batch
+    adascale = plan.scaling_rule.adascale
+    batch = out.get(keys.adascale_reference_batch) if adascale else period_batch
     if dataset_size <= 0:
         raise ConfigError(
             f"{keys.child(keys.epochs, 'max')}: a schedule written in epochs needs "

@@ -29,13 +29,8 @@ from det_scaling.commands.plan import format_plan_table
 from det_scaling.config import config_format, flatten_cfg, load_cfg
 from det_scaling.config.sources import key_sources
 from det_scaling.errors import ConfigError
-from det_scaling.scaling.plan import (
-    ADASCALE_RULE,
-    AUTO_RULE,
-    choose_rule,
-    format_value,
-    plan_scaling,
-)
+from det_scaling.scaling.plan import format_value, plan_scaling
+from det_scaling.scaling.rules import RULES, rule_of
 
 __all__ = [
     "Golden",
@@ -150,9 +145,10 @@ def scaling_keys(cfg: Any) -> list[str]:
         names += [key for key in flat_keys if key.startswith(f"{keys.epochs}.")]
     if recipe.adabatch.enabled:
         names += [key for key in flat_keys if key.startswith(f"{keys.adabatch}.")]
-    if recipe.rule in (AUTO_RULE, "sqrt"):
+    rule = RULES.get(recipe.rule)  # an unknown rule reads none of its settings
+    if rule is not None and rule.adam_sde:
         names.append(keys.adam_sde)
-    if recipe.rule == ADASCALE_RULE:
+    if rule is not None and rule.adascale:
         names.append(keys.adascale_reference_batch)
     return names
 
@@ -211,8 +207,10 @@ def config_golden(
 def _note_scaling(golden: Golden, cfg: Any, num_gpus: int) -> None:
     recipe = plan_scaling(cfg, num_gpus).written
     golden.rule = recipe.rule
-    if recipe.rule == AUTO_RULE:
-        golden.rule += f": {choose_rule(recipe)[0]}"
+    rule = rule_of(recipe.rule, recipe.keys.rule)
+    applied = rule.applied_to(recipe)[0]
+    if applied is not rule:  # chosen for the optimizer (auto)
+        golden.rule += f": {applied.name}"
     reference = recipe.reference_world_size
     golden.reference = _gpus(reference) if reference else "0 (as written at any GPU count)"
 

@@ -35,6 +35,7 @@ from det_scaling.cli import main
 from det_scaling.commands.run_plot import read_run_metrics
 from det_scaling.engine import AccumulatingTrainer, GradientNoiseMeter, ScalingTrainer
 from det_scaling.engine.adascale import AdaScale
+from det_scaling.engine.hooks import EtaPrinter
 from det_scaling.engine.launch import launch
 from det_scaling.scaling.gradient_noise import GradientNoiseStats
 from det_scaling.solver import ProgressLRScheduler, build_lr_multiplier
@@ -391,6 +392,8 @@ def test_where_noise_dominates_it_takes_max_iter_over_s_steps(tmp_path, data):
     summary = trainer.train()
     assert history(trainer, "adascale_gain") == [4.0, 4.0, 4.0]
     assert summary["iterations_done"] == trainer.max_iter == 3
+    [printer] = [w for w in trainer.writers if isinstance(w, EtaPrinter)]
+    assert printer.max_iter == 3  # the console's ETA counts to the early end
     assert summary["images_seen"] == 24  # the reference's 12 x 2 images
     assert (Path(cfg.OUTPUT_DIR) / "model_final.pth").is_file()
 

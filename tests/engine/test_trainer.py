@@ -241,7 +241,10 @@ def test_nan_loss_error_suggests_the_scaling_rule(tmp_path, data):
 
 def test_outputs_metrics_tensorboard_summary_and_checkpoint_state(tmp_path, data):
     cfg = tiny_cfg(tmp_path / "out", ims_per_batch=4, accum=2, max_iter=4)
-    summary = build_trainer(cfg, data).train()
+    trainer = build_trainer(cfg, data)
+    # The LR schedule reads the run's batch schedule, not one built again from the config.
+    assert trainer.scheduler._progress.__self__ is trainer.run.schedule
+    summary = trainer.train()
 
     out = tmp_path / "out"
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
