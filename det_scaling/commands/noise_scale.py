@@ -223,7 +223,7 @@ def measure_noise_scale(
         )
     step = build_run_step(run, weights=run.settings.weights)
     optimizer, step_trainer = step.optimizer, step.trainer
-    scheduler = trainer_class(run.adapter).build_lr_scheduler(scaled, optimizer)
+    scheduler = trainer_class(run.adapter).build_lr_scheduler(scaled, optimizer, schedule)
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     place_scheduler(scheduler, optimizer, base_lrs, start_iter)
     meter = GradientNoiseMeter(

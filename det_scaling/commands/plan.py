@@ -17,7 +17,7 @@ from det_scaling.config import Recipe
 from det_scaling.scaling.batch_schedule import BatchSchedule
 from det_scaling.scaling.critical_batch import epochs_factor
 from det_scaling.scaling.plan import ScalingPlan, plan_scaling
-from det_scaling.scaling.rules import ADASCALE_RULE, AUTO_RULE, NOISE_SCHEDULE, choose_rule
+from det_scaling.scaling.rules import NOISE_SCHEDULE, applied_rule
 
 __all__ = ["format_plan_table"]
 
@@ -41,7 +41,7 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
         schedule = BatchSchedule.from_recipe(scaled, num_gpus)
         per_gpu = schedule.micro_batch
         length = _length_text(schedule, schedule.total_images)
-        if scaled.rule == ADASCALE_RULE:  # r = S: the reference's images; r = 1: S times them
+        if plan.scaling_rule.adascale:  # r = S: the reference's images; r = 1: S times them
             fewest = scaled.max_iter * (scaled.adascale_reference_batch or scaled.ims_per_batch)
             if fewest != schedule.total_images:
                 length = f"{_length_text(schedule, fewest)} to {length}"
@@ -94,11 +94,11 @@ def format_plan_table(cfg: Any, gpu_counts: list[int]) -> str:
     table = header + "\n" + tabulate(rows, headers=columns, tablefmt="github")
     if stage_rows:
         table += "\n\n" + _format_stages(written, stage_rows)
-    if plans[0].rule != ADASCALE_RULE and max(gpu_counts) > max(reference, 1):
+    if not plans[0].scaling_rule.adascale and max(gpu_counts) > max(reference, 1):
         table += "\n\n" + _epochs_text(written, gpu_counts, plans)
     if adam_lines:
         table += "\n\n" + "\n".join(adam_lines)
-    if written.rule == ADASCALE_RULE:
+    if plans[0].scaling_rule.adascale:
         lr, max_iter, steps, warmup = written.keys.plan_columns
         table += (
             f"\n\nadascale: {lr}, {max_iter}, {steps} and {warmup} are the reference batch's; "
@@ -168,9 +168,9 @@ def _batch_text(total: int, per_gpu: int, accumulation: int) -> str:
 
 def _rule_text(recipe: Recipe) -> str:
     """The rule, and for ``auto`` the one it chose and why."""
-    if recipe.rule != AUTO_RULE:
+    rule, why = applied_rule(recipe)
+    if not why:  # named in the config
         return recipe.rule
-    rule, why = choose_rule(recipe)
-    return f"auto, the {rule} rule ({why})" + (
+    return f"auto, the {rule.name} rule ({why})" + (
         f"; {recipe.keys.adam_sde}" if recipe.adam_sde else ""
     )
