@@ -61,6 +61,7 @@ def test_with_a_snapshot_the_upstream_leg_runs_at_once_in_a_copy_of_the_working_
         f'[ $(ls "{tmp_path}" | grep -c started) -ge 2 ] || exit 3\n'
         'echo "make $* in $(pwd)"\n'
         "test -f .ci/run || exit 4\n"
+        "git rev-parse --verify --quiet HEAD >/dev/null || exit 5\n"  # tests read the commit
         'echo "===== 3 passed in 0.01s ====="\n'
     )
     make.chmod(0o755)

@@ -68,7 +68,7 @@ def test_no_upstream_goes_straight_to_the_registry(installer, local_index, capfd
     (local_index / installer.SDIST_FILE).write_bytes(sdist_bytes(TINY_SDIST))
     assert installer.main(["--force", "--no-upstream"]) == 1
     out, err = capfd.readouterr()
-    assert "upstream" not in out and "DO NOT MATCH THE HASHES" in err
+    assert installer.UPSTREAM_REPOSITORY not in out and "DO NOT MATCH THE HASHES" in err
     assert "error: downloading pb1-detectron2==0.6" in out and "--source PATH" in out
 
 
