@@ -9,7 +9,6 @@ import json
 import os
 from typing import Any
 
-from detectron2.engine.defaults import _try_get_key
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -64,7 +63,7 @@ def build_environment(trainer: Any) -> dict[str, Any]:
     there, and the fingerprints of the run's training and test sets."""
     train, test = trainer.run.adapter.dataset_names()
     seeds = {
-        "configured": _try_get_key(trainer.cfg, "SEED", "train.seed", default=-1),
+        "configured": trainer.settings.seed,
         "used": trainer.seed_used,
     }
     return collect_environment(world_size=trainer.world_size, seeds=seeds, datasets=(*train, *test))
