@@ -54,16 +54,19 @@ import det_scaling  # first: installs the detectron2 compatibility layer
 
 # isort: split
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from det_scaling.cli import main as cli_main
 from det_scaling.cli.train import add_training_arguments
-from det_scaling.engine import ScalingTrainer
+from det_scaling.engine import ScalingTrainer, micro_batch_cfg
+from det_scaling.engine.accumulation import AccumulatingTrainer
 from det_scaling.engine.launch import launch, under_torchrun
-from det_scaling.tasks import build_run_step, prepare_run
 from det_scaling.tasks import build_trainer as build_run_trainer
+from det_scaling.tasks import prepare_run
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "VOC07-Detection" / "faster_rcnn_synthetic_tiny.yaml"
@@ -532,13 +535,19 @@ def _ddp_check(device: str, quick: bool, work: Path, found: dict[str, Any]) -> N
         "SOLVER.REFERENCE_WORLD_SIZE", 0, "SOLVER.IMS_PER_BATCH", 4,
         "SCALING.GRAD_ACCUM_STEPS", 2, "SOLVER.BASE_LR", 0.01, *schedule(20),
     )  # fmt: skip
-    step = build_run_step(prepare_run(cfg, dist.get_world_size()))
-    model, ddp = step.model, step.ddp_model
-    reference = copy.deepcopy(model)  # after DDP's broadcast: rank 0's weights on every rank
+    # Built here, not by build_step: that one wraps the model in DDP only when there are several
+    # processes, and this check is of DDP in the one-process group the GPU check has.
+    run = prepare_run(cfg, dist.get_world_size())
+    seed_all_rng(run.cfg.SEED)
+    model = ScalingTrainer.build_model(run.cfg)
+    reference = copy.deepcopy(model)
+    ddp = DistributedDataParallel(
+        model, device_ids=[on.index] if device == "cuda" else None, **run.settings.ddp
+    )
+    loader = ScalingTrainer.build_train_loader(micro_batch_cfg(run.adapter, run.schedule))
     # One iterator for everything: two over detectron2 v0.6's grouped loader share its buckets,
     # and the second then never fills one.
-    batches = iter(step.data_loader)
-    step.trainer.replace_data_loader(batches)
+    batches = iter(loader)
     batch = next(batches)
     grads = {}
     for name, net in (("ddp", ddp), ("reference", reference)):
@@ -552,7 +561,9 @@ def _ddp_check(device: str, quick: bool, work: Path, found: dict[str, Any]) -> N
     norm = math.sqrt(sum(float(b.pow(2).sum()) for b in grads["reference"]))
     found["ddp_grad_rel_diff"] = difference / norm if norm > 0 else math.inf
 
-    trainer = step.trainer
+    optimizer = ScalingTrainer.build_optimizer(run.cfg, model)
+    trainer = AccumulatingTrainer(ddp, batches, optimizer, run.recipe.grad_accum_steps)
+    trainer.micro_batch = run.schedule.micro_batch
     found["losses"], found["moved"] = {}, {}
     with EventStorage(0) as storage:
         for label, own_all_reduce in (
