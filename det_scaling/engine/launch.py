@@ -12,8 +12,9 @@ torchrun's environment variables (:func:`_worker`). Added to what torch and dete
 * preemption: SIGTERM, SIGINT and SIGUSR1 to the launcher are passed on to the workers (by the
   agent), which stop at a step with a checkpoint (:mod:`det_scaling.engine.preemption`), and the
   launcher raises :class:`~det_scaling.engine.preemption.Preempted` with their message;
-* torchrun restarts: each attempt's process group in a store namespace of its own;
-* :func:`create_ddp_model`, which passes ``device_ids`` only for CUDA models.
+* torchrun restarts: each attempt's process group in a store namespace of its own.
+
+:func:`create_ddp_model` (:mod:`det_scaling.compat`) is detectron2's, for CPU models too.
 
 The launcher knows nothing of scaling: ``main_func`` reads the world size from
 ``detectron2.utils.comm`` and scales its config itself.
@@ -22,7 +23,6 @@ The launcher knows nothing of scaling: ``main_func`` reads the world size from
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import signal
@@ -38,8 +38,8 @@ from detectron2.utils import comm
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from torch.nn.parallel import DistributedDataParallel
 
+from det_scaling.compat import create_ddp_model, create_local_process_group
 from det_scaling.engine.failures import (
     RankFailedError,
     RankFailure,
@@ -187,45 +187,6 @@ def default_device() -> str:
     if dist.is_available() and dist.is_initialized() and dist.get_backend() != "nccl":
         return "cpu"
     return "cuda"
-
-
-def create_ddp_model(
-    model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any
-) -> torch.nn.Module:
-    """``model`` wrapped in ``DistributedDataParallel`` when there is more than one process, else
-    ``model`` itself; ``kwargs`` go to ``DistributedDataParallel``.
-
-    Like ``detectron2.engine.create_ddp_model``, except that ``device_ids`` defaults to this
-    process's local GPU only for a CUDA model: for a CPU model DDP requires ``device_ids=None``.
-    ``fp16_compression`` registers PyTorch's fp16 gradient compression hook, as detectron2's does.
-    """
-    if comm.get_world_size() == 1:
-        return model
-    on_cuda = any(p.device.type == "cuda" for p in model.parameters())
-    if "device_ids" not in kwargs:
-        kwargs["device_ids"] = [comm.get_local_rank()] if on_cuda else None
-    ddp = DistributedDataParallel(model, **_buffer_sync_options(kwargs))
-    if fp16_compression:
-        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
-
-        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
-    return ddp
-
-
-def _buffer_sync_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with ``broadcast_buffers`` (detectron2's name, deprecated by torch) passed as
-    ``forward_sync_buffers`` where DDP has it. That one also broadcasts the buffers once when DDP
-    is built, which changes nothing here: every rank builds the same model (and loads the same
-    weights, if any) before DDP wraps it, so their buffers are already equal."""
-    # Recent torch deprecates broadcast_buffers for forward_sync_buffers, with a FutureWarning
-    # at every use.
-    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    if "broadcast_buffers" not in kwargs or not renamed:
-        return kwargs
-    options = dict(kwargs)
-    broadcast = options.pop("broadcast_buffers")
-    options.setdefault("forward_sync_buffers", broadcast)
-    return options
 
 
 def _launch_workers(
@@ -449,7 +410,7 @@ def _failure_recorded(
 def _run_in_process_group(
     main_func: Callable[..., Any], args: tuple[Any, ...], processes_per_machine: int
 ) -> Any:
-    _create_local_process_group(processes_per_machine)
+    create_local_process_group(processes_per_machine)
     # A barrier right after init: a rank that is slow to start otherwise times out in its first
     # collective (maskrcnn-benchmark#172, which detectron2's launch cites).
     comm.synchronize()
@@ -461,30 +422,3 @@ def _run_in_process_group(
     comm.synchronize()
     dist.destroy_process_group()
     return result
-
-
-def _create_local_process_group(processes_per_machine: int) -> None:
-    """Sets detectron2's group of the processes on this machine (``comm.get_local_rank`` needs
-    it): upstream main's ``comm.create_local_process_group`` where it exists."""
-    if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
-        # Its function is cached and keeps the group of an earlier launch in this process, which
-        # destroy_process_group has ended: a second launch needs a new one.
-        comm._LOCAL_PROCESS_GROUP = None
-        getattr(comm.create_local_process_group, "cache_clear", lambda: None)()
-        comm.create_local_process_group(processes_per_machine)
-        return
-    # v0.6 gap: no such function; its launch builds the groups inline and stores this machine's
-    # in comm._LOCAL_PROCESS_GROUP, as done here.
-    world_size, rank = dist.get_world_size(), dist.get_rank()
-    if world_size % processes_per_machine:
-        raise ConfigError(
-            f"world size {world_size} is not a multiple of {processes_per_machine} processes "
-            "per machine"
-        )
-    machine_rank = rank // processes_per_machine
-    # Every process must create every group (new_group is collective), keeping only its own.
-    for machine in range(world_size // processes_per_machine):
-        first = machine * processes_per_machine
-        group = dist.new_group(list(range(first, first + processes_per_machine)))
-        if machine == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
