@@ -33,14 +33,16 @@ user's own ``torch.jit.script`` still warns).
 Handled elsewhere rather than patched: ``pkg_resources`` (used by ``detectron2.model_zoo``) by
 requiring ``setuptools<81``; v0.6's CUDA-only ``detectron2.engine.launch`` by
 :mod:`det_scaling.engine.launch` (under upstream main too, whose launch can start CPU processes but
-not record which rank failed);
-``create_ddp_model``, which passes ``device_ids`` that DDP rejects for CPU models in every
-version, by :mod:`det_scaling.engine.launch` and the trainer.
+not record which rank failed).
 
 Pieces upstream main has and v0.6 lacks, used from detectron2 when it has them (told by feature:
 upstream still reports version 0.6), composed here for v0.6:
 
-* :func:`build_test_loader`: ``build_detection_test_loader``'s ``batch_size``.
+* :func:`build_test_loader`: ``build_detection_test_loader``'s ``batch_size``;
+* :func:`create_local_process_group`: ``comm``'s group of the processes on this machine.
+
+And :func:`create_ddp_model`: detectron2's, which passes ``device_ids`` that DDP rejects for CPU
+models in every version.
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MissingCompiledOpsError", "applied_fixes", "build_test_loader", "install"]
+__all__ = [
+    "MissingCompiledOpsError",
+    "applied_fixes",
+    "build_test_loader",
+    "create_ddp_model",
+    "create_local_process_group",
+    "install",
+]
 
 # Aliases numpy removed in 1.24 (``np.bool`` came back in 2.0 as ``np.bool_``).
 _NUMPY_REMOVED_ALIASES = {
@@ -302,3 +311,69 @@ def build_test_loader(
         num_workers=num_workers,
         collate_fn=trivial_batch_collator,
     )
+
+
+def create_local_process_group(processes_per_machine: int) -> None:
+    """Sets detectron2's group of the processes on this machine (``comm.get_local_rank`` needs
+    it), in every process of the process group: upstream main's
+    ``comm.create_local_process_group`` where it exists."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
+        # Its function is cached and keeps the group of an earlier launch in this process, which
+        # destroy_process_group has ended: a second launch needs a new one.
+        comm._LOCAL_PROCESS_GROUP = None
+        getattr(comm.create_local_process_group, "cache_clear", lambda: None)()
+        comm.create_local_process_group(processes_per_machine)
+        return
+    # v0.6 gap: no such function; its launch builds the groups inline and stores this machine's
+    # in comm._LOCAL_PROCESS_GROUP, as done here.
+    from det_scaling.errors import ConfigError
+
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    if world_size % processes_per_machine:
+        raise ConfigError(
+            f"world size {world_size} is not a multiple of {processes_per_machine} processes "
+            "per machine"
+        )
+    machine_rank = rank // processes_per_machine
+    # Every process must create every group (new_group is collective), keeping only its own.
+    for machine in range(world_size // processes_per_machine):
+        first = machine * processes_per_machine
+        group = dist.new_group(list(range(first, first + processes_per_machine)))
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def create_ddp_model(
+    model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any
+) -> torch.nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` when there is more than one process, else
+    ``model`` itself; ``kwargs`` go to ``DistributedDataParallel``.
+
+    Like ``detectron2.engine.create_ddp_model``, except that ``device_ids`` defaults to this
+    process's local GPU only for a CUDA model: for a CPU model DDP requires ``device_ids=None``.
+    ``fp16_compression`` registers PyTorch's fp16 gradient compression hook, as detectron2's does.
+    """
+    from detectron2.utils import comm
+    from torch.nn.parallel import DistributedDataParallel
+
+    if comm.get_world_size() == 1:
+        return model
+    on_cuda = any(p.device.type == "cuda" for p in model.parameters())
+    if "device_ids" not in kwargs:
+        kwargs["device_ids"] = [comm.get_local_rank()] if on_cuda else None
+    # Recent torch deprecates broadcast_buffers (detectron2's name) for forward_sync_buffers, with
+    # a FutureWarning at every use. That one also broadcasts the buffers once when DDP is built,
+    # which changes nothing here: every rank builds the same model (and loads the same weights,
+    # if any) before DDP wraps it, so their buffers are already equal.
+    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    if "broadcast_buffers" in kwargs and renamed:
+        kwargs.setdefault("forward_sync_buffers", kwargs.pop("broadcast_buffers"))
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp

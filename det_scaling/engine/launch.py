@@ -1,22 +1,20 @@
-"""Start the processes of a run: spawned on one or several machines, or under ``torchrun``.
+"""Start the processes of a run: on one or several machines, or under ``torchrun``.
 
-:func:`launch` has the signature and meaning of ``detectron2.engine.launch`` and adds what
-detectron2 v0.6 lacks (upstream main has some of it; see the notes on each function):
+:func:`launch` has the signature and meaning of ``detectron2.engine.launch``. Its processes are
+started by torch's elastic agent (``torch.distributed.launcher.api.elastic_launch``, what torchrun
+runs), so every process, started here or by ``torchrun``, takes one path: the process group from
+torchrun's environment variables (:func:`_worker`). Added to what torch and detectron2 v0.6 do:
 
-* a CPU path: without enough GPUs the ``num_gpus_per_machine`` processes run on the CPU with the
-  gloo backend (v0.6 asserts CUDA; upstream main falls back to gloo when there is no GPU at all,
-  but it is not used even there: its workers cannot leave the failure records below);
-* ``torchrun``: when its environment variables are set, the process group is initialised from
-  them and ``main_func`` runs in this process instead of spawning;
-* :func:`create_ddp_model`, which passes ``device_ids`` only for CUDA models (detectron2's, in
-  v0.6 and main, always passes them, which ``DistributedDataParallel`` rejects for CPU models);
-* a failure told once: a process that raises appends its traceback to its log, the others here
-  are stopped, and :class:`~det_scaling.engine.failures.RankFailedError` names the rank that failed
-  first and why (:mod:`det_scaling.engine.failures`);
-* no orphans: SIGTERM, SIGINT and SIGUSR1 to the launcher are passed on to its workers, which stop
-  at a step with a checkpoint (:mod:`det_scaling.engine.preemption`), and the launcher waits for
-  them;
-* torchrun restarts that come up: each attempt's process group in a store namespace of its own.
+* a CPU path: without a GPU for each process, the processes run on the CPU with gloo;
+* a failure told once: a process that raises appends its traceback to its log, and
+  :class:`~det_scaling.engine.failures.RankFailedError` names the rank that failed first and why
+  (:mod:`det_scaling.engine.failures`; torch reports whichever process it saw exit first);
+* preemption: SIGTERM, SIGINT and SIGUSR1 to the launcher are passed on to the workers (by the
+  agent), which stop at a step with a checkpoint (:mod:`det_scaling.engine.preemption`), and the
+  launcher raises :class:`~det_scaling.engine.preemption.Preempted` with their message;
+* torchrun restarts: each attempt's process group in a store namespace of its own.
+
+:func:`create_ddp_model` (:mod:`det_scaling.compat`) is detectron2's, for CPU models too.
 
 The launcher knows nothing of scaling: ``main_func`` reads the world size from
 ``detectron2.utils.comm`` and scales its config itself.
@@ -25,28 +23,23 @@ The launcher knows nothing of scaling: ``main_func`` reads the world size from
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import logging
 import os
-import pickle
 import signal
-import socket
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from detectron2.utils import comm
-from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
-from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from det_scaling.compat import create_ddp_model, create_local_process_group
 from det_scaling.engine.failures import (
     RankFailedError,
     RankFailure,
@@ -57,7 +50,6 @@ from det_scaling.engine.failures import (
 )
 from det_scaling.engine.preemption import PREEMPTED_EXIT_STATUS, Preempted
 from det_scaling.errors import ConfigError
-from det_scaling.utils.logs import quiet_logger
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -75,11 +67,12 @@ __all__ = [
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 # What torchrun (and torch.distributed.launch --use-env) sets in every worker's environment.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# The signals the launcher passes on to its workers.
+FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
 logger = logging.getLogger(__name__)
 
-# A process's preemption message, left in the failure records' folder for the launcher of its
-# machine, by local rank.
+# A process's preemption message, left in the launch's folder for its launcher, by local rank.
 PREEMPTION_RECORD = "preempted.{rank}.txt"
 
 
@@ -95,84 +88,45 @@ def launch(
 ) -> None:
     """Runs ``main_func(*args)`` in every process of a (possibly) distributed job.
 
-    As ``detectron2.engine.launch``: call it on every machine; it spawns ``num_gpus_per_machine``
+    As ``detectron2.engine.launch``: call it on every machine; it starts ``num_gpus_per_machine``
     processes here, whose global ranks are ``machine_rank * num_gpus_per_machine + local rank``,
-    connected through ``dist_url`` (``"auto"``: a free port on localhost, one machine only). A
-    world of one process runs ``main_func`` here without a process group. The backend is NCCL,
-    one GPU per process, when CUDA has ``num_gpus_per_machine`` GPUs, and otherwise gloo with the
-    processes on the CPU (see :func:`default_device`).
+    meeting at ``dist_url`` (``tcp://HOST:PORT``, served by machine 0; ``"auto"``: a free port on
+    localhost, one machine only). A world of one process runs ``main_func`` here without a
+    process group. The backend is NCCL, one GPU per process, when CUDA has
+    ``num_gpus_per_machine`` GPUs, and otherwise gloo with the processes on the CPU.
 
     Under ``torchrun`` (all of :data:`TORCHRUN_VARIABLES` set), torchrun has already started one
-    process per worker: the process group is initialised from the environment and ``main_func``
-    runs here; the GPU, machine and URL arguments are then ignored in favour of torchrun's.
+    process per worker: ``main_func`` runs here in the process group of torchrun's environment;
+    the GPU, machine and URL arguments are then ignored in favour of torchrun's.
 
-    ``timeout`` bounds every collective (gloo; NCCL with its watchdog: docs/failures.md): a process
-    whose peer is gone waits that long at most. When a process raises, its traceback is appended
-    to its log file in ``log_dir`` (detectron2's ``log.txt.rank<N>``; without ``log_dir``, kept in
-    the error), the other processes of this machine are stopped, and
-    :class:`~det_scaling.engine.failures.RankFailedError` is raised here naming the rank that
-    failed first and why. A world of one process does the same with ``log_dir``; without it,
-    exceptions propagate as they are.
+    ``timeout`` bounds every collective (gloo; NCCL with its watchdog: docs/failures.md). When a
+    process raises, its traceback is appended to its log file in ``log_dir`` (detectron2's
+    ``log.txt.rank<N>``; without ``log_dir``, kept in the error), the other processes of this
+    machine are stopped, and :class:`~det_scaling.engine.failures.RankFailedError` is raised
+    here naming the rank that failed first and why. A world of one process does the same with
+    ``log_dir``; without it, exceptions propagate as they are.
     """
     if under_torchrun():
-        _run_under_torchrun(main_func, args, timeout, log_dir)
+        # torch's @record: torchrun's summary names the cause (its error file).
+        record(_worker)(main_func, tuple(args), timeout, log_dir)
         return
-
-    world_size = num_machines * num_gpus_per_machine
-    if world_size == 1:
+    if num_machines * num_gpus_per_machine == 1:
         if log_dir is None:
             main_func(*args)
             return
         with _failure_recorded(0, 1, None, log_dir):
             main_func(*args)
         return
-    if dist_url is None:
-        raise ConfigError("dist_url is required for a multi-process launch (or pass 'auto')")
-    if dist_url == "auto":
-        if num_machines != 1:
-            raise ConfigError("dist_url='auto' works on one machine only; pass tcp://HOST:PORT")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    if num_machines > 1 and dist_url.startswith("file://"):
-        logger.warning("file:// is not a reliable init_method across machines; prefer tcp://")
-
-    backend = pick_backend(num_gpus_per_machine)
-    if backend == "gloo":
-        logger.info(
-            "Launching %d process(es) on the CPU with the gloo backend (%s)",
-            num_gpus_per_machine,
-            "no CUDA"
-            if not torch.cuda.is_available()
-            else f"only {torch.cuda.device_count()} GPU(s) for {num_gpus_per_machine} processes",
-        )
-    first_rank = machine_rank * num_gpus_per_machine
-    worker_args = (main_func, world_size, num_gpus_per_machine, machine_rank, dist_url)
-    worker_args += (tuple(args), timeout, backend)
-    with tempfile.TemporaryDirectory(prefix="det_scaling_failures_") as records_dir:
-        processes: list[Any] = []
-        try:
-            # torch warns as it stops the other processes after a failure; the error says more.
-            with quiet_logger("torch.multiprocessing.spawn"), _forwarding_signals(processes) as got:
-                context = mp.start_processes(
-                    _distributed_worker,
-                    args=(*worker_args, records_dir, log_dir),
-                    nprocs=num_gpus_per_machine,
-                    daemon=False,
-                    join=False,
-                    start_method="spawn",
-                )
-                processes += context.processes
-                _forward_pending(got, processes)
-                while not context.join():
-                    pass
-        except ProcessExitedException as error:
-            stopped = _preempted(error, records_dir, got)
-            if stopped is not None:
-                raise stopped from None
-            failure = _failure_of(error, records_dir, first_rank, world_size, log_dir)
-            raise RankFailedError(failure) from None
-        except ProcessException as error:
-            failure = _failure_of(error, records_dir, first_rank, world_size, log_dir)
-            raise RankFailedError(failure) from None
+    _launch_workers(
+        main_func,
+        args,
+        num_gpus_per_machine,
+        num_machines,
+        machine_rank,
+        dist_url,
+        timeout,
+        log_dir,
+    )
 
 
 def launch_for_result(
@@ -184,24 +138,15 @@ def launch_for_result(
     here with its message; any other failure ends the processes as :func:`launch` does."""
     if num_processes == 1:
         return main_func(*args)
-    with tempfile.TemporaryDirectory(prefix="det_scaling_result_") as directory:
-        path = os.path.join(directory, "result.pkl")
-        launch(_result_worker, num_processes, dist_url="auto", args=(main_func, args, path))
-        with open(path, "rb") as f:
-            outcome = pickle.load(f)
-    if "error" in outcome:
-        raise ConfigError(outcome["error"])
-    return outcome["result"]
-
-
-def _result_worker(main_func: Callable[..., Any], args: Sequence[Any], path: str) -> None:
     try:
-        outcome: dict[str, Any] = {"result": main_func(*args)}
-    except ConfigError as error:
-        outcome = {"error": str(error)}
-    if comm.is_main_process():
-        with open(path, "wb") as f:
-            pickle.dump(outcome, f)
+        results = _launch_workers(
+            main_func, args, num_processes, 1, 0, "auto", DEFAULT_TIMEOUT, None, keep_results=True
+        )
+    except RankFailedError as error:
+        if error.failure.config_error:
+            raise ConfigError(error.failure.config_error) from None
+        raise
+    return results[0]
 
 
 def pick_backend(processes_per_machine: int) -> str:
@@ -221,7 +166,8 @@ def planned_world_size(num_gpus_per_machine: int, num_machines: int = 1) -> int:
 
 
 def under_torchrun() -> bool:
-    """Whether this process was started by ``torchrun`` (its environment variables are set)."""
+    """Whether this process was started by ``torchrun`` or by :func:`launch` (torchrun's
+    environment variables are set)."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
@@ -243,145 +189,183 @@ def default_device() -> str:
     return "cuda"
 
 
-def create_ddp_model(
-    model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any
-) -> torch.nn.Module:
-    """``model`` wrapped in ``DistributedDataParallel`` when there is more than one process, else
-    ``model`` itself; ``kwargs`` go to ``DistributedDataParallel``.
-
-    Like ``detectron2.engine.create_ddp_model``, except that ``device_ids`` defaults to this
-    process's local GPU only for a CUDA model: for a CPU model DDP requires ``device_ids=None``.
-    ``fp16_compression`` registers PyTorch's fp16 gradient compression hook, as detectron2's does.
-    """
-    if comm.get_world_size() == 1:
-        return model
-    on_cuda = any(p.device.type == "cuda" for p in model.parameters())
-    if "device_ids" not in kwargs:
-        kwargs["device_ids"] = [comm.get_local_rank()] if on_cuda else None
-    ddp = DistributedDataParallel(model, **_buffer_sync_options(kwargs))
-    if fp16_compression:
-        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
-
-        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
-    return ddp
-
-
-def _buffer_sync_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with ``broadcast_buffers`` (detectron2's name, deprecated by torch) passed as
-    ``forward_sync_buffers`` where DDP has it. That one also broadcasts the buffers once when DDP
-    is built, which changes nothing here: every rank builds the same model (and loads the same
-    weights, if any) before DDP wraps it, so their buffers are already equal."""
-    # Recent torch deprecates broadcast_buffers for forward_sync_buffers, with a FutureWarning
-    # at every use.
-    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    if "broadcast_buffers" not in kwargs or not renamed:
-        return kwargs
-    options = dict(kwargs)
-    broadcast = options.pop("broadcast_buffers")
-    options.setdefault("forward_sync_buffers", broadcast)
-    return options
-
-
-def _distributed_worker(
-    local_rank: int,
+def _launch_workers(
     main_func: Callable[..., Any],
-    world_size: int,
-    num_gpus_per_machine: int,
+    args: Sequence[Any],
+    processes: int,
+    num_machines: int,
     machine_rank: int,
-    dist_url: str,
+    dist_url: str | None,
+    timeout: timedelta,
+    log_dir: str | None,
+    keep_results: bool = False,
+) -> dict[int, Any]:
+    """``processes`` workers here, started by torch's elastic agent without restarts; the return
+    values of this machine's, by global rank, with ``keep_results``."""
+    backend = pick_backend(processes)
+    if backend == "gloo":
+        logger.info("Launching %d process(es) on the CPU with the gloo backend", processes)
+    world_size = num_machines * processes
+    with tempfile.TemporaryDirectory(prefix="det_scaling_launch_") as folder:
+        config = LaunchConfig(
+            min_nodes=num_machines,
+            max_nodes=num_machines,
+            nproc_per_node=processes,
+            # torchrun's id for "no job id": no later launch reads this one's output as its own.
+            run_id="none",
+            max_restarts=0,
+            logs_specs=DefaultLogsSpecs(log_dir=folder),
+            signals_to_handle=",".join(FORWARDED_SIGNALS),
+            # Preempted workers finish their step and checkpoint before they exit.
+            shutdown_timeout=max(30, int(timeout.total_seconds())),
+            **_rendezvous(dist_url, num_machines, machine_rank),
+        )
+        try:
+            with _torch_launcher_logs_held(), _signal_handlers_restored():
+                entry = (main_func, tuple(args), timeout, log_dir, folder, keep_results)
+                return elastic_launch(config, _started_worker)(*entry)
+        except SignalException as stopped:
+            raise _preemption(folder) or Preempted(
+                f"stopped by {stopped.sigval.name} before a step was done: no checkpoint to write"
+            ) from None
+        except ChildFailedError as error:
+            rank, exited = error.get_first_failure()
+            preempted = _preemption(folder)
+            if exited.exitcode == PREEMPTED_EXIT_STATUS and preempted is not None:
+                raise preempted from None
+            failures = read_failures(folder)
+            if failures:
+                raise RankFailedError(root_cause(failures)) from None
+            # Killed (the out-of-memory killer sends SIGKILL) or exited without an exception.
+            dead = exited.exitcode < 0
+            how = f"signal {exited.signal_name()}" if dead else f"status {exited.exitcode}"
+            cause = f"the process ended with {how}"
+            log_file = rank_log_file(log_dir, rank) if log_dir else None
+            failure = RankFailure(rank, world_size, exited.timestamp, cause, log_file=log_file)
+            raise RankFailedError(failure) from None
+
+
+def _rendezvous(dist_url: str | None, num_machines: int, machine_rank: int) -> dict[str, Any]:
+    """The elastic agent's rendezvous for ``dist_url``: ``"auto"``, a store on a free local port;
+    ``tcp://HOST:PORT``, the store machine 0 serves there (torchrun's static rendezvous)."""
+    if dist_url is None:
+        raise ConfigError("dist_url is required for a multi-process launch (or pass 'auto')")
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ConfigError("dist_url='auto' works on one machine only; pass tcp://HOST:PORT")
+        return {"rdzv_backend": "c10d", "rdzv_endpoint": "127.0.0.1:0", "local_addr": "127.0.0.1"}
+    if not dist_url.startswith("tcp://"):
+        raise ConfigError(f"dist_url {dist_url}: pass tcp://HOST:PORT (or 'auto' on one machine)")
+    endpoint = dist_url.removeprefix("tcp://")
+    return {
+        "rdzv_backend": "static",
+        "rdzv_endpoint": endpoint,
+        "rdzv_configs": {"rank": machine_rank},
+    }
+
+
+@contextlib.contextmanager
+def _torch_launcher_logs_held() -> Iterator[None]:
+    """torch's agent logs each step of a launch, and each failure with its traceback (to stderr
+    when logging is not set up): the launcher tells a failure once itself."""
+    held = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
+    sink = logging.NullHandler()
+    previous = [held_logger.propagate for held_logger in held]
+    for held_logger in held:
+        held_logger.addHandler(sink)
+        held_logger.propagate = False
+    try:
+        yield
+    finally:
+        for held_logger, propagate in zip(held, previous, strict=True):
+            held_logger.removeHandler(sink)
+            held_logger.propagate = propagate
+
+
+@contextlib.contextmanager
+def _signal_handlers_restored() -> Iterator[None]:
+    """The agent handles :data:`FORWARDED_SIGNALS` while it runs and leaves its handlers set;
+    this process's own come back after it."""
+    numbers = [signal.Signals[name] for name in FORWARDED_SIGNALS]
+    previous = {number: signal.getsignal(number) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)
+
+
+def _preemption(folder: str) -> Preempted | None:
+    """The workers' :class:`Preempted`, when one stopped after its checkpoint."""
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("preempted."):
+            with open(os.path.join(folder, name)) as f:
+                return Preempted(f.read())
+    return None
+
+
+def _started_worker(
+    main_func: Callable[..., Any],
     args: tuple[Any, ...],
     timeout: timedelta,
-    backend: str,
-    records_dir: str,
     log_dir: str | None,
-) -> None:
-    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    records_dir: str,
+    keep_result: bool,
+) -> Any:
+    """A process :func:`launch` started: :func:`_worker`, its records in ``records_dir``."""
     # Out of the terminal's process group: a Ctrl-C reaches the launcher alone, which passes it
     # on once (a second one would end the process without its checkpoint).
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
+    result = _worker(main_func, args, timeout, log_dir, records_dir)
+    return result if keep_result else None
+
+
+def _worker(
+    main_func: Callable[..., Any],
+    args: tuple[Any, ...],
+    timeout: timedelta,
+    log_dir: str | None,
+    records_dir: str | None = None,
+) -> Any:
+    """``main_func(*args)`` in the process group of torchrun's environment variables; a failure
+    or a preemption recorded (in ``records_dir``, when given, for the launcher)."""
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     with (
-        _leaving_at_once_when_preempted(),
-        _failure_recorded(global_rank, world_size, records_dir, log_dir),
-        _preemption_recorded(local_rank, records_dir),
+        _leaving_at_once_when_preempted(local_rank, records_dir),
+        _failure_recorded(rank, world_size, records_dir, log_dir),
     ):
+        backend = pick_backend(local_world_size)
         if backend == "nccl":
             # Before init_process_group, so NCCL binds this process to its own GPU.
             torch.cuda.set_device(local_rank)
         elif "OMP_NUM_THREADS" not in os.environ:
             # CPU processes share the cores; each taking all of them (torch's default)
             # oversubscribes the machine. torchrun sets OMP_NUM_THREADS=1 for the same reason.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
-        try:
-            dist.init_process_group(
-                backend=backend,
-                init_method=dist_url,
-                world_size=world_size,
-                rank=global_rank,
-                timeout=timeout,
-            )
-        except Exception:
-            logger.error("Process group URL: %s", dist_url)
-            raise
-        _run_in_process_group(main_func, args, num_gpus_per_machine)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+        _init_process_group(backend, rank, world_size, timeout)
+        return _run_in_process_group(main_func, args, local_world_size)
 
 
 @contextlib.contextmanager
-def _forwarding_signals(processes: list[Any]) -> Iterator[list[int]]:
-    """While the block runs, SIGTERM, SIGINT and SIGUSR1 to this process are passed on to
-    ``processes`` (filled in by the block) instead of ending it: the workers stop at a step
-    boundary with a checkpoint (:mod:`det_scaling.engine.preemption`) and this process waits for
-    them, so none is left running. Yields the signals received."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def forward(signum: int, frame: Any) -> None:
-        received.append(signum)
-        _forward_pending([signum], processes)
-
-    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-    previous = {number: signal.signal(number, forward) for number in forwarded}
-    try:
-        yield received
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def _forward_pending(signals: list[int], processes: list[Any]) -> None:
-    for number in signals:
-        for process in processes:
-            if process.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, number)
-
-
-@contextlib.contextmanager
-def _preemption_recorded(local_rank: int, records_dir: str) -> Iterator[None]:
-    """Leaves this process's preemption message for the launcher. Every process leaves it (the
-    message is the same on all): the launcher reads the record of the one it sees exit first."""
+def _leaving_at_once_when_preempted(local_rank: int, records_dir: str | None) -> Iterator[None]:
+    """Once this worker is preempted: leaves its message for the launcher (in ``records_dir``)
+    and ends the process with :data:`PREEMPTED_EXIT_STATUS`, skipping the interpreter's teardown.
+    The checkpoint is whole and every rank has passed the barrier after it, so nothing is left
+    to save; the teardown would destroy the process group's C++ objects while a peer leaves at
+    the same moment, and gloo's threads then abort the process ("terminate called without an
+    active exception": SIGABRT instead of 143). A teardown in order needs every peer still
+    there, which a preemption does not promise: the scheduler may already have killed one."""
     try:
         yield
     except Preempted as preempted:
-        with open(os.path.join(records_dir, PREEMPTION_RECORD.format(rank=local_rank)), "w") as f:
-            f.write(preempted.message)
-        raise
-
-
-@contextlib.contextmanager
-def _leaving_at_once_when_preempted() -> Iterator[None]:
-    """Ends this worker process with :data:`PREEMPTED_EXIT_STATUS` once it is preempted, skipping
-    the interpreter's teardown. The checkpoint is whole and every rank has passed the barrier
-    after it, so nothing is left to save; the teardown would destroy the process group's C++
-    objects while a peer leaves at the same moment, and gloo's threads then abort the process
-    ("terminate called without an active exception": SIGABRT instead of 143). A teardown in
-    order (a barrier, then destroy_process_group) needs every peer still there, which a
-    preemption does not promise: the scheduler may already have killed one."""
-    try:
-        yield
-    except Preempted:
+        if records_dir is not None:
+            path = os.path.join(records_dir, PREEMPTION_RECORD.format(rank=local_rank))
+            with open(path, "w") as f:
+                f.write(preempted.message)
         logging.shutdown()  # flushes the log files
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -389,38 +373,7 @@ def _leaving_at_once_when_preempted() -> Iterator[None]:
         os._exit(PREEMPTED_EXIT_STATUS)
 
 
-def _preempted(
-    error: ProcessExitedException, records_dir: str, signals: list[int]
-) -> Preempted | None:
-    """The launcher's :class:`Preempted` when the processes stopped for a preemption: after their
-    checkpoint (its message), or killed by the signal passed on before they could make one."""
-    record = os.path.join(records_dir, PREEMPTION_RECORD.format(rank=error.error_index))
-    if error.exit_code == PREEMPTED_EXIT_STATUS and os.path.exists(record):
-        with open(record) as f:
-            return Preempted(f.read())
-    if signals and error.signal_name in {signal.Signals(s).name for s in signals}:
-        name = signal.Signals(signals[0]).name
-        return Preempted(f"stopped by {name} before a step was done: no checkpoint to write")
-    return None
-
-
-def _run_under_torchrun(
-    main_func: Callable[..., Any],
-    args: Sequence[Any],
-    timeout: timedelta,
-    log_dir: str | None,
-) -> None:
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    with _leaving_at_once_when_preempted(), _failure_recorded(rank, world_size, None, log_dir):
-        backend = pick_backend(local_world_size)
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        _init_under_torchrun(backend, rank, world_size, timeout)
-        _run_in_process_group(main_func, tuple(args), local_world_size)
-
-
-def _init_under_torchrun(backend: str, rank: int, world_size: int, timeout: timedelta) -> None:
+def _init_process_group(backend: str, rank: int, world_size: int, timeout: timedelta) -> None:
     """The process group from torchrun's environment, in a store namespace of this restart
     attempt: a restarted worker group reuses the agent's store, and the keys the previous
     attempt's processes left there (gloo's and NCCL's addresses) would otherwise be read as this
@@ -446,104 +399,26 @@ def _failure_recorded(
     rank: int, world_size: int, records_dir: str | None, log_dir: str | None
 ) -> Iterator[None]:
     """Turns an exception of this process into :class:`RankFailedError`, after recording it
-    (:func:`~det_scaling.engine.failures.record_failure`; for torchrun, also in its error file)."""
+    (:func:`~det_scaling.engine.failures.record_failure`)."""
     try:
         yield
     except Exception as error:
         failure = record_failure(error, rank, world_size, records_dir, log_dir)
-        _write_torchelastic_error_file(failure)
         raise RankFailedError(failure) from error
-
-
-def _failure_of(
-    error: ProcessException,
-    records_dir: str,
-    first_rank: int,
-    world_size: int,
-    log_dir: str | None,
-) -> RankFailure:
-    """The failure to report after ``mp.spawn`` raised ``error``: the root cause among the
-    records the processes left, else what torch saw of the process that ended first."""
-    failures = read_failures(records_dir)
-    if failures:
-        return root_cause(failures)
-    rank = first_rank + error.error_index
-    if isinstance(error, ProcessExitedException):
-        # Killed (the out-of-memory killer sends SIGKILL) or exited without an exception.
-        how = f"signal {error.signal_name}" if error.signal_name else f"status {error.exit_code}"
-        cause = f"the process ended with {how}"
-        stack = ""
-    else:
-        stack = error.msg
-        cause = next((line for line in reversed(stack.splitlines()) if line.strip()), "")
-    log_file = rank_log_file(log_dir, rank) if log_dir else None
-    return RankFailure(rank, world_size, time.time(), cause, log_file=log_file, traceback=stack)
-
-
-def _write_torchelastic_error_file(failure: RankFailure) -> None:
-    """Under torchrun, the failure in the error file its agent reads (as torch's ``@record``
-    writes it), so torchrun's own summary names the cause and the log rather than asking for a
-    traceback."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path or not under_torchrun():
-        return
-    where = f"full traceback in {failure.log_file}" if failure.log_file else failure.traceback
-    data = {
-        "message": {
-            "message": failure.cause,
-            "extraInfo": {"py_callstack": where, "timestamp": str(int(failure.time))},
-        }
-    }
-    with contextlib.suppress(OSError), open(path, "w") as f:
-        json.dump(data, f)
 
 
 def _run_in_process_group(
     main_func: Callable[..., Any], args: tuple[Any, ...], processes_per_machine: int
-) -> None:
-    _create_local_process_group(processes_per_machine)
+) -> Any:
+    create_local_process_group(processes_per_machine)
     # A barrier right after init: a rank that is slow to start otherwise times out in its first
     # collective (maskrcnn-benchmark#172, which detectron2's launch cites).
     comm.synchronize()
-    main_func(*args)
+    result = main_func(*args)
     # Only after a clean return: after a failure the other ranks may be gone, and tearing down
     # (NCCL) could wait for them; the process exits anyway. The barrier first: a rank that tears
     # its connections down while a peer is still finishing can make that peer abort at exit
     # ("terminate called without an active exception", seen once with 2 gloo processes).
     comm.synchronize()
     dist.destroy_process_group()
-
-
-def _create_local_process_group(processes_per_machine: int) -> None:
-    """Sets detectron2's group of the processes on this machine (``comm.get_local_rank`` needs
-    it): upstream main's ``comm.create_local_process_group`` where it exists."""
-    if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
-        # Its function is cached and keeps the group of an earlier launch in this process, which
-        # destroy_process_group has ended: a second launch needs a new one.
-        comm._LOCAL_PROCESS_GROUP = None
-        getattr(comm.create_local_process_group, "cache_clear", lambda: None)()
-        comm.create_local_process_group(processes_per_machine)
-        return
-    # v0.6 gap: no such function; its launch builds the groups inline and stores this machine's
-    # in comm._LOCAL_PROCESS_GROUP, as done here.
-    world_size, rank = dist.get_world_size(), dist.get_rank()
-    if world_size % processes_per_machine:
-        raise ConfigError(
-            f"world size {world_size} is not a multiple of {processes_per_machine} processes "
-            "per machine"
-        )
-    machine_rank = rank // processes_per_machine
-    # Every process must create every group (new_group is collective), keeping only its own.
-    for machine in range(world_size // processes_per_machine):
-        first = machine * processes_per_machine
-        group = dist.new_group(list(range(first, first + processes_per_machine)))
-        if machine == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
-
-
-def _find_free_port() -> int:
-    # The OS picks a free port for port 0; another process may still take it before the job
-    # binds it, which is why multi-machine jobs pass an explicit URL.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return result
