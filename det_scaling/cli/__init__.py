@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from det_scaling import __version__
-from det_scaling.cli._common import split_overrides
-from det_scaling.engine.failures import RankFailedError
 from det_scaling.errors import ConfigError
 
 # Module names under det_scaling.cli, in the order ``--help`` lists them.
 COMMANDS = ("plan", "advise", "diff", "lr_plot", "lr_find", "noise_scale", "train", "data", "env")
+VERSION = f"det-scaling {__version__}"
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -40,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="det-scaling",
         description="Scale detectron2 configs across GPU counts, and show what changes.",
     )
-    parser.add_argument("--version", action="version", version=f"det-scaling {__version__}")
+    parser.add_argument("--version", action="version", version=VERSION)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"det_scaling.cli.{name}").add_parser(subparsers)
@@ -50,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line's arguments; ``opts`` holds the ``KEY VALUE`` overrides found anywhere.
     Exits with a usage error (status 2) when they do not parse."""
+    if list(argv) == ["--version"]:  # answered before the commands, and torch, are imported
+        print(VERSION)
+        raise SystemExit(0)
+    from det_scaling.cli._common import split_overrides  # detectron2's config, and torch
+
     parser = build_parser()
     try:
         rest, overrides = split_overrides(argv)
@@ -62,6 +66,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from det_scaling.engine.failures import RankFailedError  # torch, once a command runs
+
     try:
         return args.func(args)
     except ConfigError as error:  # bad config or arguments: one clear line, no traceback

@@ -10,6 +10,7 @@ them.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from det_scaling.config import adapter_of
@@ -20,6 +21,8 @@ from det_scaling.scaling.plan import plan_scaling
 from det_scaling.tasks.datasets import check_task, register_datasets, training_set_size
 
 __all__ = ["prepare_run", "resolve_run"]
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_run(
@@ -32,7 +35,8 @@ def resolve_run(
 ) -> Run:
     """``cfg`` (a CfgNode or a LazyConfig) scaled for ``world_size`` processes, with its data set
     size (``SCALING.DATASET_SIZE``, ``train.scaling.dataset_size``) filled in from the training
-    data (read, never written) and the run's batch schedule checked. ``no_scale`` uses it as
+    data (read, never written; a configured size that differs from it is kept, with a
+    warning) and the run's batch schedule checked. ``no_scale`` uses it as
     written (reference GPU count 0); ``device`` "cpu" moves a CUDA config to the CPU. Raises
     ``ConfigError`` naming the key or data set (also for training data of the other task or with
     more classes than the model, and a checkpoint retention that keeps no older one). ``cfg`` is
@@ -44,8 +48,18 @@ def resolve_run(
     size = training_set_size(adapter)  # also: the training data is registered and on disk
     check_task(adapter)
     check_retention(adapter.run_settings().max_to_keep, keys.checkpoints_kept)
-    if adapter.get(keys.dataset_size) == 0:
+    configured = adapter.get(keys.dataset_size)
+    if configured == 0:
         adapter.set(keys.dataset_size, size)
+    elif configured != size:
+        # Not an error: a sampler that repeats or filters images makes an epoch of another size.
+        logger.warning(
+            "%s is %d but the training data has %d images; epochs are counted with %d",
+            keys.dataset_size,
+            configured,
+            size,
+            configured,
+        )
     if no_scale:
         adapter.set(keys.reference_world_size, 0)
     plan = plan_scaling(adapter.cfg, world_size, keep_reference_batch=keep_reference_batch)

@@ -11,6 +11,7 @@ import pytest
 from helpers import REPO, VOC07_CONFIG
 from helpers.cli import assert_matches_golden, run_cli
 
+import det_scaling
 from det_scaling.cli import main, parse_args
 from det_scaling.commands.train import training_args
 
@@ -110,6 +111,16 @@ def test_module_and_console_script_run_as_commands():
     )
     assert console.returncode == 0
     assert "SOLVER.BASE_LR: 0.0025 -> 0.02" in console.stdout
+
+
+def test_version_is_answered_without_importing_torch():
+    code = (
+        "import sys\nfrom det_scaling.cli import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit:\n    print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"det-scaling {det_scaling.__version__}", "False"]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ machine."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -108,6 +109,24 @@ def test_resolve_run_fills_the_dataset_size_and_checks_the_geometry(datasets):
     unknown = det_scaling.load_cfg(str(TINY), ["DATASETS.TRAIN", "('my_set',)"])
     with pytest.raises(ValueError, match="data set 'my_set' is not registered"):
         resolve_run(unknown, 1)
+
+
+def test_resolve_run_keeps_a_configured_dataset_size_that_differs_with_a_warning(datasets):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("det_scaling.tasks.run")
+    logger.addHandler(handler)
+    try:
+        for configured in ("40", "50"):
+            keys = ["SCALING.DATASET_SIZE", configured, "DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL", "40"]
+            run = resolve_run(det_scaling.load_cfg(str(TINY), keys), 2, device="cpu")
+            assert run.recipe.dataset_size == int(configured)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        "SCALING.DATASET_SIZE is 50 but the training data has 40 images; epochs are counted with 50"
+    ]
 
 
 def test_prepare_run_registers_the_data_and_freezes_the_scaled_config(datasets):
