@@ -13,6 +13,7 @@ import numpy
 import pytest
 from PIL import Image
 
+import det_scaling
 from det_scaling import compat
 
 
@@ -118,6 +119,12 @@ def test_import_loads_neither_torch_nor_detectron2_until_a_name_needs_them():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "['detectron2', 'torch']"]
+
+
+def test_every_public_name_is_exported_and_resolves():
+    assert sorted(det_scaling._PUBLIC) == sorted(det_scaling.__all__)
+    for name in det_scaling.__all__:
+        assert getattr(det_scaling, name) is not None, name
 
 
 def test_fixes_run_when_detectron2_is_imported_first():
