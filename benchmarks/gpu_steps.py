@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import gc
 import importlib.util
 import json
@@ -58,12 +57,10 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 from torch import distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from det_scaling.cli import main as cli_main
 from det_scaling.cli.train import add_training_arguments
-from det_scaling.engine import ScalingTrainer, micro_batch_cfg
-from det_scaling.engine.accumulation import AccumulatingTrainer
+from det_scaling.engine import ScalingTrainer, build_step
 from det_scaling.engine.launch import launch, under_torchrun
 from det_scaling.tasks import build_trainer as build_run_trainer
 from det_scaling.tasks import prepare_run
@@ -436,6 +433,11 @@ def _group_checks(
     )
     result.check("all_reduce over the group", found.get("all_reduce_ok", False))
     result.check(
+        "the run's step wrapped the model in DDP",
+        found.get("ddp_model") == "DistributedDataParallel",
+        str(found.get("ddp_model")),
+    )
+    result.check(
         "DDP's gradient = the model's own (relative difference < 1e-3)",
         found.get("ddp_grad_rel_diff", math.inf) < 1e-3,
         f"{found.get('ddp_grad_rel_diff')}",
@@ -482,7 +484,8 @@ def _report_nccl(
     result.notes.append(
         "At world size 1 the trainer builds no DDP (create_ddp_model returns the model) and "
         "detectron2's comm skips its collectives; the DDP and all-reduce figures come from the "
-        "direct check in the same group. A dead peer (what --dist-timeout is for) needs 2 GPUs."
+        "run's step built with DDP at one process, in the same group. A dead peer (what "
+        "--dist-timeout is for) needs 2 GPUs."
     )
     difference = found.get("ddp_grad_rel_diff")
     result.headline = (
@@ -535,22 +538,19 @@ def _ddp_check(device: str, quick: bool, work: Path, found: dict[str, Any]) -> N
         "SOLVER.REFERENCE_WORLD_SIZE", 0, "SOLVER.IMS_PER_BATCH", 4,
         "SCALING.GRAD_ACCUM_STEPS", 2, "SOLVER.BASE_LR", 0.01, *schedule(20),
     )  # fmt: skip
-    # Built here, not by build_step: that one wraps the model in DDP only when there are several
-    # processes, and this check is of DDP in the one-process group the GPU check has.
     run = prepare_run(cfg, dist.get_world_size())
     seed_all_rng(run.cfg.SEED)
-    model = ScalingTrainer.build_model(run.cfg)
-    reference = copy.deepcopy(model)
-    ddp = DistributedDataParallel(
-        model, device_ids=[on.index] if device == "cuda" else None, **run.settings.ddp
-    )
-    loader = ScalingTrainer.build_train_loader(micro_batch_cfg(run.adapter, run.schedule))
+    step = build_step(run, ScalingTrainer, ddp_at_one_process=True)
+    found["ddp_model"] = type(step.ddp_model).__name__
+    reference = ScalingTrainer.build_model(run.cfg)
+    reference.load_state_dict(step.model.state_dict())
     # One iterator for everything: two over detectron2 v0.6's grouped loader share its buckets,
     # and the second then never fills one.
-    batches = iter(loader)
+    batches = iter(step.data_loader)
+    step.trainer.replace_data_loader(batches)
     batch = next(batches)
     grads = {}
-    for name, net in (("ddp", ddp), ("reference", reference)):
+    for name, net in (("ddp", step.ddp_model), ("reference", reference)):
         torch.manual_seed(0)  # the same proposal and RoI sampling in both passes
         with EventStorage(0):  # the heads log their sampling there
             sum(net(batch).values()).backward()
@@ -561,9 +561,7 @@ def _ddp_check(device: str, quick: bool, work: Path, found: dict[str, Any]) -> N
     norm = math.sqrt(sum(float(b.pow(2).sum()) for b in grads["reference"]))
     found["ddp_grad_rel_diff"] = difference / norm if norm > 0 else math.inf
 
-    optimizer = ScalingTrainer.build_optimizer(run.cfg, model)
-    trainer = AccumulatingTrainer(ddp, batches, optimizer, run.recipe.grad_accum_steps)
-    trainer.micro_batch = run.schedule.micro_batch
+    trainer, model = step.trainer, step.model
     found["losses"], found["moved"] = {}, {}
     with EventStorage(0) as storage:
         for label, own_all_reduce in (

@@ -347,10 +347,15 @@ def create_local_process_group(processes_per_machine: int) -> None:
 
 
 def create_ddp_model(
-    model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any
+    model: torch.nn.Module,
+    *,
+    fp16_compression: bool = False,
+    at_one_process: bool = False,
+    **kwargs: Any,
 ) -> torch.nn.Module:
-    """``model`` wrapped in ``DistributedDataParallel`` when there is more than one process, else
-    ``model`` itself; ``kwargs`` go to ``DistributedDataParallel``.
+    """``model`` wrapped in ``DistributedDataParallel`` when there is more than one process (or,
+    with ``at_one_process``, in a process group of one: a check of DDP itself), else ``model``
+    itself; ``kwargs`` go to ``DistributedDataParallel``.
 
     Like ``detectron2.engine.create_ddp_model``, except that ``device_ids`` defaults to this
     process's local GPU only for a CUDA model: for a CPU model DDP requires ``device_ids=None``.
@@ -359,7 +364,7 @@ def create_ddp_model(
     from detectron2.utils import comm
     from torch.nn.parallel import DistributedDataParallel
 
-    if comm.get_world_size() == 1:
+    if comm.get_world_size() == 1 and not at_one_process:
         return model
     on_cuda = any(p.device.type == "cuda" for p in model.parameters())
     if "device_ids" not in kwargs:

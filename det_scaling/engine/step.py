@@ -40,10 +40,13 @@ class Step:
     trainer: AccumulatingTrainer
 
 
-def build_step(run: Run, builders: StepBuilders, *, weights: str = "") -> Step:
+def build_step(
+    run: Run, builders: StepBuilders, *, weights: str = "", ddp_at_one_process: bool = False
+) -> Step:
     """The step of ``run`` from the task's ``builders`` (a trainer class): the model (with
     ``weights`` loaded, when given, before the optimizer sees it), the optimizer, the loader of
-    one micro-batch per process, DDP with the run's options, and the accumulating step, which
+    one micro-batch per process, DDP with the run's options (also in a process group of one with
+    ``ddp_at_one_process``), and the accumulating step, which
     agrees on out-of-memory errors with the other processes under ``SCALING.AUTO_MICRO_BATCH``
     (``train.scaling.auto_micro_batch``). A run with ``DETERMINISTIC`` (``train.deterministic``)
     switches this process to deterministic kernels first."""
@@ -58,7 +61,7 @@ def build_step(run: Run, builders: StepBuilders, *, weights: str = "") -> Step:
         ).load(weights)
     optimizer = builders.build_optimizer(run.cfg, model)
     data_loader = builders.build_train_loader(micro_batch_cfg(run.adapter, run.schedule))
-    ddp_model = create_ddp_model(model, **run.settings.ddp)
+    ddp_model = create_ddp_model(model, at_one_process=ddp_at_one_process, **run.settings.ddp)
     trainer = AccumulatingTrainer(
         ddp_model,
         data_loader,

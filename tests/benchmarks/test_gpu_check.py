@@ -78,6 +78,7 @@ def test_dry_run_runs_every_step_on_the_cpu_and_writes_both_summaries(tmp_path):
     assert all(r["images/s"] > 0 for r in throughput)
     group = steps["nccl"]["figures"]["group"]
     assert group["backend"] == "gloo" and group["timeout_s"] == 90.0
+    assert group["ddp_model"] == "DistributedDataParallel"
     assert steps["nccl"]["figures"]["resume"]["start_iter"] == 2
     runs = {r["run"]: r for r in steps["auto_micro_batch"]["figures"]["runs"]}
     assert runs["uncapped"]["micro-batch at end"] == 4
