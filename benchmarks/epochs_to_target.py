@@ -262,7 +262,7 @@ def verdict(interval: tuple[float, float, float] | None) -> str:
 def epochs_to_target(budgets: dict[float, float], target: float) -> tuple[float | None, str]:
     """The smallest budget whose mean reaches ``target``, interpolated with the budget below it;
     with how it was found ("interpolated", "at most": the smallest budget already reaches it,
-    "more than": none does)."""
+    "more than": none does, and the largest is returned)."""
     points = sorted(budgets.items())
     for index, (epochs, value) in enumerate(points):
         if value >= target:
@@ -271,7 +271,7 @@ def epochs_to_target(budgets: dict[float, float], target: float) -> tuple[float 
             low_epochs, low_value = points[index - 1]
             share = (target - low_value) / (value - low_value)
             return low_epochs + share * (epochs - low_epochs), "interpolated"
-    return None, "more than"
+    return (points[-1][0] if points else None), "more than"
 
 
 def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
@@ -300,7 +300,7 @@ def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> 
                 else verdict(interval),
             }
         )
-    batches = []
+    batches: list[dict[str, Any]] = []
     for multiple in (1, *task.multiples):
         budgets = {
             row["epochs"]: row["mean"]
@@ -311,6 +311,8 @@ def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> 
         predicted = (
             reference_epochs if multiple == 1 else predictions["multiples"][str(multiple)]["epochs"]
         )
+        crossed = how == "interpolated"
+        reference_crossing = batches[0]["measured"] if batches and batches[0]["crossed"] else None
         batches.append(
             {
                 "multiple": multiple,
@@ -318,11 +320,18 @@ def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> 
                 "predicted": predicted,
                 "measured": measured,
                 "how": how,
+                "crossed": crossed,
+                # Against the bound itself for "at most" and "more than": a bound on the error.
                 "error": None if measured is None else predicted / measured - 1,
+                # The law predicts a ratio to the reference's epochs: measured, both crossings.
+                "predicted_factor": predicted / reference_epochs,
+                "measured_factor": measured / reference_crossing
+                if crossed and reference_crossing
+                else None,
             }
         )
     # A bound ("at most", "more than") is no point of the curve: only crossings are fitted.
-    fitted = [(b["batch"], b["measured"]) for b in batches if b["how"] == "interpolated"]
+    fitted = [(b["batch"], b["measured"]) for b in batches if b["crossed"]]
     fit = None
     if len({batch for batch, _ in fitted}) >= 2:
         try:
@@ -373,20 +382,32 @@ def print_tables(analysis: dict[str, Any], metric: str) -> None:
             b["multiple"],
             b["batch"],
             f"{b['predicted']:.2f}",
-            "" if b["measured"] is None else f"{b['measured']:.2f}",
-            b["how"],
-            "" if b["error"] is None else f"{100 * b['error']:+.0f}%",
+            _measured(b),
+            _error(b),
+            f"{b['predicted_factor']:.2f}",
+            "" if b.get("measured_factor") is None else f"{b['measured_factor']:.2f}",
         ]
         for b in analysis["batches"]
     ]
-    print(
-        tabulate(
-            batches,
-            headers=["x batch", "batch", "predicted", "measured", "", "error"],
-            tablefmt="github",
-        )
-    )
+    headers = ["x batch", "batch", "predicted", "measured", "error", "x ref, predicted", "measured"]
+    print(tabulate(batches, headers=headers, tablefmt="github"))
     print(f"fit of the measured points: {analysis['fit']}")
+
+
+def _measured(batch: dict[str, Any]) -> str:
+    if batch["measured"] is None:
+        return ""
+    shown = f"{batch['measured']:.2f}"
+    return shown if batch["how"] == "interpolated" else f"{batch['how']} {shown}"
+
+
+def _error(batch: dict[str, Any]) -> str:
+    """The prediction's error; a bound when the measured epochs are one (at most E: the error is
+    at least the one against E; more than E: below it)."""
+    if batch["error"] is None:
+        return ""
+    bound = {"interpolated": "", "at most": ">= ", "more than": "< "}[batch["how"]]
+    return f"{bound}{100 * batch['error']:+.0f}%"
 
 
 def train_missing(

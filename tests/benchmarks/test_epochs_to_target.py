@@ -44,7 +44,7 @@ def test_epochs_to_target_interpolates_between_the_budgets_around_the_crossing(b
         "interpolated",
     )
     assert bench.epochs_to_target({6.0: 93.0, 8.0: 94.0}, 92.0) == (6.0, "at most")
-    assert bench.epochs_to_target({6.0: 80.0, 8.0: 85.0}, 92.0) == (None, "more than")
+    assert bench.epochs_to_target({6.0: 80.0, 8.0: 85.0}, 92.0) == (8.0, "more than")
 
 
 def test_paired_intervals_give_the_three_verdicts(bench):
@@ -115,6 +115,20 @@ def test_only_crossings_enter_the_critical_batch_fit(bench):
     analysis = bench.analyse(task, PREDICTIONS, _results(rows, task))
     assert [b["how"] for b in analysis["batches"][:2]] == ["at most", "at most"]
     assert analysis["fit"] is None
+
+
+def test_the_measured_factor_is_against_the_references_own_crossing(bench):
+    task = bench.TASKS["digits"]
+    rows = {(1, 6.0): 94.0, (1, 8.0): 96.0, (8, 9.0): 90.0, (8, 12.0): 95.5, (8, 16.0): 97.0}
+    batches = {
+        b["multiple"]: b for b in bench.analyse(task, PREDICTIONS, _results(rows, task))["batches"]
+    }
+    assert batches[1]["measured"] == pytest.approx(7.0)  # the target: 96 - 1
+    assert batches[8]["measured"] == pytest.approx(9.0 + 3.0 * 5.0 / 5.5)
+    assert batches[8]["predicted_factor"] == pytest.approx(12.0 / 8.0)
+    assert batches[8]["measured_factor"] == pytest.approx(batches[8]["measured"] / 7.0)
+    assert batches[2]["how"] == "more than" and batches[2]["measured_factor"] is None
+    assert bench._error(batches[8]) == f"{100 * (12.0 / batches[8]['measured'] - 1):+.0f}%"
 
 
 def test_run_config_has_the_budget_the_batch_and_the_reference_warmup(bench, tmp_path):
