@@ -301,6 +301,7 @@ def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> 
             }
         )
     batches: list[dict[str, Any]] = []
+    reference_crossing = None
     for multiple in (1, *task.multiples):
         budgets = {
             row["epochs"]: row["mean"]
@@ -312,7 +313,8 @@ def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> 
             reference_epochs if multiple == 1 else predictions["multiples"][str(multiple)]["epochs"]
         )
         crossed = how == "interpolated"
-        reference_crossing = batches[0]["measured"] if batches and batches[0]["crossed"] else None
+        if multiple == 1:
+            reference_crossing = measured if crossed else None
         batches.append(
             {
                 "multiple": multiple,

@@ -124,6 +124,7 @@ def test_the_measured_factor_is_against_the_references_own_crossing(bench):
         b["multiple"]: b for b in bench.analyse(task, PREDICTIONS, _results(rows, task))["batches"]
     }
     assert batches[1]["measured"] == pytest.approx(7.0)  # the target: 96 - 1
+    assert batches[1]["measured_factor"] == pytest.approx(1.0)
     assert batches[8]["measured"] == pytest.approx(9.0 + 3.0 * 5.0 / 5.5)
     assert batches[8]["predicted_factor"] == pytest.approx(12.0 / 8.0)
     assert batches[8]["measured_factor"] == pytest.approx(batches[8]["measured"] / 7.0)
