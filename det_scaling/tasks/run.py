@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from detectron2.utils import comm
+
 from det_scaling.config import adapter_of
 from det_scaling.engine.checkpoint import check_retention
 from det_scaling.engine.launch import default_device
@@ -32,11 +34,12 @@ def resolve_run(
     no_scale: bool = False,
     keep_reference_batch: bool | None = None,
     device: str | None = None,
+    warn_of_dataset_size: bool = False,
 ) -> Run:
     """``cfg`` (a CfgNode or a LazyConfig) scaled for ``world_size`` processes, with its data set
     size (``SCALING.DATASET_SIZE``, ``train.scaling.dataset_size``) filled in from the training
-    data (read, never written; a configured size that differs from it is kept, with a
-    warning) and the run's batch schedule checked. ``no_scale`` uses it as
+    data (read, never written; a configured size that differs from it is kept, with a warning
+    when ``warn_of_dataset_size``) and the run's batch schedule checked. ``no_scale`` uses it as
     written (reference GPU count 0); ``device`` "cpu" moves a CUDA config to the CPU. Raises
     ``ConfigError`` naming the key or data set (also for training data of the other task or with
     more classes than the model, and a checkpoint retention that keeps no older one). ``cfg`` is
@@ -51,7 +54,7 @@ def resolve_run(
     configured = adapter.get(keys.dataset_size)
     if configured == 0:
         adapter.set(keys.dataset_size, size)
-    elif configured != size:
+    elif configured != size and warn_of_dataset_size:
         # Not an error: a sampler that repeats or filters images makes an epoch of another size.
         logger.warning(
             "%s is %d but the training data has %d images; epochs are counted with %d",
@@ -75,7 +78,7 @@ def prepare_run(
 ) -> Run:
     """:func:`resolve_run` in a process of the run, on this process's device, with the data sets
     the config names registered (generated ones written once per machine); the run's config is
-    frozen."""
+    frozen. The main process warns of a configured data set size the data does not have."""
     register_datasets(adapter_of(cfg))
     run = resolve_run(
         cfg,
@@ -83,6 +86,7 @@ def prepare_run(
         no_scale=no_scale,
         keep_reference_batch=keep_reference_batch,
         device=default_device(),
+        warn_of_dataset_size=comm.is_main_process(),
     )
     run.adapter.freeze()
     return run

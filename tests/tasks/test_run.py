@@ -111,7 +111,7 @@ def test_resolve_run_fills_the_dataset_size_and_checks_the_geometry(datasets):
         resolve_run(unknown, 1)
 
 
-def test_resolve_run_keeps_a_configured_dataset_size_that_differs_with_a_warning(datasets):
+def test_a_configured_dataset_size_that_differs_is_kept_with_one_warning(datasets):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -120,7 +120,10 @@ def test_resolve_run_keeps_a_configured_dataset_size_that_differs_with_a_warning
     try:
         for configured in ("40", "50"):
             keys = ["SCALING.DATASET_SIZE", configured, "DATASETS.SYNTHETIC_VOC.NUM_TRAINVAL", "40"]
-            run = resolve_run(det_scaling.load_cfg(str(TINY), keys), 2, device="cpu")
+            cfg = det_scaling.load_cfg(str(TINY), keys)
+            assert resolve_run(cfg, 2, device="cpu").recipe.dataset_size == int(configured)
+            assert not records  # a check before the run starts: no warning
+            run = prepare_run(cfg, 1)  # one process: the main one
             assert run.recipe.dataset_size == int(configured)
     finally:
         logger.removeHandler(handler)
