@@ -224,15 +224,47 @@ def planned_runs(task: Task, predictions: dict[str, Any], record: dict[str, Any]
     for multiple in task.adascale:
         seeds = task.seeds[multiple]
         runs += [Run(multiple, reference_epochs, "adascale", s) for s in seeds]
-        measured = [
-            result["epochs"]
-            for key, result in record.get("runs", {}).items()
-            if key.startswith(f"x{multiple}_adascale_")
-        ]
-        if len(measured) == len(seeds):
-            equal = round(statistics.mean(measured), 3)
+        equal = adascale_epochs(record, multiple, len(seeds))
+        if equal is not None:
             runs += [Run(multiple, equal, "linear", s) for s in seeds]
     return list(dict.fromkeys(runs))
+
+
+def adascale_epochs(record: dict[str, Any], multiple: int, seeds: int) -> float | None:
+    """The mean epochs AdaScale's runs at ``multiple`` took, once all ``seeds`` have: the budget of
+    the linear runs it is compared with."""
+    measured = [
+        result["epochs"]
+        for key, result in record.get("runs", {}).items()
+        if key.startswith(f"x{multiple}_adascale_")
+    ]
+    return round(statistics.mean(measured), 3) if len(measured) == seeds else None
+
+
+def equal_budget(task: Task, record: dict[str, Any], by_run: dict) -> list[dict[str, Any]]:
+    """AdaScale against linear at AdaScale's mean epochs, paired by seed, per batch."""
+    rows = []
+    for multiple in task.adascale:
+        epochs = adascale_epochs(record, multiple, len(task.seeds[multiple]))
+        if epochs is None:
+            continue
+        adascale = next(
+            v for (m, rule, _), v in by_run.items() if (m, rule) == (multiple, "adascale")
+        )
+        linear = by_run.get((multiple, "linear", epochs), {})
+        rows.append(
+            {
+                "multiple": multiple,
+                "epochs": epochs,
+                "adascale": statistics.mean(adascale.values()),
+                "linear": statistics.mean(linear.values()) if linear else None,
+                "seeds": len(linear),
+                "adascale - linear": paired_interval(
+                    [adascale[s] - linear[s] for s in adascale if s in linear]
+                ),
+            }
+        )
+    return rows
 
 
 def paired_interval(differences: list[float]) -> tuple[float, float, float] | None:
@@ -345,7 +377,13 @@ def analyse(task: Task, predictions: dict[str, Any], record: dict[str, Any]) -> 
             }
         except det_scaling.errors.ConfigError as error:
             fit = {"error": str(error)}
-    return {"target": target, "rows": rows, "batches": batches, "fit": fit}
+    return {
+        "target": target,
+        "rows": rows,
+        "batches": batches,
+        "fit": fit,
+        "equal_budget": equal_budget(task, record, by_run),
+    }
 
 
 def print_tables(analysis: dict[str, Any], metric: str) -> None:
@@ -355,12 +393,7 @@ def print_tables(analysis: dict[str, Any], metric: str) -> None:
     print(f"target: {analysis['target']:.2f} {metric} (the reference's mean minus {MARGIN:g})")
     table = []
     for row in analysis["rows"]:
-        interval = row["vs reference"]
-        shown = (
-            ""
-            if interval is None
-            else f"{interval[0]:+.2f} [{interval[1]:+.2f}, {interval[2]:+.2f}]"
-        )
+        shown = _interval(row["vs reference"])
         table.append(
             [
                 row["multiple"],
@@ -394,6 +427,26 @@ def print_tables(analysis: dict[str, Any], metric: str) -> None:
     headers = ["x batch", "batch", "predicted", "measured", "error", "x ref, predicted", "measured"]
     print(tabulate(batches, headers=headers, tablefmt="github"))
     print(f"fit of the measured points: {analysis['fit']}")
+    equal = [
+        [
+            row["multiple"],
+            f"{row['epochs']:.2f}",
+            f"{row['adascale']:.2f}",
+            "" if row["linear"] is None else f"{row['linear']:.2f}",
+            row["seeds"],
+            _interval(row["adascale - linear"]),
+        ]
+        for row in analysis.get("equal_budget", [])
+    ]
+    if equal:
+        headers = ["x batch", "epochs", "AdaScale", "linear", "pairs", "AdaScale - linear, 90%"]
+        print(tabulate(equal, headers=headers, tablefmt="github"))
+
+
+def _interval(interval: tuple[float, float, float] | None) -> str:
+    return (
+        "" if interval is None else f"{interval[0]:+.2f} [{interval[1]:+.2f}, {interval[2]:+.2f}]"
+    )
 
 
 def _measured(batch: dict[str, Any]) -> str:

@@ -132,6 +132,24 @@ def test_the_measured_factor_is_against_the_references_own_crossing(bench):
     assert bench._error(batches[8]) == f"{100 * (12.0 / batches[8]['measured'] - 1):+.0f}%"
 
 
+def test_adascale_is_paired_with_linear_at_its_own_mean_epochs(bench):
+    task = bench.TASKS["digits"]
+    record = _results({(1, 8.0): 96.0}, task)
+    for seed, (epochs, metric) in enumerate([(12.0, 97.0), (13.0, 96.0), (14.0, 98.0)]):
+        record["runs"][f"x4_adascale_8.000ep/seed{seed}"] = {"metric": metric, "epochs": epochs}
+    assert bench.analyse(task, PREDICTIONS, record)["equal_budget"][0]["seeds"] == 0
+    assert bench.Run(4, 13.0, "linear", 2) in bench.planned_runs(task, PREDICTIONS, record)
+    for seed, metric in enumerate([96.0, 95.0, 96.0]):
+        record["runs"][f"x4_linear_13.000ep/seed{seed}"] = {"metric": metric, "epochs": 13.0}
+    (row,) = bench.analyse(task, PREDICTIONS, record)["equal_budget"]
+    assert (row["multiple"], row["epochs"], row["seeds"]) == (4, 13.0, 3)
+    assert row["adascale"] == pytest.approx(97.0) and row["linear"] == pytest.approx(
+        95.667, abs=1e-3
+    )
+    mean, low, high = row["adascale - linear"]
+    assert mean == pytest.approx(4.0 / 3.0) and low < mean < high
+
+
 def test_run_config_has_the_budget_the_batch_and_the_reference_warmup(bench, tmp_path):
     base = det_scaling.load_cfg(str(REPO / bench.TASKS["digits"].config))
     base.SCALING.DATASET_SIZE = 1438
